@@ -1,0 +1,110 @@
+"""The study: Mask R-CNN R101-FPN on COCO-Stuff 2017 stuff classes, 3-stage fine-tuning.
+
+Where the study is silent it ran matterport Mask_RCNN's defaults; those are the values
+below (1024² "square" input, 128 RoIs, gradient clip 5.0, mean-pixel normalisation). The
+model code follows the canonical detectron2/torchvision numbers, so only config values
+select between the two.
+"""
+
+import ml_collections
+
+
+def stage(name: str, trainable, *, steps: int, lr: float) -> ml_collections.ConfigDict:
+  """One fine-tuning stage: `trainable` is a preset (heads, 5+, 4+, 3+, all) or regexes."""
+  return ml_collections.ConfigDict(dict(name=name, trainable=trainable, steps=steps, lr=lr))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.root = ""  # ROOT/{train2017,val2017,annotations}: the COCO download layout.
+  config.data.tfds_data_dir = ""  # Where the TFDS builder writes; default ROOT/tfds.
+  config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff
+  config.data.image_size = 1024  # Longest side resized to this, then padded to a square.
+  config.data.max_instances = 100
+  config.data.mask_size = 56  # GT masks stored cropped to their box at this size.
+  config.data.shuffle_buffer = 512
+  config.data.eval_batch_size = 2
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.hflip = False
+  config.data.augment.scale_range = (1.0, 1.0)  # Scale jitter of the resized image.
+  config.data.augment.photometric = False
+  config.data.class_balanced = False  # Repeat-factor sampling (LVIS).
+  config.data.repeat_threshold = 0.001
+  # Synthetic COCO-Stuff-format set, written to data.root when it is empty.
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.enabled = False
+  config.data.synthetic.num_train = 0
+  config.data.synthetic.num_val = 0
+  config.data.synthetic.image_size = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.depth = 101
+  config.model.dtype = "float32"  # float32 | bfloat16 (compute); params stay float32.
+  config.model.freeze_at = 2  # Stem (1) and res2 (2) always frozen, as detectron2.
+  config.model.remat = False
+  config.model.fpn_channels = 256
+  config.model.pixel_mean = (123.7, 116.8, 103.9)  # matterport MEAN_PIXEL.
+  config.model.pixel_std = (1.0, 1.0, 1.0)
+  config.model.anchor_sizes = (32, 64, 128, 256, 512)
+  config.model.aspect_ratios = (0.5, 1.0, 2.0)
+  config.model.rpn = ml_collections.ConfigDict()
+  config.model.rpn.fg_iou = 0.7
+  config.model.rpn.bg_iou = 0.3
+  config.model.rpn.samples_per_image = 256
+  config.model.rpn.positive_fraction = 0.5
+  config.model.rpn.pre_nms_topk_train = 2000
+  config.model.rpn.pre_nms_topk_test = 1000
+  config.model.rpn.post_nms_topk_train = 2000
+  config.model.rpn.post_nms_topk_test = 1000
+  config.model.rpn.nms_threshold = 0.7
+  config.model.rpn.min_size = 1e-3
+  config.model.roi_heads = ml_collections.ConfigDict()
+  config.model.roi_heads.rois_per_image = 128  # The study; 256 and 512 in its sweep.
+  config.model.roi_heads.positive_fraction = 0.25
+  config.model.roi_heads.fg_iou = 0.5
+  config.model.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)
+  config.model.roi_heads.sampling_ratio = 2
+  config.model.roi_heads.aligned = True
+  config.model.roi_heads.fc_dim = 1024
+  config.model.roi_heads.mask_convs = 4
+  config.model.roi_heads.score_threshold = 0.05
+  config.model.roi_heads.nms_threshold = 0.5
+  config.model.roi_heads.detections_per_image = 100
+
+  config.train = ml_collections.ConfigDict()
+  config.train.global_batch_size = 2
+  config.train.steps_per_epoch = 1000
+  config.train.stages = [
+      stage("heads", "heads", steps=40 * 1000, lr=0.002),
+      stage("4+", "4+", steps=60 * 1000, lr=0.0002),
+      stage("3+", "3+", steps=100 * 1000, lr=0.00002),
+  ]
+  config.train.momentum = 0.9
+  config.train.weight_decay = 1e-4
+  config.train.grad_clip_norm = 5.0  # 0 disables clipping.
+  config.train.warmup_steps = 500  # Linear warm-up at the start of every stage.
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 1000
+  config.train.keep_checkpoints = 3
+  config.train.eval_every_steps = 10000  # Plus at the end of every stage; 0: stage ends only.
+  config.train.val_loss_batches = 50  # The study's 50 validation steps per epoch.
+  config.train.max_nonfinite_steps = 10
+  config.train.profile_steps = 0  # >0: a profile of that many steps after the first log.
+
+  config.init = ml_collections.ConfigDict()
+  config.init.checkpoint = ""  # Converted weights (maskrcnn_jax.weights.convert_torchvision).
+  config.init.scope = "backbone"  # backbone | full
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.checkpoint = ""  # Empty: the latest in the workdir.
+  config.eval.num_images = -1  # -1: the whole validation split.
+  config.eval.mask_threshold = 0.5
+  config.eval.num_pictures = 8  # Images drawn in collages and proposal pictures.
+
+  config.predict = ml_collections.ConfigDict()
+  config.predict.input_dir = ""
+  config.predict.score_threshold = 0.5
+  return config

@@ -1,0 +1,152 @@
+"""Config validation: a bad config fails before any compile, in one line naming the key.
+
+Types are already enforced by the locked `ml_collections.ConfigDict` (an override of the
+wrong type or an unknown key is refused while parsing flags); this module checks values,
+ranges and the rules that tie fields together.
+"""
+
+import re
+from typing import Any
+
+import ml_collections
+
+DEPTHS = (18, 34, 50, 101, 152)
+DTYPES = ("float32", "bfloat16")
+TRAINABLE_PRESETS = ("heads", "5+", "4+", "3+", "2+", "all")
+INIT_SCOPES = ("backbone", "full")
+
+
+class ConfigError(ValueError):
+  """A config value outside what is allowed."""
+
+
+def _fail(key: str, value: Any, allowed: str):
+  raise ConfigError(f"config.{key} = {value!r}: {allowed}")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str):
+  if not ok:
+    _fail(key, value, allowed)
+
+
+def _in(config, key: str, choices):
+  value = _get(config, key)
+  _check(value in choices, key, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+def _get(config, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def _positive(config, key: str, *, zero_ok: bool = False):
+  value = _get(config, key)
+  ok = value >= 0 if zero_ok else value > 0
+  _check(ok, key, value, "must be >= 0" if zero_ok else "must be > 0")
+
+
+def _fraction(config, key: str, *, closed: bool = True):
+  value = _get(config, key)
+  ok = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
+  _check(ok, key, value, "must be in [0, 1]" if closed else "must be in (0, 1)")
+
+
+def _check_trainable(key: str, trainable):
+  if isinstance(trainable, str):
+    _check(trainable in TRAINABLE_PRESETS, key, trainable,
+           f"must be a preset ({', '.join(TRAINABLE_PRESETS)}) or a list of regexes")
+    return
+  _check(isinstance(trainable, (list, tuple)) and len(trainable) > 0, key, trainable,
+         "must be a preset name or a non-empty list of regexes")
+  for pattern in trainable:
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      _fail(key, pattern, f"not a valid regex ({e})")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line: key, value, what is allowed) for an invalid config."""
+  from maskrcnn_jax.data import categories  # pylint: disable=g-import-not-at-top
+
+  _in(config, "data.class_set", categories.CLASS_SETS)
+  size = config.data.image_size
+  _check(size > 0 and size % 64 == 0, "data.image_size", size, "must be a positive multiple of 64")
+  _positive(config, "data.max_instances")
+  _positive(config, "data.mask_size")
+  _positive(config, "data.eval_batch_size")
+  lo, hi = config.data.augment.scale_range
+  _check(0 < lo <= hi, "data.augment.scale_range", (lo, hi), "must be (lo, hi) with 0 < lo <= hi")
+  _positive(config, "data.repeat_threshold")
+  synthetic = config.data.synthetic
+  if synthetic.enabled:
+    for key in ("num_train", "num_val", "image_size"):
+      _positive(config, f"data.synthetic.{key}")
+  _check(bool(config.data.root), "data.root", config.data.root,
+         "must name the COCO-Stuff root (train2017/, val2017/, annotations/)")
+
+  model = config.model
+  _in(config, "model.depth", DEPTHS)
+  _in(config, "model.dtype", DTYPES)
+  _check(0 <= model.freeze_at <= 5, "model.freeze_at", model.freeze_at,
+         "must be in 0..5 (0: nothing, 1: stem, N: stem and res2..resN)")
+  _positive(config, "model.fpn_channels")
+  _check(len(model.anchor_sizes) == 5 and all(s > 0 for s in model.anchor_sizes),
+         "model.anchor_sizes", model.anchor_sizes, "must be 5 positive sizes (P2..P6)")
+  _check(len(model.aspect_ratios) > 0 and all(r > 0 for r in model.aspect_ratios),
+         "model.aspect_ratios", model.aspect_ratios, "must be positive ratios")
+  _check(len(model.pixel_std) == 3 and all(s > 0 for s in model.pixel_std),
+         "model.pixel_std", model.pixel_std, "must be 3 positive values")
+  for key in ("rpn.fg_iou", "rpn.bg_iou", "rpn.positive_fraction", "rpn.nms_threshold",
+              "roi_heads.fg_iou", "roi_heads.positive_fraction", "roi_heads.score_threshold",
+              "roi_heads.nms_threshold"):
+    _fraction(config, f"model.{key}")
+  _check(model.rpn.bg_iou <= model.rpn.fg_iou, "model.rpn.bg_iou", model.rpn.bg_iou,
+         f"must be <= model.rpn.fg_iou ({model.rpn.fg_iou})")
+  for key in ("rpn.samples_per_image", "rpn.pre_nms_topk_train", "rpn.pre_nms_topk_test",
+              "rpn.post_nms_topk_train", "rpn.post_nms_topk_test", "roi_heads.rois_per_image",
+              "roi_heads.sampling_ratio", "roi_heads.fc_dim", "roi_heads.mask_convs",
+              "roi_heads.detections_per_image"):
+    _positive(config, f"model.{key}")
+  _check(len(model.roi_heads.box_weights) == 4, "model.roi_heads.box_weights",
+         model.roi_heads.box_weights, "must be 4 weights (wx, wy, ww, wh)")
+
+  train = config.train
+  _positive(config, "train.global_batch_size")
+  _positive(config, "train.steps_per_epoch")
+  _check(len(train.stages) > 0, "train.stages", train.stages, "must list at least one stage")
+  names = set()
+  for i, stage in enumerate(train.stages):
+    key = f"train.stages[{i}]"
+    _check(set(stage.keys()) == {"name", "trainable", "steps", "lr"}, key, dict(stage),
+           "must have exactly the keys name, trainable, steps, lr")
+    _check(isinstance(stage.name, str) and stage.name and stage.name not in names,
+           f"{key}.name", stage.name, "must be a non-empty name, unique among stages")
+    names.add(stage.name)
+    _check_trainable(f"{key}.trainable", stage.trainable)
+    _check(isinstance(stage.steps, int) and stage.steps > 0, f"{key}.steps", stage.steps,
+           "must be a positive integer")
+    _check(stage.lr > 0, f"{key}.lr", stage.lr, "must be > 0")
+  _check(0 <= train.momentum < 1, "train.momentum", train.momentum, "must be in [0, 1)")
+  for key in ("weight_decay", "grad_clip_norm", "warmup_steps", "eval_every_steps",
+              "val_loss_batches", "profile_steps"):
+    _positive(config, f"train.{key}", zero_ok=True)
+  for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+              "max_nonfinite_steps"):
+    _positive(config, f"train.{key}")
+
+  _in(config, "init.scope", INIT_SCOPES)
+  _fraction(config, "eval.mask_threshold", closed=False)
+  _positive(config, "eval.num_pictures", zero_ok=True)
+  _check(config.eval.num_images == -1 or config.eval.num_images > 0, "eval.num_images",
+         config.eval.num_images, "must be -1 (all) or > 0")
+  _fraction(config, "predict.score_threshold")
+
+
+def validate_devices(config: ml_collections.ConfigDict, device_count: int) -> None:
+  """The global batches must split evenly over all devices of all processes."""
+  for key in ("train.global_batch_size", "data.eval_batch_size"):
+    batch = _get(config, key)
+    _check(batch % device_count == 0, key, batch,
+           f"must be divisible by the device count ({device_count})")

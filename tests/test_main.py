@@ -1,0 +1,47 @@
+"""main.py's command line: overrides reach the config; bad ones exit with one line."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.no_such_key=1", "Invalid config: unknown key 'no_such_key' in --config.no_such_key=1"),
+    ("--config.model.depth=77", "Invalid config: config.model.depth = 77: must be one of 18, 34, 50, 101, 152"),
+])
+def test_bad_override_exits_with_one_line(tmp_path, override, expected):
+  result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path), override)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last == expected
+
+
+def test_override_reaches_the_config(tmp_path):
+  """The overridden value is what validation sees, and nothing runs after a bad config."""
+  result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path),
+                    "--config.data.root=/data", "--config.data.image_size=1000")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == (
+      "Invalid config: config.data.image_size = 1000: must be a positive multiple of 64")
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_resolved_config_written(tmp_path):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax import run  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.depth = 50
+  run.write_config(config, str(tmp_path))
+  written = json.loads((tmp_path / "config.json").read_text())
+  assert written["model"]["depth"] == 50
+  assert written["train"]["stages"][1]["trainable"] == "4+"

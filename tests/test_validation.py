@@ -1,0 +1,71 @@
+"""Config validation: every rule fails in one line naming the key and what is allowed."""
+
+import pytest
+
+from configs import default
+from configs import demo
+from maskrcnn_jax import validation
+
+
+@pytest.mark.parametrize("get_config", [default.get_config, demo.get_config])
+def test_shipped_configs_are_valid(get_config):
+  validation.validate(get_config())
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model.depth", 77, "config.model.depth = 77: must be one of 18, 34, 50, 101, 152"),
+    ("model.dtype", "float16", "config.model.dtype = 'float16': must be one of float32"),
+    ("data.image_size", 1000, "config.data.image_size = 1000: must be a positive multiple of 64"),
+    ("data.class_set", "stuf", "config.data.class_set = 'stuf': must be one of stuff"),
+    ("data.root", "", "config.data.root = '': must name the COCO-Stuff root"),
+    ("model.rpn.bg_iou", 0.8, "config.model.rpn.bg_iou = 0.8: must be <= model.rpn.fg_iou"),
+    ("model.roi_heads.positive_fraction", 1.5, "must be in [0, 1]"),
+    ("model.roi_heads.rois_per_image", 0, "config.model.roi_heads.rois_per_image = 0: must be > 0"),
+    ("train.momentum", 1.0, "config.train.momentum = 1.0: must be in [0, 1)"),
+    ("init.scope", "head", "config.init.scope = 'head': must be one of backbone, full"),
+    ("eval.mask_threshold", 1.0, "config.eval.mask_threshold = 1.0: must be in (0, 1)"),
+])
+def test_bad_values(key, value, message):
+  config = default.get_config()
+  config.data.root = "/data"
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate(config)
+  assert message in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("stage, message", [
+    (dict(name="a", trainable="6+", steps=1, lr=0.1), "stages[0].trainable = '6+': must be a preset"),
+    (dict(name="a", trainable=["fpn/(("], steps=1, lr=0.1), "not a valid regex"),
+    (dict(name="a", trainable="heads", steps=0, lr=0.1), "stages[0].steps = 0: must be a positive"),
+    (dict(name="a", trainable="heads", steps=1, lr=-1.0), "stages[0].lr = -1.0: must be > 0"),
+    (dict(name="a", trainable="heads", steps=1), "must have exactly the keys"),
+])
+def test_bad_stages(stage, message):
+  config = demo.get_config()
+  config.train.stages = [default.stage(**stage)] if "lr" in stage else [stage]
+  with pytest.raises(validation.ConfigError, match="config.train.stages"):
+    validation.validate(config)
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate(config)
+  assert message in str(e.value)
+
+
+def test_duplicate_stage_names():
+  config = demo.get_config()
+  config.train.stages = [default.stage("a", "heads", steps=1, lr=0.1)] * 2
+  with pytest.raises(validation.ConfigError, match=r"stages\[1\].name = 'a'"):
+    validation.validate(config)
+
+
+def test_batch_must_split_over_devices():
+  config = demo.get_config()
+  validation.validate_devices(config, 4)
+  with pytest.raises(validation.ConfigError,
+                     match="config.train.global_batch_size = 4: must be divisible by the device count .3."):
+    validation.validate_devices(config, 3)
