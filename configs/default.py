@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic.num_train = 0
   config.data.synthetic.num_val = 0
   config.data.synthetic.image_size = 0
+  config.data.synthetic.seed = 0  # Seeds the synthetic images (not config.seed: data stay fixed).
+  config.data.synthetic.num_stuff_classes = 8  # Stuff classes drawn in the synthetic images.
 
   config.model = ml_collections.ConfigDict()
   config.model.depth = 101
@@ -70,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.roi_heads.aligned = True
   config.model.roi_heads.fc_dim = 1024
   config.model.roi_heads.mask_convs = 4
+  config.model.roi_heads.mask_channels = 256  # Channels of the mask convs and deconv.
   config.model.roi_heads.score_threshold = 0.05
   config.model.roi_heads.nms_threshold = 0.5
   config.model.roi_heads.detections_per_image = 100
@@ -103,6 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_images = -1  # -1: the whole validation split.
   config.eval.mask_threshold = 0.5
   config.eval.num_pictures = 8  # Images drawn in collages and proposal pictures.
+  # Minimum detection score for per-image precision/recall, prediction counts and pictures
+  # (AP and the semantic metrics use every detection).
+  config.eval.score_threshold = 0.5
 
   config.predict = ml_collections.ConfigDict()
   config.predict.input_dir = ""

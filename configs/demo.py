@@ -30,6 +30,7 @@ def get_config():
   config.model.roi_heads.rois_per_image = 64
   config.model.roi_heads.fc_dim = 256
   config.model.roi_heads.mask_convs = 2
+  config.model.roi_heads.mask_channels = 64
   config.model.roi_heads.detections_per_image = 32
 
   config.train.global_batch_size = 4

@@ -70,7 +70,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line: key, value, what is allowed) for an invalid config."""
   from maskrcnn_jax.data import categories  # pylint: disable=g-import-not-at-top
 
-  _in(config, "data.class_set", categories.CLASS_SETS)
+  _in(config, "data.class_set", categories.CLASS_SET_NAMES)
   size = config.data.image_size
   _check(size > 0 and size % 64 == 0, "data.image_size", size, "must be a positive multiple of 64")
   _positive(config, "data.max_instances")

@@ -1,7 +1,21 @@
-"""Shared test setup: torch for parity tests lives in its own venv, found through TORCH_SITE."""
+"""Shared test setup.
+
+- torch for parity tests lives in its own venv, found through TORCH_SITE.
+- Compiled programs are cached on disk for the session, so tests (and the subprocesses
+  they start) that build the same step again do not compile it again.
+"""
 
 import os
 import sys
+import tempfile
+
+import jax
 
 if os.environ.get("TORCH_SITE"):
   sys.path.append(os.environ["TORCH_SITE"])  # Appended: the project's own packages win.
+
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                               os.path.join(tempfile.gettempdir(), "maskrcnn_jax_test_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -30,20 +30,19 @@ def _row_iou(box, boxes):
   wh = jnp.maximum(rb - lt, 0.0)
   inter = wh[:, 0] * wh[:, 1]
   area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  union = area[jnp.newaxis] + (box[2] - box[0]) * (box[3] - box[1]) - inter
-  return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)[0]
+  union = (box[2] - box[0]) * (box[3] - box[1]) + area - inter
+  return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
 def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs):
   n = boxes.shape[0]
-  if valid is None:
-    valid = jnp.ones((n,), bool)
+  valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid)
   if max_outputs <= 0:
     raise ValueError(f"max_outputs must be positive, got {max_outputs}")
   # Valid boxes first, then by descending score; stable, so ties keep input order.
-  order = jnp.lexsort((-scores.astype(jnp.float32), ~valid)).astype(jnp.int32)
-  sboxes = boxes.astype(jnp.float32)[order]
-  sgroups = None if groups is None else groups[order]
+  order = jnp.lexsort((-jnp.asarray(scores, jnp.float32), ~valid)).astype(jnp.int32)
+  sboxes = jnp.asarray(boxes, jnp.float32)[order]
+  sgroups = None if groups is None else jnp.asarray(groups)[order]
   alive = valid[order]
 
   def body(state):

@@ -18,9 +18,11 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
-  """Saves state and meta (stage index, input position, counters) at `step`."""
+  """Saves state and meta (stage index, input position, counters) at `step`, once."""
+  if step in mngr.all_steps():
+    return  # E.g. a periodic save that falls on a stage boundary.
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
+                                          meta=ocp.args.JsonSave(meta)))
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -49,3 +51,9 @@ def load_variables(path: str) -> dict[str, Any]:
     path = path / str(steps[-1])
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(path / "state")
+
+
+def save_variables(path: str, variables: dict[str, Any]) -> None:
+  """Writes `variables` (e.g. converted weights) as PATH/state, which `load_variables` reads."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(epath.Path(path).resolve() / "state", variables)

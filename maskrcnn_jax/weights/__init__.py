@@ -1,0 +1,1 @@
+"""Pretrained weights: torchvision conversion (`convert_torchvision`) and loading (`load`)."""

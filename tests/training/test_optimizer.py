@@ -93,4 +93,4 @@ def test_optimizer_decays_kernels_not_biases_and_clips():
   np.testing.assert_allclose(updates["bias"], 0.0)
   big = {"kernel": jnp.full((2,), 100.0), "bias": jnp.zeros((2,))}
   updates, _ = tx.update(big, tx.init(params), params)
-  assert float(optax.global_norm(updates)) == pytest.approx(5.0, rel=1e-3)
+  assert float(optax.tree.norm(updates)) == pytest.approx(5.0, rel=1e-3)

@@ -1,0 +1,57 @@
+"""torchvision's `maskrcnn_resnet50_fpn` (v1) inference settings, for its converted weights.
+
+  python -m maskrcnn_jax.weights.convert_torchvision \
+      --input maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --output /ckpt/tv_r50_fpn
+  python main.py --config configs/torchvision_r50_fpn.py --workdir DIR \
+      --config.init.checkpoint=/ckpt/tv_r50_fpn
+
+torchvision's classifier has 91 outputs: background and COCO ids 1-90 (the unannotated
+ids included), output i = COCO id i. The parity tests build the model with
+`models.build(config.model, num_classes=91)`; training on a class set of this repository
+with `init.scope = "full"` keeps every converted weight except the three class-sized
+layers, which start afresh.
+
+torchvision resizes the shorter side to 800 (longer side <= 1333) and pads to a multiple
+of 32; here the longer side is resized and the image padded to a square that is a
+multiple of 64, so 1088: a 4:3 COCO image becomes 1088 x 816, torchvision's 1067 x 800.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.image_size = 1088
+
+  config.model.depth = 50
+  config.model.freeze_at = 2  # torchvision's default trainable_backbone_layers=3.
+  config.model.fpn_channels = 256
+  # ImageNet mean / std x 255: torchvision normalises 0-1 images by (0.485, 0.456, 0.406)
+  # and (0.229, 0.224, 0.225).
+  config.model.pixel_mean = (123.675, 116.28, 103.53)
+  config.model.pixel_std = (58.395, 57.12, 57.375)
+  config.model.anchor_sizes = (32, 64, 128, 256, 512)
+  config.model.aspect_ratios = (0.5, 1.0, 2.0)
+
+  rpn = config.model.rpn
+  rpn.fg_iou, rpn.bg_iou = 0.7, 0.3
+  rpn.samples_per_image, rpn.positive_fraction = 256, 0.5
+  rpn.pre_nms_topk_train, rpn.post_nms_topk_train = 2000, 2000
+  rpn.pre_nms_topk_test, rpn.post_nms_topk_test = 1000, 1000
+  rpn.nms_threshold = 0.7
+  rpn.min_size = 1e-3
+
+  heads = config.model.roi_heads
+  heads.rois_per_image, heads.positive_fraction, heads.fg_iou = 512, 0.25, 0.5
+  heads.box_weights = (10.0, 10.0, 5.0, 5.0)
+  heads.sampling_ratio = 2
+  heads.aligned = False  # torchvision's MultiScaleRoIAlign.
+  heads.fc_dim = 1024
+  heads.mask_convs, heads.mask_channels = 4, 256
+  heads.score_threshold = 0.05
+  heads.nms_threshold = 0.5
+  heads.detections_per_image = 100
+
+  config.init.checkpoint = ""  # A converted torchvision Mask R-CNN checkpoint.
+  config.init.scope = "full"
+  return config

@@ -1,0 +1,31 @@
+"""Shared by the experiment configs: the study's base and its CPU-sized sibling.
+
+Every experiment config is `get_config(arg)`: with no argument it is the run on real
+COCO-Stuff at the study's scale (`configs/default.py` plus the experiment's diff); with
+`:cpu` (`--config experiments/lr_0005.py:cpu`) the same diff applies to a CPU-sized base
+(`configs/demo.py`: ResNet-18, 256² synthetic images, a few hundred steps).
+"""
+
+import ml_collections
+
+from configs import default
+from configs import demo
+
+SCALES = ("", "cpu")
+
+
+def base(arg: str | None) -> ml_collections.ConfigDict:
+  scale = arg or ""
+  if scale not in SCALES:
+    raise ValueError(f"experiment scale {scale!r}: use no argument (full scale) or ':cpu'")
+  return demo.get_config() if scale == "cpu" else default.get_config()
+
+
+def scale_learning_rates(config: ml_collections.ConfigDict, study_lr: float) -> None:
+  """Sets the first stage's LR as if the study's 0.002 were `study_lr`; later stages follow.
+
+  At CPU scale the base LRs differ from the study's, so the same ratio is applied.
+  """
+  factor = study_lr / 0.002
+  for stage in config.train.stages:
+    stage.lr = stage.lr * factor

@@ -1,0 +1,9 @@
+"""The study's RoI sweep: 256 RoIs per image fed to the box and mask heads (baseline 128)."""
+
+from experiments import common
+
+
+def get_config(arg=None):
+  config = common.base(arg)
+  config.model.roi_heads.rois_per_image = 256
+  return config

@@ -1,0 +1,363 @@
+"""The evaluation entry point: batches of detections in, COCO + COCO-Stuff metrics out.
+
+Used by `--mode=eval`, the periodic evaluation during training and `--mode=predict`
+(`image_detections`, `detections_to_coco`, `draw_overlay`). Host side, numpy. B images per
+batch, D detections, P proposals, K classes, H × W an original image.
+
+Per image: valid detections are pasted into the original image (`masks.paste_masks`,
+threshold `mask_threshold`) and become COCO results (`bbox`, `segm` AP); all of them are
+painted into a label map, highest score on top (`stuff_metrics`), for the confusion
+matrix. Detections scoring at least `score_threshold` make the per-image precision/recall,
+the prediction counts and the pictures.
+"""
+
+import json
+import os
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from maskrcnn_jax.evaluation import coco_eval
+from maskrcnn_jax.evaluation import masks as masks_lib
+from maskrcnn_jax.evaluation import pictures
+from maskrcnn_jax.evaluation import stuff_metrics
+
+MATCH_IOU = 0.5  # Mask IoU at which a prediction and a GT instance of one class match.
+STUFF_KEYS = ("mIoU", "fwIoU", "mAcc", "pAcc")
+STUFF_GROUPS = ("stuff", "stuff_supercat", "stuff_no_other", "stuff_no_other_supercat")
+
+
+def image_detections(detections: dict[str, np.ndarray], index: int, image_info, *,
+                     mask_threshold: float = 0.5) -> dict[str, np.ndarray]:
+  """One image's valid detections in original-image coordinates.
+
+  Args:
+    detections: the model's batch output: `boxes` [B, D, 4] padded-image pixels, `scores`
+      [B, D], `classes` [B, D] training ids, `masks` [B, D, m, m] probabilities, `valid`
+      [B, D].
+    index: the image in the batch.
+    image_info: [5] (orig_h, orig_w, scale, valid_h, valid_w) of that image.
+    mask_threshold: probability at which a pasted mask pixel is on.
+
+  Returns:
+    `boxes` [N, 4] float32 original pixels (clipped), `scores` [N] float32, `classes` [N]
+    int32, `masks` [N, H, W] bool; N = valid detections.
+  """
+  valid = np.asarray(detections["valid"][index], bool)
+  boxes = np.asarray(detections["boxes"][index])[valid]
+  masks = masks_lib.paste_masks(np.asarray(detections["masks"][index])[valid], boxes,
+                                image_info, threshold=mask_threshold)
+  return dict(boxes=masks_lib.boxes_to_original(boxes, image_info),
+              scores=np.asarray(detections["scores"][index], np.float32)[valid],
+              classes=np.asarray(detections["classes"][index], np.int32)[valid],
+              masks=masks)
+
+
+def detections_to_coco(image_id: int, image_dets: dict[str, np.ndarray], class_set
+                       ) -> list[dict[str, Any]]:
+  """`image_detections` output → COCO result dicts (boxes xywh, COCO ids, RLE masks)."""
+  return coco_eval.to_coco_results(image_id, image_dets["boxes"], image_dets["scores"],
+                                   image_dets["classes"], class_set,
+                                   masks=image_dets["masks"])
+
+
+def select(image_dets: dict[str, np.ndarray], score_threshold: float
+           ) -> dict[str, np.ndarray]:
+  """The detections scoring at least `score_threshold`."""
+  keep = image_dets["scores"] >= score_threshold
+  return {k: v[keep] for k, v in image_dets.items()}
+
+
+def original_image(image: np.ndarray, image_info) -> np.ndarray:
+  """The padded model input [S, S, 3] uint8 → the image at its original size [H, W, 3]."""
+  info = np.asarray(image_info)
+  valid_h, valid_w = int(round(info[3])), int(round(info[4]))
+  crop = Image.fromarray(np.asarray(image, np.uint8)[:valid_h, :valid_w])
+  return np.asarray(crop.resize((int(round(info[1])), int(round(info[0]))),
+                                Image.Resampling.BILINEAR))
+
+
+def draw_overlay(image: np.ndarray, image_dets: dict[str, np.ndarray], class_set,
+                 score_threshold: float) -> np.ndarray:
+  """Detections drawn on their image (`--mode=predict`).
+
+  Args:
+    image: [H, W, 3] uint8 original image.
+    image_dets: `image_detections` output for it.
+    class_set: gives the class names.
+    score_threshold: detections below it are not drawn.
+
+  Returns:
+    [H', W', 3] uint8 picture.
+  """
+  fig = pictures.image_figure(image, 1)
+  pictures.draw_instances(fig.axes[0], image, select(image_dets, score_threshold),
+                          class_set.names, pictures.class_colors(class_set.num_classes))
+  fig.tight_layout()
+  return pictures.figure_to_array(fig)
+
+
+def _per_image_pr(pred_classes: np.ndarray, pred_rles: list, gt_classes: np.ndarray,
+                  gt_rles: list) -> tuple[float, float]:
+  """(precision, recall) of one image.
+
+  A GT instance (for stuff: the one annotation of a class) is recalled if a prediction of
+  its class has mask IoU >= 0.5 with it; a prediction is correct if it so matches a GT
+  instance (no one-to-one assignment). Precision is NaN without predictions, recall NaN
+  without GT.
+  """
+  if not pred_rles or not gt_rles:
+    return (float("nan") if not pred_rles else 0.0, float("nan") if not gt_rles else 0.0)
+  iou = np.asarray(mask_utils.iou(pred_rles, gt_rles, [0] * len(gt_rles)))
+  hit = (iou >= MATCH_IOU) & (pred_classes[:, None] == gt_classes[None])
+  return float(hit.any(1).mean()), float(hit.any(0).mean())
+
+
+class Evaluator:
+  """Accumulates detections of evaluation batches; `result()` scores, `write()` saves."""
+
+  def __init__(self, annotation_files: Sequence[str], class_set, *,
+               mask_threshold: float = 0.5, num_pictures: int = 8,
+               score_threshold: float = 0.5, num_proposals: int = 50):
+    """Loads the ground truth.
+
+    Args:
+      annotation_files: COCO JSONs (stuff; plus instances for `things_and_stuff`).
+      class_set: the model's `ClassSet`.
+      mask_threshold: probability at which a pasted mask pixel is on.
+      num_pictures: images kept for collages and proposal pictures.
+      score_threshold: minimum score of the detections counted in per-image
+        precision/recall and prediction counts, and drawn in pictures.
+      num_proposals: top proposals drawn per picture.
+    """
+    self.class_set = class_set
+    self.mask_threshold = mask_threshold
+    self.num_pictures = num_pictures
+    self.score_threshold = score_threshold
+    self.num_proposals = num_proposals
+    self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
+    k = class_set.num_classes
+    self._to_train = {int(c): i + 1 for i, c in enumerate(class_set.coco_ids)}
+    self._fill = stuff_metrics.other_index(class_set)
+    self._results: list[dict[str, Any]] = []
+    self._image_ids: list[int] = []
+    self._seen: set[int] = set()
+    self._confusion = np.zeros((k + 1, k + 1), np.int64)
+    self._pred_counts = np.zeros(k, np.int64)
+    self._gt_counts = np.zeros(k, np.int64)
+    self._per_image: list[dict[str, Any]] = []
+    self._pictures: list[dict[str, Any]] = []
+    self._scores: dict[str, Any] | None = None
+
+  @property
+  def num_images(self) -> int:
+    return len(self._image_ids)
+
+  def add(self, batch: dict[str, np.ndarray], detections: dict[str, np.ndarray]) -> None:
+    """Adds one batch; padding images (`image_valid` false) are skipped.
+
+    Args:
+      batch: `image` [B, S, S, 3] uint8, `image_id` [B], `image_info` [B, 5],
+        `image_valid` [B] bool (absent: all valid).
+      detections: the model's output (`boxes`, `scores`, `classes`, `masks`, `valid`, and
+        optionally `proposals` [B, P, 4], `proposal_scores` [B, P], `proposal_valid` [B, P]).
+    """
+    batch = {k: np.asarray(v) for k, v in batch.items()}  # One transfer per jax array.
+    detections = {k: np.asarray(v) for k, v in detections.items()}
+    ids = batch["image_id"].reshape(-1)
+    image_valid = batch.get("image_valid", np.ones(len(ids), bool)).astype(bool)
+    for b in np.nonzero(image_valid)[0]:
+      image_id = int(ids[b])
+      if image_id not in self.coco_gt.imgs:
+        raise ValueError(f"image {image_id} is not in the ground truth")
+      if image_id in self._seen:
+        raise ValueError(f"image {image_id} was evaluated twice")
+      info = np.asarray(batch["image_info"][b])
+      gt_image = self.coco_gt.imgs[image_id]
+      if (int(round(info[0])), int(round(info[1]))) != (gt_image["height"], gt_image["width"]):
+        raise ValueError(f"image {image_id}: image_info size {info[:2].tolist()} differs "
+                         f"from the ground truth {gt_image['height']}x{gt_image['width']}")
+      dets = image_detections(detections, b, info, mask_threshold=self.mask_threshold)
+      self._add_image(image_id, dets)
+      if len(self._pictures) < self.num_pictures:
+        self._keep_picture(image_id, batch, detections, b, dets)
+    self._scores = None
+
+  def _add_image(self, image_id: int, dets: dict[str, np.ndarray]) -> None:
+    results = detections_to_coco(image_id, dets, self.class_set)
+    self._results.extend(results)
+    self._image_ids.append(image_id)
+    self._seen.add(image_id)
+    gt_label = stuff_metrics.ground_truth_label_map(self.coco_gt, image_id, self.class_set)
+    pred_label = stuff_metrics.paint_instances(dets["masks"], dets["classes"], dets["scores"],
+                                               fill=self._fill)
+    self._confusion += stuff_metrics.confusion_matrix(gt_label, pred_label,
+                                                      self.class_set.num_classes)
+    gt_anns = [a for a in self.coco_gt.imgToAnns[image_id] if not a.get("iscrowd", 0)]
+    gt_classes = np.array([self._to_train[a["category_id"]] for a in gt_anns], np.int32)
+    np.add.at(self._gt_counts, gt_classes - 1, 1)
+    keep = dets["scores"] >= self.score_threshold
+    np.add.at(self._pred_counts, dets["classes"][keep] - 1, 1)
+    precision, recall = _per_image_pr(
+        dets["classes"][keep], [r["segmentation"] for r, k in zip(results, keep) if k],
+        gt_classes, [self.coco_gt.annToRLE(a) for a in gt_anns])
+    self._per_image.append(dict(image_id=image_id, num_gt=len(gt_anns),
+                                num_pred=int(keep.sum()), precision=precision, recall=recall))
+
+  def _keep_picture(self, image_id, batch, detections, b, dets) -> None:
+    info = np.asarray(batch["image_info"][b])
+    picture = dict(image_id=image_id,
+                   image=original_image(batch["image"][b], info),
+                   predictions=select(dets, self.score_threshold))
+    if "proposals" in detections:
+      valid = np.asarray(detections["proposal_valid"][b], bool)
+      picture["proposals"] = masks_lib.boxes_to_original(
+          np.asarray(detections["proposals"][b])[valid], info)
+      picture["proposal_scores"] = np.asarray(detections["proposal_scores"][b])[valid]
+    self._pictures.append(picture)
+
+  def _compute(self) -> dict[str, Any]:
+    if not self._image_ids:
+      raise ValueError("no images were added to the evaluator")
+    if self._scores is None:
+      coco = {t: coco_eval.evaluate(self.coco_gt, self._results, t, self._image_ids)
+              for t in coco_eval.IOU_TYPES}
+      stuff = stuff_metrics.summarize(self._confusion, self.class_set)
+      self._scores = dict(coco=coco, stuff=stuff)
+    return self._scores
+
+  def result(self) -> dict[str, float]:
+    """The metrics of all added images, flat.
+
+    Keys: `{bbox,segm}/{AP,AP50,...,ARl}` (`coco_eval.METRIC_NAMES`),
+    `{stuff,stuff_supercat,stuff_no_other,stuff_no_other_supercat}/{mIoU,fwIoU,mAcc,pAcc}`,
+    `per_image/{precision,recall}` (means over the images where defined) and
+    `num_images`. NaN where undefined.
+    """
+    scores = self._compute()
+    out = {}
+    for iou_type, (metrics, _) in scores["coco"].items():
+      out.update({f"{iou_type}/{k}": v for k, v in metrics.items()})
+    for group in STUFF_GROUPS:
+      out.update({f"{group}/{k}": scores["stuff"][group][k] for k in STUFF_KEYS})
+    for key in ("precision", "recall"):
+      values = np.array([r[key] for r in self._per_image], np.float64)
+      out[f"per_image/{key}"] = (float(np.nanmean(values)) if (~np.isnan(values)).any()
+                                 else float("nan"))
+    out["num_images"] = float(len(self._image_ids))
+    return out
+
+  def per_class(self) -> list[dict[str, Any]]:
+    """One row per class.
+
+    Columns: ids, name, supercategory, bbox/segm AP, IoU and accuracy (with and without
+    `other`), GT pixels, pixels predicted as the class where the GT is labelled, GT
+    instances and predictions scoring at least `score_threshold`.
+    """
+    scores = self._compute()
+    stuff = scores["stuff"]
+    other = stuff_metrics.other_index(self.class_set)
+    nan = float("nan")
+    rows = []
+    for i, (coco_id, name, sup) in enumerate(zip(
+        self.class_set.coco_ids, self.class_set.names, self.class_set.supercategories)):
+      j = i - 1 if other and i + 1 > other else i  # Index among the classes but `other`.
+      is_other = i + 1 == other
+      rows.append(dict(
+          train_id=i + 1, coco_id=int(coco_id), name=name, supercategory=sup,
+          bbox_AP=scores["coco"]["bbox"][1][i], segm_AP=scores["coco"]["segm"][1][i],
+          IoU=stuff["stuff"]["iou"][i], acc=stuff["stuff"]["acc"][i],
+          IoU_no_other=nan if is_other else stuff["stuff_no_other"]["iou"][j],
+          acc_no_other=nan if is_other else stuff["stuff_no_other"]["acc"][j],
+          gt_pixels=int(self._confusion[i + 1].sum()),
+          pred_pixels=int(self._confusion[:, i + 1].sum()),
+          gt_instances=int(self._gt_counts[i]), predictions=int(self._pred_counts[i])))
+    return rows
+
+  def per_supercategory(self) -> list[dict[str, Any]]:
+    """One row per supercategory: IoU and accuracy (with `other` when a class)."""
+    group = self._compute()["stuff"]["stuff_supercat"]
+    return [dict(supercategory=n, IoU=iou, acc=acc)
+            for n, iou, acc in zip(group["names"], group["iou"], group["acc"])]
+
+  def pictures(self) -> dict[str, np.ndarray]:
+    """{name: [H, W, 3] uint8} pictures.
+
+    The confusion matrices (leaves, supercategories), prediction counts, per-image
+    precision/recall, and per kept image a collage and a proposal picture.
+    """
+    names = list(self.class_set.names)
+    sup_conf, sup_names = stuff_metrics.supercategory_confusion(
+        self._confusion, self.class_set.supercategories)
+    out = {
+        "confusion": pictures.confusion_figure(self._confusion, names),
+        "confusion_supercat": pictures.confusion_figure(
+            sup_conf, sup_names, title="supercategory confusion (rows normalised)"),
+        "prediction_counts": pictures.prediction_counts_figure(
+            self._pred_counts, self._gt_counts, names,
+            title=f"GT instances and predictions (score >= {self.score_threshold}) per class"),
+        "precision_recall": pictures.precision_recall_figure(
+            np.array([r["precision"] for r in self._per_image]),
+            np.array([r["recall"] for r in self._per_image])),
+    }
+    for p in self._pictures:
+      gt_label = stuff_metrics.ground_truth_label_map(self.coco_gt, p["image_id"],
+                                                      self.class_set)
+      out[f"collage_{p['image_id']}"] = pictures.collage(
+          p["image"], gt_label, p["predictions"], names, title=f"image {p['image_id']}")
+      if "proposals" in p:
+        out[f"proposals_{p['image_id']}"] = pictures.proposals_picture(
+            p["image"], p["proposals"], p["proposal_scores"], top_n=self.num_proposals,
+            title=f"image {p['image_id']}: top {self.num_proposals} proposals")
+    return out
+
+  def write(self, out_dir: str, *, writer=None, step: int = 0,
+            log_dir: str | None = None) -> dict[str, float]:
+    """Writes the metrics, tables, COCO results and pictures into `out_dir`.
+
+    Files: metrics.json, coco_results.json (scorable by any COCO tool), per_class.csv,
+    per_supercategory.csv, per_image.csv, confusion.csv and `pictures()` as PNG.
+
+    Args:
+      out_dir: created if missing.
+      writer: optional clu `metric_writers` writer: gets the scalars of `result()` and
+        the pictures (as `eval/<name>`) at `step`.
+      step: the training step of the evaluated parameters.
+      log_dir: a run's TensorBoard folder: adds `loss_curves.png` from its event files.
+
+    Returns:
+      `result()`.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = self.result()
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:  # NaN → null: strict JSON.
+      json.dump({k: None if np.isnan(v) else v for k, v in dict(metrics, step=step).items()},
+                f, indent=2)
+    coco_eval.write_results(os.path.join(out_dir, "coco_results.json"), self._results)
+    pictures.write_csv(os.path.join(out_dir, "per_class.csv"), self.per_class())
+    pictures.write_csv(os.path.join(out_dir, "per_supercategory.csv"),
+                       self.per_supercategory())
+    pictures.write_csv(os.path.join(out_dir, "per_image.csv"), self._per_image)
+    header = ["(none)"] + list(self.class_set.names)
+    pictures.write_csv(os.path.join(out_dir, "confusion.csv"), [
+        dict(ground_truth=header[g], **dict(zip(header, map(int, row))))
+        for g, row in enumerate(self._confusion) if g])
+    images = self.pictures()
+    if log_dir:
+      try:
+        images["loss_curves"] = pictures.loss_curves(log_dir)
+      except ValueError as e:  # No losses logged yet: the metrics still matter.
+        logging.warning("No loss curves: %s", e)
+    for name, image in images.items():
+      pictures.save_png(os.path.join(out_dir, f"{name}.png"), image)
+    if writer is not None:
+      writer.write_scalars(step, metrics)
+      writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})
+      writer.flush()
+    logging.info("Evaluation of %d images written to %s: %s", self.num_images, out_dir,
+                 ", ".join(f"{k} {metrics[k]:.4f}" for k in
+                           ("segm/AP", "bbox/AP", "stuff/mIoU", "stuff_no_other/mIoU")))
+    return metrics

@@ -1,0 +1,116 @@
+"""Matching predictions to ground truth and fixed-count balanced sampling.
+
+M ground-truth boxes (padded, flagged by `valid_gt`), N predictions (anchors or proposals),
+R = `num_samples`. Labels: 1 foreground, 0 background, -1 ignored.
+"""
+
+import jax
+import jax.numpy as jnp
+
+FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
+
+
+def match(quality: jnp.ndarray, *, high_threshold: float, low_threshold: float,
+          allow_low_quality_matches: bool,
+          valid_gt: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Assigns each prediction its best ground truth, as torchvision's `Matcher`.
+
+  quality < low_threshold is background, low <= quality < high ignored, >= high foreground.
+  With `allow_low_quality_matches`, every prediction that attains some valid ground truth's
+  highest quality (ties included, even a highest quality of 0) becomes foreground with its
+  own best ground truth, as torchvision does.
+
+  Args:
+    quality: `[M, N]` float32, e.g. `box_iou(gt_boxes, anchors)`.
+    high_threshold, low_threshold: the thresholds above.
+    allow_low_quality_matches: keep the best predictions of every ground truth.
+    valid_gt: optional `[M]` bool; padded ground truth is never matched. Without any valid
+      ground truth every prediction is background.
+
+  Returns:
+    `matched_idx [N]` int32 in `[0, M)` (the best valid ground truth; 0 where none) and
+    `labels [N]` int32 in {1, 0, -1}.
+  """
+  quality = jnp.asarray(quality)
+  if quality.ndim != 2:
+    raise ValueError(f"quality must be [M, N], got {quality.shape}")
+  if low_threshold > high_threshold:
+    raise ValueError(f"low_threshold {low_threshold} > high_threshold {high_threshold}")
+  m, n = quality.shape
+  valid_gt = jnp.ones((m,), bool) if valid_gt is None else jnp.asarray(valid_gt)
+  if valid_gt.shape != (m,):
+    raise ValueError(f"valid_gt must be [{m}], got {valid_gt.shape}")
+  if m == 0:
+    return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)
+  quality = jnp.where(valid_gt[:, None], quality.astype(jnp.float32), -jnp.inf)
+  matched_idx = jnp.argmax(quality, axis=0).astype(jnp.int32)
+  best = jnp.max(quality, axis=0)
+  labels = jnp.where(best >= high_threshold, FOREGROUND,
+                     jnp.where(best >= low_threshold, IGNORE, BACKGROUND))
+  if allow_low_quality_matches:
+    best_per_gt = jnp.max(quality, axis=1, keepdims=True)
+    attains = jnp.any(valid_gt[:, None] & (quality == best_per_gt), axis=0)
+    labels = jnp.where(attains, FOREGROUND, labels)
+  labels = jnp.where(jnp.any(valid_gt), labels, BACKGROUND).astype(jnp.int32)
+  return matched_idx, labels
+
+
+def _top_k_indices(priority, k):
+  _, idx = jax.lax.top_k(priority, k)
+  return idx.astype(jnp.int32)
+
+
+def sample_balanced(labels: jnp.ndarray, valid: jnp.ndarray, *, num_samples: int,
+                    positive_fraction: float,
+                    rng: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Draws R predictions uniformly at random, at most `int(R * positive_fraction)` positive.
+
+  As torchvision's `BalancedPositiveNegativeSampler`, with static shapes: positives
+  (`labels >= 1`) first, negatives (`labels == 0`) fill the remaining slots, and slots
+  left over when there are too few negatives are flagged invalid.
+
+  Args:
+    labels: `[N]` int, >= 1 positive, 0 negative, -1 ignored.
+    valid: `[N]` bool; invalid predictions are never drawn.
+    num_samples: R.
+    positive_fraction: the positive share of R (an upper bound).
+    rng: PRNG key.
+
+  Returns:
+    `indices [R]` int32 (distinct among valid slots; positives first),
+    `is_positive [R]` bool and `valid [R]` bool.
+  """
+  labels, valid = jnp.asarray(labels), jnp.asarray(valid)
+  if labels.ndim != 1 or valid.shape != labels.shape:
+    raise ValueError(f"labels and valid must both be [N], got {labels.shape}, {valid.shape}")
+  n = labels.shape[0]
+  if not 0 < num_samples <= n:
+    raise ValueError(f"num_samples must be in [1, {n}] (N predictions), got {num_samples}")
+  num_pos = int(num_samples * positive_fraction)
+  positive = valid & (labels >= 1)
+  negative = valid & (labels == 0)
+  pos_key, neg_key = jax.random.split(rng)
+  # Priorities: chosen positives 3, negatives 1 + u, the rest 0 + u with u in [0, 1).
+  chosen = jnp.zeros((n,), bool)
+  if num_pos > 0:
+    u = jax.random.uniform(pos_key, (n,))
+    pos_idx = _top_k_indices(jnp.where(positive, u, -1.0), num_pos)
+    chosen = chosen.at[pos_idx].set(positive[pos_idx])
+  u = jax.random.uniform(neg_key, (n,))
+  priority = jnp.where(chosen, 3.0, jnp.where(negative, 1.0 + u, u))
+  values, indices = jax.lax.top_k(priority, num_samples)
+  return indices.astype(jnp.int32), values >= 3.0, values >= 1.0
+
+
+def sample_mask(labels: jnp.ndarray, valid: jnp.ndarray, *, num_samples: int,
+                positive_fraction: float, rng: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`sample_balanced` as per-prediction masks: `labels, valid [N]` -> `positive [N]`, `negative [N]` bool.
+
+  Suits the RPN loss, which sums over all anchors: at most R of them are True in total.
+  """
+  indices, is_positive, ok = sample_balanced(labels, valid, num_samples=num_samples,
+                                             positive_fraction=positive_fraction, rng=rng)
+  n = labels.shape[0]
+  positive = jnp.zeros((n,), bool).at[indices].max(ok & is_positive)
+  negative = jnp.zeros((n,), bool).at[indices].max(ok & ~is_positive)
+  return positive, negative

@@ -1,0 +1,201 @@
+import collections
+import io
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+import pytest
+
+from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import coco_reader
+
+
+def _read(root, split, class_set, mask_size=16):
+  counts = collections.Counter()
+  examples = list(coco_reader.read_examples(root, split, categories.get_class_set(class_set),
+                                            mask_size=mask_size, counts=counts))
+  return examples, counts
+
+
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _expected_instances(anns, height, width, mask_size):
+  """(box, crop) per annotation from pycocotools directly: the reference for the reader."""
+  out = []
+  for a in anns:
+    seg = a["segmentation"]
+    if isinstance(seg, list):
+      rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+      rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+      rle = seg
+    mask = mask_utils.decode(rle)
+    ys, xs = np.nonzero(mask)
+    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+    out.append((box, coco_reader.crop_mask(mask, box, mask_size), int(mask.sum())))
+  return out
+
+
+def _check_against_json(example, anns, class_set, mask_size):
+  cs = categories.get_class_set(class_set)
+  anns = [a for a in anns if cs.contains(a["category_id"])]
+  expected = _expected_instances(anns, example["height"], example["width"], mask_size)
+  np.testing.assert_array_equal(example["classes"], [cs.to_train_id(a["category_id"]) for a in anns])
+  np.testing.assert_array_equal(example["is_crowd"], [bool(a["iscrowd"]) for a in anns])
+  np.testing.assert_array_equal(example["boxes"], np.array([e[0] for e in expected]).reshape(-1, 4))
+  np.testing.assert_array_equal(example["masks"], np.array([e[1] for e in expected]).reshape(
+      -1, mask_size, mask_size))
+  np.testing.assert_array_equal(example["areas"], [e[2] for e in expected])
+  # Box-to-JSON: COCO's own bbox is the tight box of the mask.
+  np.testing.assert_allclose(example["boxes"][:, 2:] - example["boxes"][:, :2],
+                             np.array([a["bbox"][2:] for a in anns]).reshape(-1, 2), atol=1e-3)
+
+
+@pytest.mark.parametrize("class_set", categories.CLASS_SET_NAMES)
+def test_synthetic(synthetic_root, class_set):
+  examples, counts = _read(synthetic_root, "train", class_set)
+  stuff = _json(synthetic_root / "annotations" / "stuff_train2017.json")
+  things = _json(synthetic_root / "annotations" / "instances_train2017.json")
+  assert [e["image_id"] for e in examples] == sorted(i["id"] for i in stuff["images"])
+  assert counts["images"] == 8 and counts["no_instances"] == 0
+  num_other = sum(a["category_id"] == 183 for a in stuff["annotations"])
+  assert counts["dropped_category"] == (0 if class_set == "stuff" else num_other)
+  for e in examples:
+    anns = [a for a in stuff["annotations"] if a["image_id"] == e["image_id"]]
+    if class_set == "things_and_stuff":
+      anns += [a for a in things["annotations"] if a["image_id"] == e["image_id"]]
+    _check_against_json(e, anns, class_set, 16)
+    assert e["image"] == (synthetic_root / "train2017" / f"{e['image_id']:012d}.jpg").read_bytes()
+
+
+def test_crop_mask_is_the_mask_inside_the_box():
+  mask = np.zeros((10, 12), np.uint8)
+  mask[2:6, 3:11] = 1
+  mask[2, 3] = 0
+  crop = coco_reader.crop_mask(mask, np.array([3, 2, 11, 6]), 8)  # 8×4 box -> 8×8.
+  expected = np.ones((8, 8), np.uint8)
+  expected[:2, 0] = 0  # Pixel (2, 3) spans two rows at twice the height.
+  np.testing.assert_array_equal(crop, expected)
+
+
+def _fake_images(root, split, images):
+  (root / f"{split}2017").mkdir(parents=True)
+  for image in images:
+    Image.new("RGB", (image["width"], image["height"]), (90, 120, 30)).save(
+        root / f"{split}2017" / image["file_name"])
+
+
+def test_real_stuff_rle(samples, tmp_path):
+  """The official stuff example GT (images absent: stand-ins of the right size)."""
+  gt = _json(samples / "stuff_examples" / "annotations" / "stuff_examples.json")
+  (tmp_path / "annotations").mkdir()
+  shutil.copy(samples / "stuff_examples" / "annotations" / "stuff_examples.json",
+              tmp_path / "annotations" / "stuff_train2017.json")
+  _fake_images(tmp_path, "train", gt["images"])
+  for class_set in ("stuff", "stuff_no_other"):
+    examples, counts = _read(tmp_path, "train", class_set, mask_size=32)
+    assert [e["image_id"] for e in examples] == [934, 13715]
+    assert [(e["height"], e["width"]) for e in examples] == [(480, 640), (500, 335)]
+    for e in examples:
+      anns = [a for a in gt["annotations"] if a["image_id"] == e["image_id"]]
+      _check_against_json(e, anns, class_set, 32)
+      np.testing.assert_array_equal(e["areas"], [a["area"] for a in anns
+                                                 if class_set == "stuff" or a["category_id"] != 183])
+  stuff, _ = _read(tmp_path, "train", "stuff")
+  assert [len(e["classes"]) for e in stuff] == [10, 7]
+  assert stuff[0]["classes"].max() == 92  # 183 other is the last stuff training id.
+
+
+def test_real_val_images_and_instances(samples, tmp_path):
+  """Real val2017 JPEGs with their (panoptic-derived) instance RLEs, crowds included."""
+  src = samples / "panoptic_val2017"
+  instances = _json(src / "annotations" / "instances_val2017_from_panoptic.json")
+  (tmp_path / "annotations").mkdir()
+  shutil.copytree(src / "images" / "val2017", tmp_path / "val2017")
+  shutil.copy(src / "annotations" / "instances_val2017_from_panoptic.json",
+              tmp_path / "annotations" / "instances_val2017.json")
+  stuff = dict(instances, annotations=[], categories=categories.coco_json_categories(range(92, 184)))
+  (tmp_path / "annotations" / "stuff_val2017.json").write_text(json.dumps(stuff))
+  examples, counts = _read(tmp_path, "validation", "things_and_stuff", mask_size=28)
+  assert [e["image_id"] for e in examples] == [142238, 439180]
+  assert counts["converted_image"] == 0 and counts["images"] == 2
+  for e in examples:
+    assert e["image"] == (tmp_path / "val2017" / f"{e['image_id']:012d}.jpg").read_bytes()
+    anns = [a for a in instances["annotations"] if a["image_id"] == e["image_id"]]
+    _check_against_json(e, anns, "things_and_stuff", 28)
+  assert sum(e["is_crowd"].sum() for e in examples) == 3
+  stuff_only, _ = _read(tmp_path, "validation", "stuff")
+  assert [len(e["classes"]) for e in stuff_only] == [0, 0]
+
+
+@pytest.fixture
+def bad_root(synthetic_root, tmp_path):
+  """A copy of the synthetic root to damage."""
+  root = tmp_path / "root"
+  shutil.copytree(synthetic_root, root)
+  return root
+
+
+def _image_file(root, index, split="train"):
+  return sorted((root / f"{split}2017").iterdir())[index]
+
+
+def _edit_json(root, kind, edit, split="train"):
+  path = root / "annotations" / f"{kind}_{split}2017.json"
+  data = _json(path)
+  edit(data)
+  path.write_text(json.dumps(data))
+
+
+def test_bad_images(bad_root):
+  data = _image_file(bad_root, 0).read_bytes()
+  _image_file(bad_root, 0).write_bytes(data[:len(data) // 2])  # Truncated.
+  _image_file(bad_root, 1).unlink()  # Missing.
+  with Image.open(_image_file(bad_root, 1)) as im:  # Now the third file.
+    rgb = np.asarray(im)
+  Image.fromarray(rgb).convert("L").save(_image_file(bad_root, 1), format="JPEG")
+  Image.fromarray(rgb).convert("CMYK").save(_image_file(bad_root, 2), format="JPEG")
+  Image.fromarray(rgb).save(_image_file(bad_root, 3), format="PNG")
+  Image.fromarray(rgb[:, :40]).save(_image_file(bad_root, 4), format="JPEG")  # Wrong size.
+  _image_file(bad_root, 5).write_bytes(b"not an image")
+  examples, counts = _read(bad_root, "train", "stuff")
+  assert (counts["corrupt_image"], counts["missing_image"], counts["image_size_mismatch"],
+          counts["converted_image"], counts["images"]) == (2, 1, 1, 3, 4)
+  for e in examples:
+    with Image.open(io.BytesIO(e["image"])) as im:
+      assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (64, 64))
+  gray = next(e for e in examples if e["image_id"] == 3)
+  decoded = np.asarray(Image.open(io.BytesIO(gray["image"])))
+  assert np.abs(decoded[..., 0].astype(int) - decoded[..., 2]).max() <= 2  # Gray in RGB.
+
+
+def test_bad_annotations(bad_root):
+  def edit(data):
+    anns = data["annotations"]
+    anns[0]["segmentation"]["size"] = [63, 64]  # RLE size mismatch.
+    anns[1]["segmentation"] = mask_utils.encode(np.asfortranarray(np.zeros((64, 64), np.uint8)))
+    anns[1]["segmentation"]["counts"] = anns[1]["segmentation"]["counts"].decode()  # Zero area.
+    anns.append(dict(anns[2], id=99, image_id=12345))  # Image not in the JSON.
+    image_1 = [a for a in anns if a["image_id"] == data["images"][-1]["id"]]
+    for a in image_1:
+      anns.remove(a)  # The last image has no annotation left.
+
+  _edit_json(bad_root, "stuff", edit)
+  _edit_json(bad_root, "instances", lambda d: d["annotations"].append(dict(
+      d["annotations"][0], id=77, segmentation=[[100, 100, 120, 100, 120, 130]])))  # Outside.
+  examples, counts = _read(bad_root, "train", "things_and_stuff")
+  assert (counts["rle_size_mismatch"], counts["empty_instance"], counts["orphan_annotation"],
+          counts["no_instances"], counts["images"]) == (1, 2, 1, 1, 8)
+  assert len(examples[-1]["classes"]) == 0 and examples[-1]["masks"].shape == (0, 16, 16)
+
+
+def test_unknown_category_raises(bad_root):
+  _edit_json(bad_root, "stuff", lambda d: d["annotations"][4].update(category_id=184))
+  with pytest.raises(ValueError, match=r"stuff_train2017.json: annotation 10000004 .* 184"):
+    _read(bad_root, "train", "stuff")

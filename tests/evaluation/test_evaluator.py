@@ -1,0 +1,139 @@
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from maskrcnn_jax.data import categories
+from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+
+
+@pytest.mark.parametrize("name", ["stuff", "stuff_no_other"])
+def test_perfect_predictions(name, stuff_json, make_perfect_batch):
+  cs = categories.get_class_set(name)
+  ev = evaluator_lib.Evaluator([stuff_json], cs, num_pictures=1)
+  batch, dets = make_perfect_batch(cs)
+  ev.add(batch, dets)  # The padding image (id not in the GT) is skipped.
+  metrics = ev.result()
+  assert metrics["num_images"] == 2
+  for key in ("bbox/AP", "segm/AP", "segm/AP50", "stuff/mIoU", "stuff/pAcc",
+              "stuff_supercat/mIoU", "stuff_no_other/mIoU", "per_image/precision",
+              "per_image/recall"):
+    assert metrics[key] == pytest.approx(1.0), key
+  rows = [r for r in ev.per_class() if r["gt_pixels"]]
+  assert sorted(r["coco_id"] for r in rows) == sorted(
+      c for c in (149, 157, 169, 183) if cs.contains(c))
+  for r in rows:
+    assert r["IoU"] == 1.0 and r["segm_AP"] == pytest.approx(1.0)
+    assert r["IoU_no_other"] == 1.0 or (r["coco_id"] == 183 and np.isnan(r["IoU_no_other"]))
+
+
+def test_things_and_stuff_perfect(stuff_json, instances_json, make_perfect_batch):
+  cs = categories.get_class_set("things_and_stuff")
+  ev = evaluator_lib.Evaluator([stuff_json, instances_json], cs)
+  batch, dets = make_perfect_batch(cs)
+  # Image 7: the person (polygon 40..60 x 0..10) as a fourth detection.
+  dets["boxes"][0, 3] = np.array([40, 0, 60, 10]) * batch["image_info"][0, 2]
+  dets["classes"][0, 3] = cs.to_train_id(1)
+  dets["scores"][0, 3], dets["masks"][0, 3], dets["valid"][0, 3] = 0.95, 1.0, True
+  ev.add(batch, dets)
+  metrics = ev.result()
+  assert metrics["segm/AP"] == pytest.approx(1.0)
+  assert metrics["stuff/mIoU"] == pytest.approx(1.0)
+
+
+def test_empty_predictions(stuff_json, make_perfect_batch, tmp_path):
+  cs = categories.get_class_set("stuff")
+  ev = evaluator_lib.Evaluator([stuff_json], cs)
+  batch, dets = make_perfect_batch(cs)
+  dets["valid"][:] = False
+  ev.add(batch, dets)
+  metrics = ev.write(str(tmp_path))
+  assert metrics["segm/AP"] == 0.0 and metrics["bbox/AP"] == 0.0
+  # Unpainted pixels count as `other`: only `other` has IoU > 0.
+  rows = ev.per_class()
+  other = rows[cs.to_train_id(183) - 1]
+  assert 0 < other["IoU"] < 1 and other["acc"] == 1.0
+  assert metrics["stuff/mIoU"] == pytest.approx(other["IoU"] / 4)
+  assert metrics["stuff_no_other/mIoU"] == 0.0
+  assert np.isnan(metrics["per_image/precision"]) and metrics["per_image/recall"] == 0.0
+  assert json.loads((tmp_path / "coco_results.json").read_text()) == []
+
+
+def test_rejects_unknown_and_repeated_images(stuff_json, make_perfect_batch):
+  cs = categories.get_class_set("stuff")
+  ev = evaluator_lib.Evaluator([stuff_json], cs)
+  batch, dets = make_perfect_batch(cs)
+  ev.add(batch, dets)
+  with pytest.raises(ValueError, match="evaluated twice"):
+    ev.add(batch, dets)
+  batch["image_valid"][-1] = True
+  with pytest.raises(ValueError, match="12345 is not in the ground truth"):
+    evaluator_lib.Evaluator([stuff_json], cs).add(batch, dets)
+
+
+def test_score_order_decides_the_painted_class(stuff_json, make_perfect_batch):
+  cs = categories.get_class_set("stuff_no_other")
+  batch, dets = make_perfect_batch(cs)
+  # Image 9: a whole-image tree mask with a score below the road's, then above it.
+  scale = batch["image_info"][1, 2]
+  dets["boxes"][1, 2] = np.array([0, 0, 30, 50]) * scale
+  dets["classes"][1, 2], dets["masks"][1, 2], dets["valid"][1, 2] = cs.to_train_id(169), 1, 1
+  results = []
+  for score in (0.5, 0.95):
+    dets["scores"][1, 2] = score
+    ev = evaluator_lib.Evaluator([stuff_json], cs)
+    ev.add(batch, dets)
+    results.append(ev.per_class()[cs.to_train_id(149) - 1]["IoU"])
+  assert results[0] == pytest.approx(1.0)  # Road (0.8) painted over the tree (0.5).
+  # The tree (0.95) covers image 9's road: 1200 of 1800 road pixels remain (image 7).
+  assert results[1] == pytest.approx(2 / 3)
+
+
+def test_write_outputs_and_summaries(stuff_json, make_perfect_batch, tmp_path):
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  cs = categories.get_class_set("stuff")
+  log_dir = tmp_path / "run"
+  writer = metric_writers.SummaryWriter(str(log_dir))
+  for step in range(1, 7):
+    writer.write_scalars(step * 10, {"train/total_loss": 3.0 / step,
+                                     "train/rpn_objectness_loss": 1.0 / step,
+                                     "train/stage": float(step > 3)})
+  writer.flush()
+  ev = evaluator_lib.Evaluator([stuff_json], cs, num_pictures=1)
+  batch, dets = make_perfect_batch(cs)
+  ev.add(batch, dets)
+  out = tmp_path / "eval"
+  metrics = ev.write(str(out), writer=writer, step=60, log_dir=str(log_dir))
+  writer.close()
+  names = set(os.listdir(out))
+  for name in ("metrics.json", "coco_results.json", "per_class.csv", "per_supercategory.csv",
+               "per_image.csv", "confusion.csv", "confusion.png", "confusion_supercat.png",
+               "prediction_counts.png", "precision_recall.png", "collage_7.png",
+               "proposals_7.png", "loss_curves.png"):
+    assert name in names, name
+  assert json.loads((out / "metrics.json").read_text())["segm/AP"] == metrics["segm/AP"]
+  lines = (out / "per_class.csv").read_text().splitlines()
+  assert len(lines) == 1 + cs.num_classes and lines[0].startswith("train_id,coco_id,name")
+  collage = np.asarray(Image.open(out / "collage_7.png"))
+  assert collage.ndim == 3 and collage.shape[1] > 2 * collage.shape[0] and collage.std() > 10
+  from maskrcnn_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
+  scalars = pictures.read_scalars(str(log_dir))
+  assert scalars["segm/AP"][0].tolist() == [60]
+  np.testing.assert_allclose(scalars["segm/AP"][1], [metrics["segm/AP"]])
+
+
+def test_predict_helpers(make_perfect_batch):
+  cs = categories.get_class_set("stuff")
+  batch, dets = make_perfect_batch(cs)
+  info = batch["image_info"][0]
+  image_dets = evaluator_lib.image_detections(dets, 0, info)
+  assert image_dets["masks"].shape == (3, 40, 60)
+  np.testing.assert_allclose(image_dets["boxes"][0], [0, 20, 60, 40], atol=1e-4)
+  results = evaluator_lib.detections_to_coco(7, image_dets, cs)
+  assert [r["category_id"] for r in results] == [149, 157, 183]
+  image = evaluator_lib.original_image(batch["image"][0], info)
+  assert image.shape == (40, 60, 3)
+  overlay = evaluator_lib.draw_overlay(image, image_dets, cs, score_threshold=0.75)
+  assert overlay.dtype == np.uint8 and overlay.ndim == 3 and overlay.std() > 5
