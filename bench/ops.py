@@ -134,7 +134,7 @@ def jax_rows(data, args):
         ms = median_ms(fn, features, boxes[:, :n], repeats=args.repeats)
         rows[(f"roi_align_{size}_{kind}", name)] = ms * args.boxes / n
   nms_fn = jax.jit(functools.partial(nms_ops.nms, iou_threshold=0.7, max_outputs=1000))
-  rows[("nms", "while_loop")] = median_ms(nms_fn, jnp.asarray(data["nms_boxes"]),
+  rows[("nms", "tiled")] = median_ms(nms_fn, jnp.asarray(data["nms_boxes"]),
                                           jnp.asarray(data["nms_scores"]), repeats=args.repeats)
   kept = int(nms_fn(data["nms_boxes"], data["nms_scores"])[1].sum())
   # RPN targets for one image: IoU of 100 GT with all anchors, match, sample 256.

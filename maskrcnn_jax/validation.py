@@ -138,6 +138,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   _in(config, "init.scope", INIT_SCOPES)
   _fraction(config, "eval.mask_threshold", closed=False)
+  _fraction(config, "eval.score_threshold")
   _positive(config, "eval.num_pictures", zero_ok=True)
   _check(config.eval.num_images == -1 or config.eval.num_images > 0, "eval.num_images",
          config.eval.num_images, "must be -1 (all) or > 0")

@@ -57,7 +57,8 @@ def run(workdir: pathlib.Path, *, num_images: int, sizes, batch_size: int, steps
   synthetic.write_synthetic(root, num_train=num_images, num_val=8, image_size=(480, 640), seed=0)
   jpeg_bytes = sum(p.stat().st_size for p in (root / "train2017").iterdir())
   print(f"synthetic: {num_images} train images 640x480 written in "
-        f"{time.perf_counter() - start:.1f} s, JPEGs {jpeg_bytes / num_images / 1024:.0f} KiB/image")
+        f"{time.perf_counter() - start:.1f} s, "
+        f"JPEGs {jpeg_bytes / num_images / 1024:.0f} KiB/image")
   start = time.perf_counter()
   builder = pipeline.prepare(_config(root, sizes[0]))
   seconds = time.perf_counter() - start
@@ -92,5 +93,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("sizes", "1024,512", "Output sizes S to time.")
   flags.DEFINE_integer("batch_size", 8, "Images per batch.")
   flags.DEFINE_integer("steps", 40, "Timed batches per size (after 3 warm-up batches).")
-  flags.DEFINE_string("workdir", "", "Empty directory to keep the data in (default: a temporary one).")
+  flags.DEFINE_string("workdir", "",
+                      "Empty directory to keep the data in (default: a temporary one).")
   app.run(main)

@@ -25,7 +25,8 @@ def main(argv):
   print(f"{builder.data_dir} ready in {time.time() - start:.1f} s")
   for split, info in builder.info.splits.items():
     counts = builder.info.metadata.get(f"counts/{split}", {})
-    print(f"{split}: {info.num_examples} images, {info.num_bytes / 2**20:.1f} MiB; build counts: {counts}")
+    print(f"{split}: {info.num_examples} images, {info.num_bytes / 2**20:.1f} MiB; "
+          f"build counts: {counts}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ Texture = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
 
 def _noise(yy, rng, amount):
-  return rng.normal(0.0, amount, yy.shape + (3,))
+  return amount * rng.standard_normal(yy.shape + (3,), dtype=np.float32)
 
 
 def _sky(yy, xx, rng):
@@ -110,7 +110,11 @@ STUFF_TEXTURES: tuple[tuple[int, Texture], ...] = (
 )
 
 # Thing classes: (COCO id, shape, RGB colour).
-THINGS = ((37, "disc", (255, 140, 0)), (72, "rectangle", (230, 30, 200)), (38, "triangle", (250, 230, 40)))
+THINGS = (
+    (37, "disc", (255, 140, 0)),  # sports ball
+    (72, "rectangle", (230, 30, 200)),  # tv
+    (38, "triangle", (250, 230, 40)),  # kite
+)
 
 _SPLITS = (("train2017", 1, 10_000_000), ("val2017", 2, 20_000_000))
 
@@ -171,13 +175,13 @@ def _image(height, width, stuff, rng):
   num_regions = int(rng.integers(2, 5))
   regions = _regions(height, width, num_regions, rng)
   picks = rng.choice(len(stuff), size=min(num_regions, len(stuff)), replace=False)
-  yy, xx = np.mgrid[:height, :width]
-  pixels = np.zeros((height, width, 3))
+  yy, xx = np.mgrid[:height, :width].astype(np.float32)
+  pixels = np.zeros((height, width, 3), np.float32)
   labels = np.zeros((height, width), np.int32)
   for region, pick in enumerate(picks):
     cid, texture = stuff[pick]
     inside = regions == region
-    pixels[inside] = texture(yy, xx, rng)[inside]
+    np.copyto(pixels, texture(yy, xx, rng), where=inside[..., None])
     labels[inside] = cid
   things = _things(height, width, rng)
   for _, colour, _, mask in things:
@@ -215,7 +219,8 @@ def write_synthetic(
     num_stuff_classes: how many of `STUFF_TEXTURES` the images use (1 to 12).
   """
   if not 1 <= num_stuff_classes <= len(STUFF_TEXTURES):
-    raise ValueError(f"num_stuff_classes must be in [1, {len(STUFF_TEXTURES)}], got {num_stuff_classes}")
+    raise ValueError(
+        f"num_stuff_classes must be in [1, {len(STUFF_TEXTURES)}], got {num_stuff_classes}")
   height, width = (image_size, image_size) if np.isscalar(image_size) else image_size
   height, width = int(height), int(width)
   if min(height, width) < 16:
@@ -234,7 +239,8 @@ def write_synthetic(
       file_name = f"{image_id:012d}.jpg"
       pixels, labels, things = _image(height, width, stuff, rng)
       Image.fromarray(pixels).save(root / split / file_name, quality=90)
-      images.append({"id": image_id, "file_name": file_name, "height": height, "width": width, "license": 1})
+      images.append({"id": image_id, "file_name": file_name, "height": height, "width": width,
+                     "license": 1})
       for cid in np.unique(labels):
         rle = _rle(labels == cid)
         stuff_anns.append({
@@ -276,8 +282,9 @@ def _parse_size(text: str) -> int | tuple[int, int]:
 def main(argv):
   del argv
   f = flags.FLAGS
-  write_synthetic(f.out, num_train=f.num_train, num_val=f.num_val, image_size=_parse_size(f.image_size),
-                  seed=f.seed, num_stuff_classes=f.num_stuff_classes)
+  write_synthetic(f.out, num_train=f.num_train, num_val=f.num_val,
+                  image_size=_parse_size(f.image_size), seed=f.seed,
+                  num_stuff_classes=f.num_stuff_classes)
 
 
 if __name__ == "__main__":

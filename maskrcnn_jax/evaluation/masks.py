@@ -63,9 +63,10 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
   """Pastes box-relative mask probabilities into the original image.
 
   Each mask is resized bilinearly onto its box (box / scale, not clipped, so the mask keeps
-  its geometry); pixels outside the box get 0. Matches detectron2 / torchvision
-  `paste_masks_in_image` (`grid_sample`, `align_corners=False`), computed per mask as two
-  small matrix products over the box's pixels only.
+  its geometry); pixels outside the box get 0. Matches detectron2's `paste_masks_in_image`
+  (`grid_sample`, `align_corners=False`; torchvision's older integer-box paste differs by
+  about a pixel at mask borders), computed per mask as two small matrix products over the
+  box's pixels only.
 
   Args:
     masks: [D, m, m] float probabilities.
@@ -83,6 +84,8 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
     raise ValueError(f"masks must be [D, m, m], got {masks.shape}")
   if boxes.shape != (masks.shape[0], 4):
     raise ValueError(f"boxes must be [D, 4] with D = {masks.shape[0]}, got {boxes.shape}")
+  if not np.isfinite(boxes).all():
+    raise ValueError("boxes must be finite (drop non-finite detections first)")
   height, width, scale = _check_info(image_info)
   m = masks.shape[1]
   out = np.zeros((masks.shape[0], height, width), np.float32 if threshold is None else bool)

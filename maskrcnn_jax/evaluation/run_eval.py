@@ -79,7 +79,8 @@ def evaluate(config: ml_collections.ConfigDict, model, variables, mesh: Mesh, wo
   is_main = jax.process_index() == 0
   evaluator = evaluator_lib.Evaluator(
       pipeline.annotation_files(config.data, "validation"), class_set,
-      mask_threshold=config.eval.mask_threshold, num_pictures=config.eval.num_pictures)
+      mask_threshold=config.eval.mask_threshold, num_pictures=config.eval.num_pictures,
+      score_threshold=config.eval.score_threshold)
   num_batches = 0
   for _, batch in _eval_batches(config, sharding, num_images=config.eval.num_images):
     detections = _to_host(predict(variables, batch))

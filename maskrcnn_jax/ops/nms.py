@@ -3,15 +3,22 @@
 N candidate boxes `[N, 4]` float32 `(x1, y1, x2, y2)`, K = `max_outputs`. The kept boxes
 come back as `K` indices into the input plus a `valid` mask, in descending score order
 (ties: lower index first, as `torch.sort` orders them), the same selection as
-`torchvision.ops.nms` (IoU strictly above the threshold suppresses). The greedy loop
-visits only kept boxes: each step takes the best remaining box and suppresses its row of
-IoUs, so it runs at most K steps of O(N) work and O(N) memory.
+`torchvision.ops.nms` (IoU strictly above the threshold suppresses).
+
+Tiled, as the MLPerf TPU SSD kernel: the score-sorted boxes are cut into tiles of `TILE`;
+a tile first drops boxes suppressed by boxes kept in earlier tiles (one `[TILE, N]` IoU
+block), then settles its own boxes by iterating "kept unless an earlier kept box of the
+tile suppresses it" to its fixed point, which is exactly the greedy result. Tiles stop once
+K boxes are kept. Memory O(TILE * N); no per-box sequential loop.
 Batch over images with `jax.vmap`, e.g. `jax.vmap(functools.partial(nms, iou_threshold=0.7,
-max_outputs=1000))(boxes, scores, valid=valid)`.
-"""
+max_outputs=1000))(boxes, scores, valid=valid)`."""
 
 import jax
 import jax.numpy as jnp
+
+from maskrcnn_jax.ops import boxes as box_ops
+
+TILE = 256  # Fastest of 64..512 for 2000 boxes on CPU.
 
 
 def _check(boxes, scores, groups, valid):
@@ -23,47 +30,58 @@ def _check(boxes, scores, groups, valid):
       raise ValueError(f"{name} must be [{n}] to match boxes {boxes.shape}, got {x.shape}")
 
 
-def _row_iou(box, boxes):
-  """IoU of one box `[4]` against `[N, 4]`, torchvision's arithmetic, 0 for empty unions."""
-  lt = jnp.maximum(box[:2], boxes[:, :2])
-  rb = jnp.minimum(box[2:], boxes[:, 2:])
-  wh = jnp.maximum(rb - lt, 0.0)
-  inter = wh[:, 0] * wh[:, 1]
-  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  union = (box[2] - box[0]) * (box[3] - box[1]) + area - inter
-  return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+def _suppressors(a, b, iou_threshold, group_a, group_b):
+  """`[Ta, Tb]` bool: box a[i] and b[j] overlap above the threshold (and share a group)."""
+  over = box_ops.box_iou(a, b) > iou_threshold
+  if group_a is not None:
+    over &= group_a[:, None] == group_b[None, :]
+  return over
 
 
-def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs):
+def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs, tile):
   n = boxes.shape[0]
-  valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid)
   if max_outputs <= 0:
     raise ValueError(f"max_outputs must be positive, got {max_outputs}")
+  valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid)
   # Valid boxes first, then by descending score; stable, so ties keep input order.
   order = jnp.lexsort((-jnp.asarray(scores, jnp.float32), ~valid)).astype(jnp.int32)
-  sboxes = jnp.asarray(boxes, jnp.float32)[order]
-  sgroups = None if groups is None else jnp.asarray(groups)[order]
-  alive = valid[order]
+  tile = min(tile, n)
+  padded = -(-n // tile) * tile
+  pad = lambda x: jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
+  sboxes = pad(jnp.asarray(boxes, jnp.float32)[order])
+  sgroups = None if groups is None else pad(jnp.asarray(groups)[order])
+  alive = pad(valid[order])
+  earlier = jnp.arange(tile)[:, None] > jnp.arange(tile)[None, :]  # [i, j]: j before i
 
-  def body(state):
-    alive, i, count, kept = state
-    suppress = _row_iou(sboxes[i], sboxes) > iou_threshold
-    if sgroups is not None:
-      suppress &= sgroups == sgroups[i]
-    alive = alive & ~suppress
-    alive = alive.at[i].set(False)
-    kept = kept.at[count].set(order[i])
-    nxt = jnp.argmax(alive).astype(jnp.int32)
-    return alive, nxt, count + 1, kept
+  def tile_body(state):
+    t, keep = state
+    start = t * tile
+    tboxes = jax.lax.dynamic_slice_in_dim(sboxes, start, tile)
+    tgroups = None if sgroups is None else jax.lax.dynamic_slice_in_dim(sgroups, start, tile)
+    # Suppressed by boxes kept in earlier tiles (`keep` is False from `start` on).
+    cross = _suppressors(tboxes, sboxes, iou_threshold, tgroups, sgroups)
+    candidate = jax.lax.dynamic_slice_in_dim(alive, start, tile) & ~jnp.any(cross & keep, axis=1)
+    # Inside the tile: greedy NMS is the fixed point of "kept unless an earlier kept box
+    # suppresses it"; iterating from all candidates fixes one more box per round at least.
+    inner = _suppressors(tboxes, tboxes, iou_threshold, tgroups, tgroups) & earlier
 
-  def cond(state):
-    alive, i, count, _ = state
-    return (count < max_outputs) & alive[i]
+    def settle(state):
+      kept, _ = state
+      new = candidate & ~jnp.any(inner & kept[None, :], axis=1)
+      return new, jnp.any(new != kept)
 
-  init = (alive, jnp.argmax(alive).astype(jnp.int32), jnp.int32(0),
-          jnp.zeros((max_outputs,), jnp.int32))
-  _, _, count, kept = jax.lax.while_loop(cond, body, init)
-  return kept, jnp.arange(max_outputs) < count
+    kept, _ = jax.lax.while_loop(lambda s: s[1], settle, (candidate, jnp.bool_(True)))
+    return t + 1, jax.lax.dynamic_update_slice_in_dim(keep, kept, start, 0)
+
+  def more(state):
+    t, keep = state
+    return (t < padded // tile) & (jnp.sum(keep) < max_outputs)
+
+  _, keep = jax.lax.while_loop(more, tile_body, (jnp.int32(0), jnp.zeros((padded,), bool)))
+  (slots,) = jnp.nonzero(keep, size=max_outputs, fill_value=0)
+  count = jnp.minimum(jnp.sum(keep), max_outputs)
+  ok = jnp.arange(max_outputs) < count
+  return jnp.where(ok, order[jnp.minimum(slots, n - 1)], 0), ok
 
 
 def nms(boxes: jnp.ndarray, scores: jnp.ndarray, *, iou_threshold: float, max_outputs: int,
@@ -82,7 +100,7 @@ def nms(boxes: jnp.ndarray, scores: jnp.ndarray, *, iou_threshold: float, max_ou
     prefix equals `torchvision.ops.nms(boxes, scores, iou_threshold)[:K]`.
   """
   _check(boxes, scores, None, valid)
-  return _greedy(boxes, scores, None, valid, iou_threshold, max_outputs)
+  return _greedy(boxes, scores, None, valid, iou_threshold, max_outputs, TILE)
 
 
 def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, groups: jnp.ndarray, *,
@@ -101,4 +119,4 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, groups: jnp.ndarray, *,
     the selection of `torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:K]`.
   """
   _check(boxes, scores, groups, valid)
-  return _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs)
+  return _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs, TILE)

@@ -43,13 +43,25 @@ def match(quality: jnp.ndarray, *, high_threshold: float, low_threshold: float,
   if m == 0:
     return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)
   quality = jnp.where(valid_gt[:, None], quality.astype(jnp.float32), -jnp.inf)
-  matched_idx = jnp.argmax(quality, axis=0).astype(jnp.int32)
-  best = jnp.max(quality, axis=0)
+  best_per_gt = jnp.max(quality, axis=1)
+
+  # One pass over the GT rows; XLA's CPU reductions over the leading axis of [M, N] are
+  # many times slower than this loop. Strict `>` keeps the first maximum, as argmax.
+  def row(carry, xs):
+    best, matched_idx, attains = carry
+    q, gt, q_best, ok = xs
+    better = q > best
+    best = jnp.where(better, q, best)
+    matched_idx = jnp.where(better, gt, matched_idx)
+    attains |= ok & (q == q_best)
+    return (best, matched_idx, attains), None
+
+  init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
+  (best, matched_idx, attains), _ = jax.lax.scan(
+      row, init, (quality, jnp.arange(m, dtype=jnp.int32), best_per_gt, valid_gt))
   labels = jnp.where(best >= high_threshold, FOREGROUND,
                      jnp.where(best >= low_threshold, IGNORE, BACKGROUND))
   if allow_low_quality_matches:
-    best_per_gt = jnp.max(quality, axis=1, keepdims=True)
-    attains = jnp.any(valid_gt[:, None] & (quality == best_per_gt), axis=0)
     labels = jnp.where(attains, FOREGROUND, labels)
   labels = jnp.where(jnp.any(valid_gt), labels, BACKGROUND).astype(jnp.int32)
   return matched_idx, labels

@@ -26,10 +26,13 @@ from typing import Any, Mapping
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from maskrcnn_jax.models import resnet
+from maskrcnn_jax.training import checkpoint
 
+FLAGS = flags.FLAGS
 Variables = dict[str, Any]
 
 # Keys of older torchvision checkpoints -> the current names.
@@ -227,29 +230,12 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 def summary(variables: Variables) -> str:
   """One line: parameter count and parts."""
   params = variables["params"]
-  count = sum(int(np.prod(np.shape(x))) for x in _leaves(params))
+  count = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
   return f"{count / 1e6:.2f}M parameters in {', '.join(params)}"
-
-
-def _leaves(tree):
-  if isinstance(tree, Mapping):
-    for value in tree.values():
-      yield from _leaves(value)
-  else:
-    yield tree
-
-
-_INPUT = flags.DEFINE_string("input", None, "torchvision state dict (.pth, or .npz).",
-                             required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Checkpoint directory to write (must not exist).",
-                              required=True)
-_DEPTH = flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: inferred.")
 
 
 def convert_file(input_path: str, output_dir: str, *, depth: int | None = None) -> Variables:
   """Converts the state dict at `input_path` and writes it as a checkpoint `output_dir`."""
-  from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
-
   variables = convert(read_state_dict(input_path), depth=depth)
   checkpoint.save_variables(output_dir, variables)
   logging.info("wrote %s (%s)", output_dir, summary(variables))
@@ -258,8 +244,12 @@ def convert_file(input_path: str, output_dir: str, *, depth: int | None = None) 
 
 def main(argv):
   del argv
-  convert_file(_INPUT.value, _OUTPUT.value, depth=_DEPTH.value)
+  convert_file(FLAGS.input, FLAGS.output, depth=FLAGS.depth)
 
 
 if __name__ == "__main__":
+  # Defined here, not on import, so that importing the module defines no global flags.
+  flags.DEFINE_string("input", None, "torchvision state dict (.pth, or .npz).", required=True)
+  flags.DEFINE_string("output", None, "Checkpoint directory to write.", required=True)
+  flags.DEFINE_integer("depth", None, "Expected ResNet depth; default: inferred.")
   app.run(main)

@@ -46,7 +46,8 @@ def _check_against_json(example, anns, class_set, mask_size):
   cs = categories.get_class_set(class_set)
   anns = [a for a in anns if cs.contains(a["category_id"])]
   expected = _expected_instances(anns, example["height"], example["width"], mask_size)
-  np.testing.assert_array_equal(example["classes"], [cs.to_train_id(a["category_id"]) for a in anns])
+  np.testing.assert_array_equal(example["classes"],
+                                [cs.to_train_id(a["category_id"]) for a in anns])
   np.testing.assert_array_equal(example["is_crowd"], [bool(a["iscrowd"]) for a in anns])
   np.testing.assert_array_equal(example["boxes"], np.array([e[0] for e in expected]).reshape(-1, 4))
   np.testing.assert_array_equal(example["masks"], np.array([e[1] for e in expected]).reshape(
@@ -105,10 +106,19 @@ def test_real_stuff_rle(samples, tmp_path):
     for e in examples:
       anns = [a for a in gt["annotations"] if a["image_id"] == e["image_id"]]
       _check_against_json(e, anns, class_set, 32)
-      np.testing.assert_array_equal(e["areas"], [a["area"] for a in anns
-                                                 if class_set == "stuff" or a["category_id"] != 183])
-  stuff, _ = _read(tmp_path, "train", "stuff")
+      kept = [a for a in anns if class_set == "stuff" or a["category_id"] != 183]
+      np.testing.assert_array_equal(e["areas"], [a["area"] for a in kept])
+  stuff, _ = _read(tmp_path, "train", "stuff", mask_size=56)
   assert [len(e["classes"]) for e in stuff] == [10, 7]
+  for e, image_anns in zip(stuff, ([a for a in gt["annotations"] if a["image_id"] == i]
+                                   for i in (934, 13715))):
+    for box, crop, ann in zip(e["boxes"].astype(int), e["masks"], image_anns):
+      # Pasted back into its box, the 56² crop covers the mask it came from.
+      x1, y1, x2, y2 = box
+      pasted = np.asarray(Image.fromarray(crop * 255).resize((x2 - x1, y2 - y1))) >= 128
+      inside = mask_utils.decode(ann["segmentation"])[y1:y2, x1:x2].astype(bool)
+      iou = (pasted & inside).sum() / (pasted | inside).sum()
+      assert iou > (0.8 if ann["area"] > 1000 else 0.5), (ann["id"], iou)
   assert stuff[0]["classes"].max() == 92  # 183 other is the last stuff training id.
 
 
@@ -120,7 +130,8 @@ def test_real_val_images_and_instances(samples, tmp_path):
   shutil.copytree(src / "images" / "val2017", tmp_path / "val2017")
   shutil.copy(src / "annotations" / "instances_val2017_from_panoptic.json",
               tmp_path / "annotations" / "instances_val2017.json")
-  stuff = dict(instances, annotations=[], categories=categories.coco_json_categories(range(92, 184)))
+  stuff = dict(instances, annotations=[],
+               categories=categories.coco_json_categories(range(92, 184)))
   (tmp_path / "annotations" / "stuff_val2017.json").write_text(json.dumps(stuff))
   examples, counts = _read(tmp_path, "validation", "things_and_stuff", mask_size=28)
   assert [e["image_id"] for e in examples] == [142238, 439180]

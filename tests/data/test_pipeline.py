@@ -80,7 +80,8 @@ def test_eval_matches_the_reader(config, synthetic_root):
       np.testing.assert_allclose(batch["image_info"][i], [64, 64, 1, 64, 64])
       order = np.argsort(-e["areas"], kind="stable")[:M]
       n = len(order)
-      assert batch["valid"][i].sum() == n and batch["num_truncated"][i] == max(len(e["areas"]) - M, 0)
+      assert batch["valid"][i].sum() == n
+      assert batch["num_truncated"][i] == max(len(e["areas"]) - M, 0)
       scale = batch["image_info"][i, 2]
       np.testing.assert_allclose(batch["boxes"][i, :n] / scale, e["boxes"][order], atol=1e-4)
       np.testing.assert_array_equal(batch["classes"][i, :n], e["classes"][order])
@@ -98,7 +99,14 @@ def test_eval_resize_and_pad(synthetic_root, config):
   small.image_size = 40
   batch = next(pipeline.create_eval_dataset(small, batch_size=2).as_numpy_iterator())
   np.testing.assert_allclose(batch["image_info"][0], [64, 64, 40 / 64, 40, 40])
-  assert (batch["boxes"][batch["valid"]] <= 40).all()
+  counts = collections.Counter()
+  first = next(coco_reader.read_examples(synthetic_root, "validation",
+                                         categories.get_class_set("stuff"), mask_size=SM,
+                                         counts=counts))
+  order = np.argsort(-first["areas"], kind="stable")
+  valid = batch["valid"][0]
+  np.testing.assert_allclose(batch["boxes"][0][valid] / batch["image_info"][0, 2],
+                             first["boxes"][order], atol=1e-4)
 
 
 def test_eval_sharding_is_disjoint_and_covering(config):
@@ -186,7 +194,8 @@ def test_prepare_without_data_raises(tmp_path):
 
 def test_annotation_files(config):
   root = config.root
-  assert pipeline.annotation_files(config, "validation") == [f"{root}/annotations/stuff_val2017.json"]
+  assert pipeline.annotation_files(config, "validation") == [
+      f"{root}/annotations/stuff_val2017.json"]
   both = ml_collections.ConfigDict(dict(root=root, class_set="things_and_stuff"))
   assert pipeline.annotation_files(both, "train") == [
       f"{root}/annotations/stuff_train2017.json", f"{root}/annotations/instances_train2017.json"]
@@ -280,7 +289,8 @@ def test_scale_jitter_crops_boxes_and_masks_consistently():
     ox = 48 - ones.sum() * 48 / SM
     offsets.add(round(ox))
     centres = ox + (np.arange(SM) + 0.5) * 48 / SM
-    np.testing.assert_array_equal(ones[np.abs(centres - 48) > 3], (centres < 48)[np.abs(centres - 48) > 3])
+    far = np.abs(centres - 48) > 3  # Columns clear of the edge's bilinear blur.
+    np.testing.assert_array_equal(ones[far], (centres < 48)[far])
     assert out["valid"][0] and (out["masks"][0] == out["masks"][0][:1]).all()  # Rows alike.
   assert len(offsets) > 1  # The window moves.
 

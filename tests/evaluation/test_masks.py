@@ -69,6 +69,8 @@ def test_paste_rejects_bad_shapes():
     masks.paste_masks(np.ones((2, 28, 14)), np.zeros((2, 4)), (10, 10, 1, 10, 10))
   with pytest.raises(ValueError, match="boxes must be"):
     masks.paste_masks(np.ones((2, 28, 28)), np.zeros((3, 4)), (10, 10, 1, 10, 10))
+  with pytest.raises(ValueError, match="finite"):
+    masks.paste_masks(np.ones((1, 28, 28)), np.array([[0, 0, np.inf, 4]]), (10, 10, 1, 10, 10))
   with pytest.raises(ValueError, match="image_info"):
     masks.paste_masks(np.ones((2, 28, 28)), np.zeros((2, 4)), (10, 10, 1))
 

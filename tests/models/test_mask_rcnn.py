@@ -146,16 +146,10 @@ def test_padding_never_detects(tiny):
   assert not det["scores"].any() and not det["masks"].any()
 
 
-def test_bfloat16_losses_are_float32():
+def test_bfloat16_losses_are_float32(tiny):
   model = models.build(tiny_config(dtype="bfloat16"), num_classes=NUM_CLASSES)
-  batch = make_batch()
-
-  @jax.jit
-  def run(rng):
-    variables = model.init({"params": rng, "sampling": rng}, batch, train=True)
-    return model.apply(variables, batch, train=True, rngs={"sampling": rng})
-
-  out = run(jax.random.key(0))
+  run = jax.jit(lambda v, b, k: model.apply(v, b, train=True, rngs={"sampling": k}))
+  out = run(tiny.variables, make_batch(), jax.random.key(0))  # float32 parameters
   for key in LOSSES:
     assert out[key].dtype == jnp.float32 and np.isfinite(out[key]), key
 
@@ -167,24 +161,25 @@ def test_build_rejects_bad_config():
     models.build(tiny_config(), num_classes=1)
 
 
+def _iou(a, b):
+  wh = np.maximum(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0)
+  inter = wh[0] * wh[1]
+  return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+
+
 def test_overfits_one_image(tiny):
   batch = make_batch()
   params = tiny.variables["params"]
   opt_state = tiny.tx.init(params)
   totals = []
-  for i in range(150):
+  for i in range(80):
     params, opt_state, out = tiny.step(params, opt_state, batch, jax.random.key(i))
     totals.append(float(sum(out[k] for k in LOSSES)))
   assert np.mean(totals[-10:]) < np.mean(totals[:3]) / 10, totals[::10]
-  det = tiny.detect(params, batch)
-  valid = np.asarray(det["valid"][0])
-  found = {}
-  for box, cls, score in zip(det["boxes"][0][valid], det["classes"][0][valid],
-                             det["scores"][0][valid]):
-    if score > 0.5:
-      found.setdefault(int(cls), np.asarray(box))
-  assert set(found) == {1, 2}
-  for cls, box in found.items():
-    gt = batch["boxes"][0, cls - 1]
-    np.testing.assert_allclose(box, gt, atol=4)
+  det = jax.tree.map(lambda x: np.asarray(x[0]), tiny.detect(params, batch))
+  for gt_box, gt_class in zip(batch["boxes"][0, :2], batch["classes"][0, :2]):
+    hits = [i for i in np.flatnonzero(det["valid"]) if _iou(det["boxes"][i], gt_box) >= 0.5]
+    assert hits, f"no detection of GT {gt_box}: {det}"
+    best = max(hits, key=lambda i: det["scores"][i])
+    assert det["classes"][best] == gt_class and det["scores"][best] > 0.5, det
   assert len(tiny.traces) == 1

@@ -4,17 +4,17 @@ import pathlib
 import subprocess
 import sys
 
+from flax import traverse_util
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from configs import tiny
 from maskrcnn_jax import models
-from maskrcnn_jax.models import resnet
 from maskrcnn_jax.training import checkpoint
 from maskrcnn_jax.weights import convert_torchvision as conv
-from torchvision_states import mask_rcnn_state, resnet_state
+import torchvision_states
 
 
 def model_shapes(model_config, num_classes, size=64):
@@ -34,7 +34,7 @@ def shapes(variables):
 
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory):
-  state = resnet_state(18, np.random.default_rng(0))
+  state = torchvision_states.resnet_state(18, np.random.default_rng(0))
   path = str(tmp_path_factory.mktemp("r18") / "resnet18.npz")
   np.savez(path, **state)
   return state, path
@@ -95,12 +95,13 @@ def test_mask_rcnn_converts_old_and_new_key_names():
   dims = dict(channels=config.fpn_channels, fc_dim=config.roi_heads.fc_dim,
               mask_convs=config.roi_heads.mask_convs,
               mask_channels=config.roi_heads.mask_channels, num_classes=4)
-  new = conv.convert(mask_rcnn_state(18, np.random.default_rng(1), **dims))
-  old = conv.convert(mask_rcnn_state(18, np.random.default_rng(1), old_keys=True, **dims))
+  make = torchvision_states.mask_rcnn_state
+  new = conv.convert(make(18, np.random.default_rng(1), **dims))
+  old = conv.convert(make(18, np.random.default_rng(1), old_keys=True, **dims))
   assert shapes(new) == model_shapes(config, num_classes=4)
   jax.tree.map(np.testing.assert_array_equal, new, old)
 
-  state = mask_rcnn_state(18, np.random.default_rng(1), **dims)
+  state = make(18, np.random.default_rng(1), **dims)
   heads = new["params"]["roi_heads"]
   np.testing.assert_array_equal(heads["box_head"]["bbox_pred"]["kernel"],
                                 state["roi_heads.box_predictor.bbox_pred.weight"].T)
@@ -111,7 +112,7 @@ def test_mask_rcnn_converts_old_and_new_key_names():
 
 
 def test_deconv_kernel_matches_torch_scatter():
-  """torch's ConvTranspose2d (stride 2, kernel 2) written out: out[2i+a, 2j+b] += x w[:, :, a, b]."""
+  """torch's ConvTranspose2d, stride 2, kernel 2: out[2i + a, 2j + b] = x w[:, :, a, b]."""
   rng = np.random.default_rng(2)
   x = rng.normal(size=(1, 3, 2, 5)).astype(np.float32)
   w = rng.normal(size=(5, 4, 2, 2)).astype(np.float32)  # [in, out, kh, kw]
@@ -119,7 +120,6 @@ def test_deconv_kernel_matches_torch_scatter():
   for a in range(2):
     for b in range(2):
       expected[:, a::2, b::2] = np.einsum("nijc,co->nijo", x, w[:, :, a, b])
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   layer = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding="VALID", use_bias=False)
   out = layer.apply({"params": {"kernel": conv.deconv_kernel(w)}}, x)
   np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -14,7 +14,7 @@ def _bn(state, prefix, channels, rng):
 
 
 def _w(rng, *shape):
-  return (rng.normal(0, 0.01, shape)).astype(np.float32)
+  return rng.normal(0, 0.01, shape).astype(np.float32)
 
 
 def resnet_state(depth: int, rng, prefix: str = "", fc: bool = True) -> dict[str, np.ndarray]:
