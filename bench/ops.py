@@ -10,8 +10,10 @@ channels, sampling ratio 2, outputs 7x7 and 14x14, forward and forward + backwar
   einsum        one-hot contraction per level, timed on `--einsum_boxes` boxes only
                 (its cost grows with the map area) and scaled to `--boxes`.
 torchvision's `MultiScaleRoIAlign` (aligned=False; the JAX side runs aligned=True, same
-cost) and `nms` run in a subprocess of the torch virtualenv with `--torch_threads`
-threads, so this package never imports torch. NMS: 2000 RPN-like boxes -> 1000 at IoU 0.7.
+cost), `nms` and `batched_nms` run in a subprocess of the torch virtualenv with
+`--torch_threads` threads, so this package never imports torch. NMS: 2000 RPN-like boxes
+-> 1000 at IoU 0.7; batched NMS: 8768 boxes of 5 levels -> 2000, per level, IoU 0.7.
+rpn_targets: IoU of 100 GT with all anchors, matching and sampling 256 (JAX only).
 Times are medians in ms, compile time excluded.
 """
 
@@ -41,15 +43,19 @@ OUTPUT_SIZES = (7, 14)
 TORCH_SCRIPT = textwrap.dedent("""
     import json, sys, time
     import numpy as np, torch, torchvision
-    data = np.load(sys.argv[1]); repeats = int(sys.argv[2]); torch.set_num_threads(int(sys.argv[3]))
+    data = np.load(sys.argv[1])
+    repeats = int(sys.argv[2])
+    torch.set_num_threads(int(sys.argv[3]))
     def median_ms(fn):
       fn()
       times = []
       for _ in range(repeats):
         start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
       return 1e3 * float(np.median(times))
-    maps = {f"p{l}": torch.from_numpy(data[f"p{l}"].transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    maps = {f"p{l}": torch.from_numpy(data[f"p{l}"].transpose(0, 3, 1, 2).copy())
             for l in (2, 3, 4, 5)}
+    for m in maps.values():
+      m.requires_grad_(True)
     boxes = [torch.from_numpy(data["boxes"][0])]
     image = int(data["image"])
     result = {}
@@ -61,12 +67,16 @@ TORCH_SCRIPT = textwrap.dedent("""
       def forward_backward():
         for m in maps.values():
           m.grad = None
-        pool(maps, boxes, [(image, image)]).backward(torch.ones(len(boxes[0]), maps["p2"].shape[1], size, size))
+        out = pool(maps, boxes, [(image, image)])
+        out.backward(torch.ones_like(out))
       result[f"roi_align_{size}_fwd"] = median_ms(forward)
       result[f"roi_align_{size}_fwd_bwd"] = median_ms(forward_backward)
-    nms_boxes, nms_scores = torch.from_numpy(data["nms_boxes"]), torch.from_numpy(data["nms_scores"])
+    nms_boxes = torch.from_numpy(data["nms_boxes"])
+    nms_scores = torch.from_numpy(data["nms_scores"])
     result["nms"] = median_ms(lambda: torchvision.ops.nms(nms_boxes, nms_scores, 0.7)[:1000])
     result["nms_kept"] = int(min(len(torchvision.ops.nms(nms_boxes, nms_scores, 0.7)), 1000))
+    rpn = [torch.from_numpy(data[k]) for k in ("rpn_boxes", "rpn_scores", "rpn_levels")]
+    result["batched_nms"] = median_ms(lambda: torchvision.ops.batched_nms(*rpn, 0.7)[:2000])
     print(json.dumps(result))
 """)
 
@@ -97,7 +107,14 @@ def make_data(args):
   s = sides[pick] * np.exp(rng.normal(scale=0.2, size=(2000, 2)))
   nms_boxes = np.concatenate([c - s / 2, c + s / 2], -1).astype(np.float32)
   nms_scores = rng.uniform(size=2000).astype(np.float32)
-  return dict(maps, boxes=boxes, nms_boxes=nms_boxes, nms_scores=nms_scores, image=args.image)
+  # RPN proposals of 5 levels (2000 + 2000 + 2000 + 2000 + 768), NMS per level.
+  rpn_boxes = (np.concatenate([nms_boxes] * 4 + [nms_boxes[:768]])
+               + rng.normal(size=(8768, 4))).astype(np.float32)
+  rpn_scores = rng.uniform(size=8768).astype(np.float32)
+  rpn_levels = np.repeat(np.arange(5), [2000] * 4 + [768])
+  return dict(maps, boxes=boxes, nms_boxes=nms_boxes, nms_scores=nms_scores,
+              rpn_boxes=rpn_boxes, rpn_scores=rpn_scores, rpn_levels=rpn_levels,
+              image=args.image)
 
 
 def level_select(features, boxes, *, output_size):
@@ -137,6 +154,11 @@ def jax_rows(data, args):
   rows[("nms", "tiled")] = median_ms(nms_fn, jnp.asarray(data["nms_boxes"]),
                                           jnp.asarray(data["nms_scores"]), repeats=args.repeats)
   kept = int(nms_fn(data["nms_boxes"], data["nms_scores"])[1].sum())
+  batched_fn = jax.jit(functools.partial(nms_ops.batched_nms, iou_threshold=0.7,
+                                         max_outputs=2000))
+  rows[("batched_nms", "tiled")] = median_ms(
+      batched_fn, *(jnp.asarray(data[k]) for k in ("rpn_boxes", "rpn_scores", "rpn_levels")),
+      repeats=args.repeats)
   # RPN targets for one image: IoU of 100 GT with all anchors, match, sample 256.
   anchors = jnp.asarray(anchor_ops.generate_anchors_concat(args.image))
   gt = jnp.asarray(data["boxes"][0, :100])

@@ -1,0 +1,2 @@
+"""Static-shape detection ops in pure JAX: anchors, box geometry and coding, matching and
+sampling, padded NMS, RoIAlign. Each follows torchvision's arithmetic (tests compare them)."""

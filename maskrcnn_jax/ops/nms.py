@@ -6,10 +6,11 @@ come back as `K` indices into the input plus a `valid` mask, in descending score
 `torchvision.ops.nms` (IoU strictly above the threshold suppresses).
 
 Tiled, as the MLPerf TPU SSD kernel: the score-sorted boxes are cut into tiles of `TILE`;
-a tile first drops boxes suppressed by boxes kept in earlier tiles (one `[TILE, N]` IoU
-block), then settles its own boxes by iterating "kept unless an earlier kept box of the
-tile suppresses it" to its fixed point, which is exactly the greedy result. Tiles stop once
-K boxes are kept. Memory O(TILE * N); no per-box sequential loop.
+a tile first drops boxes suppressed by the boxes kept so far (one `[TILE, K]` IoU block
+against a buffer of the kept boxes), then settles its own boxes by iterating "kept unless
+an earlier kept box of the tile suppresses it" to its fixed point, which is exactly the
+greedy result. Tiles stop once K boxes are kept. Memory O(TILE * (TILE + K)); no loop
+over single boxes.
 Batch over images with `jax.vmap`, e.g. `jax.vmap(functools.partial(nms, iou_threshold=0.7,
 max_outputs=1000))(boxes, scores, valid=valid)`."""
 
@@ -52,15 +53,17 @@ def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs, tile):
   sgroups = None if groups is None else pad(jnp.asarray(groups)[order])
   alive = pad(valid[order])
   earlier = jnp.arange(tile)[:, None] > jnp.arange(tile)[None, :]  # [i, j]: j before i
+  slots = jnp.arange(max_outputs)
 
   def tile_body(state):
-    t, keep = state
+    t, count, kept_boxes, kept_groups, keep = state
     start = t * tile
     tboxes = jax.lax.dynamic_slice_in_dim(sboxes, start, tile)
     tgroups = None if sgroups is None else jax.lax.dynamic_slice_in_dim(sgroups, start, tile)
-    # Suppressed by boxes kept in earlier tiles (`keep` is False from `start` on).
-    cross = _suppressors(tboxes, sboxes, iou_threshold, tgroups, sgroups)
-    candidate = jax.lax.dynamic_slice_in_dim(alive, start, tile) & ~jnp.any(cross & keep, axis=1)
+    # Suppressed by the boxes kept in earlier tiles (at most K of them, so [TILE, K] IoUs).
+    cross = _suppressors(tboxes, kept_boxes, iou_threshold, tgroups, kept_groups)
+    candidate = (jax.lax.dynamic_slice_in_dim(alive, start, tile)
+                 & ~jnp.any(cross & (slots < count), axis=1))
     # Inside the tile: greedy NMS is the fixed point of "kept unless an earlier kept box
     # suppresses it"; iterating from all candidates fixes one more box per round at least.
     inner = _suppressors(tboxes, tboxes, iou_threshold, tgroups, tgroups) & earlier
@@ -71,17 +74,24 @@ def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs, tile):
       return new, jnp.any(new != kept)
 
     kept, _ = jax.lax.while_loop(lambda s: s[1], settle, (candidate, jnp.bool_(True)))
-    return t + 1, jax.lax.dynamic_update_slice_in_dim(keep, kept, start, 0)
+    dest = jnp.where(kept, count + jnp.cumsum(kept) - 1, max_outputs)  # Past K: dropped.
+    kept_boxes = kept_boxes.at[dest].set(tboxes, mode="drop")
+    if kept_groups is not None:
+      kept_groups = kept_groups.at[dest].set(tgroups, mode="drop")
+    keep = jax.lax.dynamic_update_slice_in_dim(keep, kept, start, 0)
+    return t + 1, count + jnp.sum(kept), kept_boxes, kept_groups, keep
 
   def more(state):
-    t, keep = state
-    return (t < padded // tile) & (jnp.sum(keep) < max_outputs)
+    t, count = state[:2]
+    return (t < padded // tile) & (count < max_outputs)
 
-  _, keep = jax.lax.while_loop(more, tile_body, (jnp.int32(0), jnp.zeros((padded,), bool)))
-  (slots,) = jnp.nonzero(keep, size=max_outputs, fill_value=0)
-  count = jnp.minimum(jnp.sum(keep), max_outputs)
-  ok = jnp.arange(max_outputs) < count
-  return jnp.where(ok, order[jnp.minimum(slots, n - 1)], 0), ok
+  init = (jnp.int32(0), jnp.int32(0), jnp.zeros((max_outputs, 4), jnp.float32),
+          None if sgroups is None else jnp.zeros((max_outputs,), sgroups.dtype),
+          jnp.zeros((padded,), bool))
+  _, count, _, _, keep = jax.lax.while_loop(more, tile_body, init)
+  (kept_slots,) = jnp.nonzero(keep, size=max_outputs, fill_value=0)
+  ok = slots < count
+  return jnp.where(ok, order[jnp.minimum(kept_slots, n - 1)], 0), ok
 
 
 def nms(boxes: jnp.ndarray, scores: jnp.ndarray, *, iou_threshold: float, max_outputs: int,

@@ -11,12 +11,14 @@ so unlike torchvision's adaptive default an empty box samples a point, not zeros
 
 Bilinear sampling is separable: each output row is a weighted sum of 2 sr map rows and
 each output column of 2 sr map columns. Two implementations:
-  gather  one gather of the (2 sr)^2 map pixels per bin, weighted and summed (default;
-          its gradient is a scatter-add);
-  einsum  dense one-hot row and column weights `[h, H]`, `[w, W]` contracted with the map
-          (O(N h H W C) flops: only for small maps, or accelerators where matmuls are cheap).
+  gather  (default) (2 sr)^2 gathers of one pixel per bin, weighted and summed in one
+          fused loop; the gradient (custom VJP) is a single scatter-add of all of them.
+  einsum  dense one-hot row and column weights `[h, H]`, `[w, W]` contracted with the map:
+          O(N h H W C) flops, for small maps or accelerators where matmuls are cheap.
 The multi-level form gathers every box from its own level of one flat buffer holding all
-levels (per-box row offset, height, width and scale), so each box is sampled once.
+levels (per-box row offset, height, width and scale), so each box is sampled once. On a
+2-core CPU, 1000 boxes on P2-P5 of a 1024² image (C=256, 7x7) take ~0.11 s forward and
+~1.1 s forward + backward, 8x and 3x faster than torchvision (`python -m bench.ops`).
 """
 
 from typing import Sequence

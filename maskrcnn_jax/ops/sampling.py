@@ -67,11 +67,6 @@ def match(quality: jnp.ndarray, *, high_threshold: float, low_threshold: float,
   return matched_idx, labels
 
 
-def _top_k_indices(priority, k):
-  _, idx = jax.lax.top_k(priority, k)
-  return idx.astype(jnp.int32)
-
-
 def sample_balanced(labels: jnp.ndarray, valid: jnp.ndarray, *, num_samples: int,
                     positive_fraction: float,
                     rng: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
@@ -106,7 +101,7 @@ def sample_balanced(labels: jnp.ndarray, valid: jnp.ndarray, *, num_samples: int
   chosen = jnp.zeros((n,), bool)
   if num_pos > 0:
     u = jax.random.uniform(pos_key, (n,))
-    pos_idx = _top_k_indices(jnp.where(positive, u, -1.0), num_pos)
+    _, pos_idx = jax.lax.top_k(jnp.where(positive, u, -1.0), num_pos)
     chosen = chosen.at[pos_idx].set(positive[pos_idx])
   u = jax.random.uniform(neg_key, (n,))
   priority = jnp.where(chosen, 3.0, jnp.where(negative, 1.0 + u, u))
@@ -116,9 +111,9 @@ def sample_balanced(labels: jnp.ndarray, valid: jnp.ndarray, *, num_samples: int
 
 def sample_mask(labels: jnp.ndarray, valid: jnp.ndarray, *, num_samples: int,
                 positive_fraction: float, rng: jax.Array) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """`sample_balanced` as per-prediction masks: `labels, valid [N]` -> `positive [N]`, `negative [N]` bool.
+  """`sample_balanced` as per-prediction masks: `labels, valid [N]` -> `positive, negative [N]`.
 
-  Suits the RPN loss, which sums over all anchors: at most R of them are True in total.
+  Both bool; at most R entries are True in total. Suits losses summed over all anchors.
   """
   indices, is_positive, ok = sample_balanced(labels, valid, num_samples=num_samples,
                                              positive_fraction=positive_fraction, rng=rng)

@@ -38,7 +38,8 @@ def test_several_sizes_per_level():
 def test_matches_torchvision(image):
   torch = pytest.importorskip("torch")
   pytest.importorskip("torchvision")
-  from torchvision.models.detection import anchor_utils, image_list  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from torchvision.models.detection import anchor_utils, image_list
   sizes, ratios = (32, 64, 128, 256, 512), (0.5, 1.0, 2.0)
   gen = anchor_utils.AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
   images = image_list.ImageList(torch.zeros(1, 3, image, image), [(image, image)])

@@ -66,7 +66,8 @@ def torch_modules():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_torchvision(seed):
   torch, torchvision = torch_modules()
-  from torchvision.models.detection import _utils as det_utils  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from torchvision.models.detection import _utils as det_utils
   rng = np.random.default_rng(seed)
   xy = rng.uniform(-20, 300, (200, 2))
   a = np.concatenate([xy, xy + rng.uniform(0.5, 200, (200, 2))], -1).astype(np.float32)

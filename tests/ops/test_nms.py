@@ -87,6 +87,23 @@ def test_matches_greedy_numpy(iou_threshold, seed):
                  valid=valid) == ref[:20]
 
 
+def test_small_tiles_and_groups(monkeypatch):
+  # Many tiles, chains of suppression inside tiles, and the kept-box buffer filling up.
+  monkeypatch.setattr(nms_ops, "TILE", 16)
+  rng = np.random.default_rng(5)
+  boxes = random_boxes(rng, 150, size=60.0)
+  scores = rng.uniform(size=150).astype(np.float32)
+  groups = rng.integers(0, 3, 150)
+  valid = rng.uniform(size=150) > 0.1
+  ref = []
+  for g in range(3):
+    ref += greedy_nms(boxes.astype(np.float64), scores, 0.5, valid & (groups == g))
+  ref = sorted(ref, key=lambda i: (-scores[i], i))
+  for k in (150, 25):
+    assert run_nms(boxes, scores, iou_threshold=0.5, max_outputs=k, valid=valid,
+                   groups=groups) == ref[:k]
+
+
 def test_vmap_over_images():
   rng = np.random.default_rng(3)
   boxes = np.stack([random_boxes(rng, 100) for _ in range(3)])

@@ -116,7 +116,8 @@ def test_bad_input_raises():
 def test_match_matches_torchvision(seed, allow_low_quality_matches):
   torch = pytest.importorskip("torch")
   pytest.importorskip("torchvision")
-  from torchvision.models.detection import _utils as det_utils  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from torchvision.models.detection import _utils as det_utils
   rng = np.random.default_rng(seed)
   def boxes(n):
     xy = rng.uniform(0, 200, (n, 2))

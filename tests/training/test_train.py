@@ -142,7 +142,7 @@ def run_worker(*args, devices=1):
 def result_of(proc):
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
-  return json.loads(out)
+  return json.loads(out.strip().splitlines()[-1])  # Gloo may print before it.
 
 
 def free_port():
