@@ -1,7 +1,7 @@
 """The study: Mask R-CNN R101-FPN on COCO-Stuff 2017 stuff classes, 3-stage fine-tuning.
 
 Where the study is silent it ran matterport Mask_RCNN's defaults; those are the values
-below (1024² "square" input, 128 RoIs, gradient clip 5.0, mean-pixel normalisation). The
+below (1024² "square" input, 128 RoIs, gradient clip 5.0). The
 model code follows the canonical detectron2/torchvision numbers, so only config values
 select between the two.
 """
@@ -48,8 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.freeze_at = 2  # Stem (1) and res2 (2) always frozen, as detectron2.
   config.model.remat = False
   config.model.fpn_channels = 256
-  config.model.pixel_mean = (123.7, 116.8, 103.9)  # matterport MEAN_PIXEL.
-  config.model.pixel_std = (1.0, 1.0, 1.0)
+  # ImageNet statistics in 0..255 units, as the torchvision weights the backbone starts
+  # from expect. (matterport subtracted its MEAN_PIXEL only, matching its caffe weights.)
+  config.model.pixel_mean = (123.675, 116.28, 103.53)
+  config.model.pixel_std = (58.395, 57.12, 57.375)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
   config.model.rpn = ml_collections.ConfigDict()

@@ -56,13 +56,35 @@ class BoxHead(nn.Module):
             deltas.astype(jnp.float32).reshape(b, r, self.num_classes, 4))
 
 
+class Deconv2x2(nn.Module):
+  """Transposed conv 2x2, stride 2: nn.ConvTranspose(features, (2, 2), strides=(2, 2),
+  padding="VALID")'s parameters and output, computed as one matmul per input pixel.
+
+  The strided kernel never overlaps itself, so out[2i + a, 2j + b] = x[i, j] @
+  kernel[1 - a, 1 - b] + bias; XLA:CPU takes seconds for ConvTranspose's kernel gradient.
+  x: [N, H, W, C] -> [N, 2H, 2W, features].
+  """
+  features: int
+  kernel_init: Any = _KAIMING_OUT
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (2, 2, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    n, h, w, _ = x.shape
+    y = jnp.einsum("nijc,abco->niajbo", x.astype(self.dtype),
+                   kernel[::-1, ::-1].astype(self.dtype))
+    return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
 class MaskHead(nn.Module):
   """`num_convs` conv3x3 + ReLU, deconv 2x2/2 + ReLU, 1x1 to K + 1 mask logits.
 
   pooled: [B, R, 14, 14, C] -> logits [B, R, 28, 28, K + 1] float32. The deconv kernel
-  is [2, 2, in, out] with out[2i + a, 2j + b] = sum_c x[i, j, c] kernel[1 - a, 1 - b, c]
-  (flax's ConvTranspose); torch's ConvTranspose2d weight [in, out, a, b] maps to
-  kernel[1 - a, 1 - b, in, out].
+  is flax ConvTranspose's [2, 2, in, out]: torch's ConvTranspose2d weight [in, out, a, b]
+  maps to kernel[1 - a, 1 - b, in, out].
   """
   num_classes: int
   num_convs: int = 4
@@ -77,9 +99,7 @@ class MaskHead(nn.Module):
       x = nn.relu(nn.Conv(self.channels, (3, 3), padding=1, dtype=self.dtype,
                           param_dtype=jnp.float32, kernel_init=_KAIMING_OUT,
                           name=f"mask_conv{i}")(x))
-    x = nn.relu(nn.ConvTranspose(self.channels, (2, 2), strides=(2, 2), padding="VALID",
-                                 dtype=self.dtype, param_dtype=jnp.float32,
-                                 kernel_init=_KAIMING_OUT, name="deconv")(x))
+    x = nn.relu(Deconv2x2(self.channels, dtype=self.dtype, name="deconv")(x))
     x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
                 kernel_init=_KAIMING_OUT, name="mask_logits")(x)
     return x.astype(jnp.float32).reshape(b, r, *x.shape[1:])

@@ -12,7 +12,8 @@ an earlier kept box of the tile suppresses it" to its fixed point, which is exac
 greedy result. Tiles stop once K boxes are kept. Memory O(TILE * (TILE + K)); no loop
 over single boxes.
 Batch over images with `jax.vmap`, e.g. `jax.vmap(functools.partial(nms, iou_threshold=0.7,
-max_outputs=1000))(boxes, scores, valid=valid)`."""
+max_outputs=1000))(boxes, scores, valid=valid)`.
+"""
 
 import jax
 import jax.numpy as jnp

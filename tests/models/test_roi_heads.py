@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,3 +84,12 @@ def test_detection_drops_padded_proposals():
   proposals["valid"] = jnp.zeros((1, 6), bool)
   det = heads.apply(variables, features, proposals, jnp.array([[64.0, 64.0]]), train=False)
   assert int(det["num_detections"][0]) == 0 and not det["masks"].any()
+
+
+def test_deconv_matches_flax_conv_transpose():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+  reference = nn.ConvTranspose(6, (2, 2), strides=(2, 2), padding="VALID")
+  variables = reference.init(jax.random.key(1), x)
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # Nonzero bias.
+  np.testing.assert_allclose(roi_heads.Deconv2x2(6).apply(variables, x),
+                             reference.apply(variables, x), rtol=1e-5, atol=1e-6)
