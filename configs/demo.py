@@ -37,8 +37,8 @@ def get_config():
   config.train.steps_per_epoch = 24
   config.train.stages = [
       default.stage("heads", "heads", steps=100, lr=0.02),
-      default.stage("4+", "4+", steps=100, lr=0.01),
-      default.stage("3+", "3+", steps=100, lr=0.005),
+      default.stage("4+", "4+", steps=150, lr=0.02),
+      default.stage("3+", "3+", steps=200, lr=0.01),
   ]
   config.train.warmup_steps = 20
   config.train.log_every_steps = 10

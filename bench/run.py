@@ -1,0 +1,312 @@
+"""CPU benchmark of maskrcnn_jax next to torchvision's Mask R-CNN: one table, one run.
+
+  python -m bench.run --what train,infer,pipeline --depth 50,101 --size 512,800,1024
+                      [--batch 1,2] [--infer_batch 1] [--steps 3] [--warmup 1]
+                      [--torch_python /work/torchvenv/bin/python]
+
+Every case (side, train|infer, depth, size, batch) runs in a fresh subprocess, so its
+peak RSS is its own. Both sides see the same synthetic batch (random pixels, a few random
+GT boxes with box-filled masks, `bench.model.make_batch`) and the configuration of
+`configs/default.py`: FrozenBN, S x S images (torchvision `min_size = max_size = S`, so
+it does not resize), RPN pre/post-NMS top-n, RoIs per image and detections as configured.
+
+  train  ours: `train.make_train_step` (shard_map over this host's devices, buffer
+         donation) with the study's optimiser (SGD momentum, L2 decay, clipping) at stage
+         `3+`; torchvision: `trainable_backbone_layers=3`, losses, backward,
+         `clip_grad_norm_` and `torch.optim.SGD` with the same settings.
+  infer  ours: `model.apply(train=False)` under jit; torchvision: transform, backbone, RPN,
+         RoI heads (28x28 masks, not pasted into the image, like ours).
+  pipeline  the augmented input pipeline's images/s (`maskrcnn_jax.data.bench`) next to
+         the train step's images/s at that size.
+
+Times are the median of `--steps` timed steps after `--warmup` untimed ones; "compile"
+is JAX lowering + XLA compilation (torchvision: its first step). torchvision runs with
+`torch.set_num_threads(--torch_threads)`, JAX with XLA's CPU default (all cores). The
+ratio is torchvision time / ours: above 1 we are faster. If `--torch_python` is missing
+a venv is created there with torch and torchvision (never a package dependency).
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from bench import model as bench_model
+
+TORCH_VERSIONS = ("torch==2.14.1", "torchvision==0.29.1")
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config(depth: int, size: int):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.depth = depth
+  config.data.image_size = size
+  return config
+
+
+def _batch(config, batch_size: int, instances: int) -> dict[str, np.ndarray]:
+  """`make_batch` padded to `data.max_instances` as the training pipeline pads."""
+  data = bench_model.make_batch(batch_size, config.data.image_size, instances,
+                                config.data.mask_size)
+  pad = config.data.max_instances - instances
+  grow = lambda x: np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  for key in ("boxes", "classes", "masks", "valid"):
+    data[key] = grow(data[key])
+  data["image_id"] = np.arange(batch_size, dtype=np.int32)
+  data["num_truncated"] = np.zeros((batch_size,), np.int32)
+  return data
+
+
+def _time(fn, steps: int, warmup: int) -> float:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def jax_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
+  """Our step: compile seconds, steady-state seconds, peak RSS of this process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.training import optimizer, train  # pylint: disable=g-import-not-at-top
+
+  config = _config(depth, size)
+  for key, value in args.override:
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = type(target[leaf])(value) if not isinstance(target[leaf], bool) else (
+        value.lower() in ("1", "true"))
+  model = models.build(config.model, num_classes=args.num_classes)
+  data = _batch(config, batch_size, args.instances)
+  del data["full_masks"]
+  mesh = train.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  variables = train.init_variables(model, config.data, jax.random.key(0), replicated)
+  out = {}
+  if what == "train":
+    stage = config.train.stages[-1]  # The study's last stage: 3+.
+    mask = optimizer.trainable_mask(variables["params"], stage.trainable,
+                                    freeze_at=config.model.freeze_at)
+    tx = optimizer.make_optimizer(config.train, stage)
+    state = train.create_state(variables, tx, mask, replicated)
+    del variables
+    step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
+                                 lr_fn=optimizer.learning_rate(config.train, stage),
+                                 stage_start=0)
+    batch = jax.device_put(data, NamedSharding(mesh, P(train.AXIS)))
+    rng = jax.random.key(1)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch, rng).compile()
+    out["compile_s"] = time.perf_counter() - start
+    holder = [state]
+
+    def run():
+      holder[0], metrics = compiled(holder[0], batch, rng)
+      jax.block_until_ready(metrics)
+  else:
+    fn = jax.jit(lambda v, b: model.apply(v, b, train=False))
+    batch = {k: data[k] for k in ("image", "image_id", "image_info")}
+    start = time.perf_counter()
+    compiled = fn.lower(variables, batch).compile()
+    out["compile_s"] = time.perf_counter() - start
+    run = lambda: jax.block_until_ready(compiled(variables, batch))
+  out["step_s"] = _time(run, args.steps, args.warmup)
+  out["peak_rss_mb"] = _peak_rss_mb()
+  return out
+
+
+def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
+  """torchvision's Mask R-CNN in the same configuration, in this (torch venv) process."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision.models.detection import anchor_utils, backbone_utils, mask_rcnn  # pylint: disable=g-import-not-at-top
+  from torchvision.ops import misc  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(args.torch_threads)
+  torch.manual_seed(0)
+  m, rpn, roi, tr = (argparse.Namespace(**v) for v in json.loads(args.spec))
+  backbone = backbone_utils.resnet_fpn_backbone(
+      backbone_name=f"resnet{depth}", weights=None, norm_layer=misc.FrozenBatchNorm2d,
+      trainable_layers=3)
+  model = mask_rcnn.MaskRCNN(
+      backbone, num_classes=args.num_classes, min_size=size, max_size=size,
+      image_mean=[v / 255 for v in m.pixel_mean], image_std=[v / 255 for v in m.pixel_std],
+      rpn_anchor_generator=anchor_utils.AnchorGenerator(
+          tuple((s,) for s in m.anchor_sizes), (tuple(m.aspect_ratios),) * 5),
+      rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train, rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
+      rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
+      rpn_post_nms_top_n_test=rpn.post_nms_topk_test, rpn_nms_thresh=rpn.nms_threshold,
+      rpn_batch_size_per_image=rpn.samples_per_image,
+      box_batch_size_per_image=roi.rois_per_image, box_positive_fraction=roi.positive_fraction,
+      box_score_thresh=roi.score_threshold, box_nms_thresh=roi.nms_threshold,
+      box_detections_per_img=roi.detections_per_image)
+  data = bench_model.make_batch(batch_size, size, args.instances, 28)
+  images = [torch.from_numpy(x).permute(2, 0, 1).float() / 255 for x in data["image"]]
+  targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(c).long(),
+              "masks": torch.from_numpy(f)}
+             for b, c, f in zip(data["boxes"], data["classes"], data["full_masks"])]
+  out = {}
+  if what == "train":
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+
+    def run():
+      opt.zero_grad()
+      sum(model(images, targets).values()).backward()
+      torch.nn.utils.clip_grad_norm_(params, tr.grad_clip_norm)
+      opt.step()
+  else:
+    model.eval()
+
+    @torch.no_grad()
+    def run():
+      batch, _ = model.transform(images[:batch_size])
+      features = model.backbone(batch.tensors)
+      proposals, _ = model.rpn(batch, features)
+      model.roi_heads(features, proposals, batch.image_sizes)
+  start = time.perf_counter()
+  run()
+  out["compile_s"] = time.perf_counter() - start  # First step: allocator and kernel warm-up.
+  out["step_s"] = _time(run, args.steps, max(args.warmup - 1, 0))
+  out["peak_rss_mb"] = _peak_rss_mb()
+  return out
+
+
+def pipeline_rate(size: int, args) -> tuple[float, str]:
+  """Augmented input-pipeline images/s at S (all cores), and the line it printed."""
+  cmd = [sys.executable, "-m", "maskrcnn_jax.data.bench", f"--sizes={size}",
+         f"--num_images={args.pipeline_images}", "--batch_size=2",
+         f"--steps={args.pipeline_steps}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"pipeline bench failed:\n{proc.stderr[-2000:]}")
+  line = next(l for l in proc.stdout.splitlines() if l.startswith("train pipeline"))
+  return float(re.search(r": ([\d.]+) images/s", line).group(1)), line
+
+
+def ensure_torch_python(path: str) -> str:
+  """`path` or, when it does not exist, a new venv's python with torch + torchvision."""
+  if os.path.exists(path):
+    return path
+  venv = os.path.dirname(os.path.dirname(path))
+  print(f"creating the torch venv {venv} ...", flush=True)
+  subprocess.run(["python3", "-m", "venv", venv], check=True)
+  subprocess.run([os.path.join(venv, "bin", "pip"), "install", *TORCH_VERSIONS, "numpy"],
+                 check=True)
+  return path
+
+
+def _torch_spec(config) -> list[dict]:
+  """The config values torchvision's side needs: model, rpn, roi_heads, optimiser."""
+  m, rpn, roi, tr = config.model, config.model.rpn, config.model.roi_heads, config.train
+  return [{k: list(m[k]) for k in ("pixel_mean", "pixel_std", "anchor_sizes", "aspect_ratios")},
+          rpn.to_dict(), roi.to_dict(),
+          {"lr": tr.stages[-1].lr, "momentum": tr.momentum, "weight_decay": tr.weight_decay,
+           "grad_clip_norm": tr.grad_clip_norm}]
+
+
+def _child(side: str, what: str, depth: int, size: int, batch: int, args) -> dict:
+  python = sys.executable if side == "jax" else args.torch_python
+  cmd = [python, "-m", "bench.run", "--single", f"{side},{what},{depth},{size},{batch}",
+         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--instances={args.instances}",
+         f"--num_classes={args.num_classes}", f"--torch_threads={args.torch_threads}"]
+  cmd += [f"--set={k}={v}" for k, v in args.override]
+  if side == "torch":  # The torch venv has no ml_collections: pass the config as JSON.
+    config = _config(depth, size)
+    cmd.append("--spec=" + json.dumps(_torch_spec(config)))
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?",
+            "stderr": proc.stderr[-3000:]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt(x, spec: str, width: int) -> str:
+  return format(x, spec) if isinstance(x, (int, float)) else f"{'-':>{width}}"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--what", default="train,infer")
+  parser.add_argument("--depth", default="50,101")
+  parser.add_argument("--size", default="512,800")
+  parser.add_argument("--batch", default="1", help="training batch sizes")
+  parser.add_argument("--infer_batch", type=int, default=1)
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per case")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+  parser.add_argument("--instances", type=int, default=8, help="GT boxes per image")
+  parser.add_argument("--num_classes", type=int, default=93, help="with the background")
+  parser.add_argument("--torch_python", default="/work/torchvenv/bin/python")
+  parser.add_argument("--torch_threads", type=int, default=2)
+  parser.add_argument("--pipeline_images", type=int, default=48)
+  parser.add_argument("--pipeline_steps", type=int, default=10)
+  parser.add_argument("--set", action="append", default=[], dest="raw_set",
+                      help="config override for our side, e.g. model.remat=true")
+  parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--single", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--spec", default="", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  args.override = [tuple(s.split("=", 1)) for s in args.raw_set]
+
+  if args.single:
+    side, what, depth, size, batch = args.single.split(",")
+    case = jax_case if side == "jax" else torch_case
+    print(json.dumps(case(what, int(depth), int(size), int(batch), args)))
+    return
+
+  whats = args.what.split(",")
+  if not args.no_torch:
+    args.torch_python = ensure_torch_python(args.torch_python)
+  print(f"# load average at start {os.getloadavg()}; {os.cpu_count()} CPUs; steps "
+        f"{args.steps} timed after {args.warmup} warm-up; overrides {args.override}", flush=True)
+  header = (f"{'case':<6} {'model':<5} {'size':>4} {'B':>2} | {'ours s':>7} {'img/s':>6} "
+            f"{'compile s':>9} {'RSS MB':>7} | {'tv s':>7} {'img/s':>6} {'1st s':>6} "
+            f"{'RSS MB':>7} | {'tv/ours':>7} | load")
+  print(header, flush=True)
+  train_rates = {}
+  for depth in map(int, args.depth.split(",")):
+    for size in map(int, args.size.split(",")):
+      cases = [("train", b) for b in map(int, args.batch.split(",")) if "train" in whats]
+      cases += [("infer", args.infer_batch)] if "infer" in whats else []
+      for what, batch in cases:
+        ours = _child("jax", what, depth, size, batch, args)
+        tv = {} if args.no_torch else _child("torch", what, depth, size, batch, args)
+        for side, res in (("ours", ours), ("torchvision", tv)):
+          if "error" in res:
+            print(f"# {what} R{depth} {size} B{batch} {side} failed: {res['stderr']}", flush=True)
+        o, t = ours.get("step_s"), tv.get("step_s")
+        if o and what == "train":
+          train_rates[(depth, size)] = max(train_rates.get((depth, size), 0), batch / o)
+        print(f"{what:<6} R{depth:<4} {size:>4} {batch:>2} | {_fmt(o, '7.2f', 7)} "
+              f"{_fmt(o and batch / o, '6.2f', 6)} {_fmt(ours.get('compile_s'), '9.1f', 9)} "
+              f"{_fmt(ours.get('peak_rss_mb'), '7.0f', 7)} | {_fmt(t, '7.2f', 7)} "
+              f"{_fmt(t and batch / t, '6.2f', 6)} {_fmt(tv.get('compile_s'), '6.1f', 6)} "
+              f"{_fmt(tv.get('peak_rss_mb'), '7.0f', 7)} | "
+              f"{_fmt(o and t and t / o, '7.2f', 7)} | {os.getloadavg()[0]:.1f}", flush=True)
+  if "pipeline" in whats:
+    for size in map(int, args.size.split(",")):
+      rate, line = pipeline_rate(size, args)
+      uses = ", ".join(f"R{d} {r:.2f}" for (d, s), r in sorted(train_rates.items()) if s == size)
+      print(f"# pipeline S={size}: {rate:.1f} images/s (train step consumes {uses or '-'} "
+            f"images/s) [{line}]", flush=True)
+
+
+if __name__ == "__main__":
+  main()
