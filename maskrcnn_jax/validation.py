@@ -109,6 +109,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "roi_heads.sampling_ratio", "roi_heads.fc_dim", "roi_heads.mask_convs",
               "roi_heads.detections_per_image"):
     _positive(config, f"model.{key}")
+  candidates = model.rpn.post_nms_topk_train + config.data.max_instances
+  _check(model.roi_heads.rois_per_image <= candidates, "model.roi_heads.rois_per_image",
+         model.roi_heads.rois_per_image,
+         f"must be <= model.rpn.post_nms_topk_train + data.max_instances ({candidates}): "
+         "RoIs are sampled from the proposals and the GT boxes")
   _check(len(model.roi_heads.box_weights) == 4, "model.roi_heads.box_weights",
          model.roi_heads.box_weights, "must be 4 weights (wx, wy, ww, wh)")
 

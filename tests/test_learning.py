@@ -1,5 +1,7 @@
 """Regression: the tiny model learns the synthetic set (mIoU far above an untrained model's)."""
 
+import pytest
+
 from configs import default
 from configs import tiny
 from maskrcnn_jax.training import train
@@ -7,6 +9,7 @@ from maskrcnn_jax.training import train
 THRESHOLD = 0.3  # stuff mIoU without `other`; the untrained model scores < 0.1.
 
 
+@pytest.mark.optimized
 def test_tiny_model_learns_synthetic_stuff(tmp_path):
   config = tiny.get_config()
   config.data.root = str(tmp_path / "data")

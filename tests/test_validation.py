@@ -74,3 +74,11 @@ def test_batch_must_split_over_devices():
   with pytest.raises(validation.ConfigError,
                      match="config.train.global_batch_size = 4: must be divisible by the device count .3."):
     validation.validate_devices(config, 3)
+
+
+def test_rois_need_enough_proposals():
+  config = demo.get_config()
+  config.model.roi_heads.rois_per_image = 512
+  with pytest.raises(validation.ConfigError,
+                     match=r"rois_per_image = 512: must be <= model.rpn.post_nms_topk_train"):
+    validation.validate(config)

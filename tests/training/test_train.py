@@ -134,7 +134,7 @@ def test_nonfinite_step_leaves_state_unchanged():
 
 def run_worker(*args, devices=1):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+             PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
   return subprocess.Popen([sys.executable, str(WORKER), *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
