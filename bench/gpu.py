@@ -103,7 +103,8 @@ def _jax_what(what, model, variables, data, config, args) -> dict:
     out["compile_s"] = time.perf_counter() - start
     run = lambda: jax.block_until_ready(compiled(variables, batch))
   out["step_s"] = bench_run._time(run, args.steps, args.warmup)  # pylint: disable=protected-access
-  out["peak_gb"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**30
+  stats = jax.devices()[0].memory_stats() or {}  # None on CPU (smoke tests).
+  out["peak_gb"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30
   return out
 
 

@@ -83,8 +83,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if synthetic.enabled:
     for key in ("num_train", "num_val", "image_size"):
       _positive(config, f"data.synthetic.{key}")
-  _check(bool(config.data.root), "data.root", config.data.root,
-         "must name the COCO-Stuff root (train2017/, val2017/, annotations/)")
 
   model = config.model
   _in(config, "model.depth", DEPTHS)
@@ -148,6 +146,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.eval.num_images == -1 or config.eval.num_images > 0, "eval.num_images",
          config.eval.num_images, "must be -1 (all) or > 0")
   _fraction(config, "predict.score_threshold")
+  # Last: the study's default.py names no data, and a value error elsewhere comes first.
+  _check(bool(config.data.root), "data.root", config.data.root,
+         "must name the COCO-Stuff root (train2017/, val2017/, annotations/)")
 
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int) -> None:

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.models import resnet
+
 Dtype = Any
 
 # torchvision's init: kaiming_uniform_(a=1), zero bias.
@@ -48,7 +50,9 @@ class FPN(nn.Module):
         self.channels, (kernel, kernel), padding=kernel // 2, dtype=self.dtype,
         param_dtype=jnp.float32, kernel_init=_INIT, name=name)
     levels = range(2, 6)
-    laterals = [conv(1, f"lateral{l}")(c.astype(self.dtype)) for l, c in zip(levels, features)]
+    lateral_conv = lambda name: resnet.Conv1x1(self.channels, use_bias=True, dtype=self.dtype,
+                                               kernel_init=_INIT, name=name)
+    laterals = [lateral_conv(f"lateral{l}")(c) for l, c in zip(levels, features)]
     outputs = [conv(3, "output5")(laterals[-1])]
     top = laterals[-1]
     for l in (4, 3, 2):

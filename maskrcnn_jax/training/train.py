@@ -328,6 +328,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         break
       checkpoint.save(mngr, step, state, meta(stage_idx))  # Stage boundary.
       final_metrics = run_evaluation(stage_idx)
+  if not summaries:
+    logging.info("Already trained to step %d: evaluating only.", step)
+    final_metrics = run_evaluation(len(stages) - 1)
   mngr.wait_until_finished()
   writer.flush()
   result = {"state": state, "stages": summaries, "metrics": final_metrics,
