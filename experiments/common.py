@@ -25,9 +25,9 @@ def base(arg: str | None) -> ml_collections.ConfigDict:
   config.data.root = "/tmp/maskrcnn_jax_experiments/data"
   config.data.image_size = config.data.synthetic.image_size = 128
   config.model.anchor_sizes = (8, 16, 32, 64, 128)
-  for stage, steps in zip(config.train.stages, (60, 90, 120)):
+  for stage, steps in zip(config.train.stages, (40, 60, 80)):
     stage.steps = steps
-  config.train.checkpoint_every_steps = 90
+  config.train.checkpoint_every_steps = 60
   return config
 
 
