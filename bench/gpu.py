@@ -110,27 +110,11 @@ def _jax_what(what, model, variables, data, config, args) -> dict:
 
 def torch_case(what: str, depth: int, size: int, batch_size: int, dtype: str, args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
-  from torchvision.models.detection import anchor_utils, backbone_utils, mask_rcnn  # pylint: disable=g-import-not-at-top
-  from torchvision.ops import misc  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
   torch.backends.cudnn.benchmark = True
-  m, rpn, roi, tr = (argparse.Namespace(**v) for v in json.loads(args.spec))
-  backbone = backbone_utils.resnet_fpn_backbone(
-      backbone_name=f"resnet{depth}", weights=None, norm_layer=misc.FrozenBatchNorm2d,
-      trainable_layers=3)
-  model = mask_rcnn.MaskRCNN(
-      backbone, num_classes=args.num_classes, min_size=size, max_size=size,
-      image_mean=[v / 255 for v in m.pixel_mean], image_std=[v / 255 for v in m.pixel_std],
-      rpn_anchor_generator=anchor_utils.AnchorGenerator(
-          tuple((s,) for s in m.anchor_sizes), (tuple(m.aspect_ratios),) * 5),
-      rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train, rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
-      rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
-      rpn_post_nms_top_n_test=rpn.post_nms_topk_test, rpn_nms_thresh=rpn.nms_threshold,
-      rpn_batch_size_per_image=rpn.samples_per_image,
-      box_batch_size_per_image=roi.rois_per_image, box_positive_fraction=roi.positive_fraction,
-      box_score_thresh=roi.score_threshold, box_nms_thresh=roi.nms_threshold,
-      box_detections_per_img=roi.detections_per_image).cuda()
+  model, (m, rpn, roi, tr) = bench_run.torchvision_model(depth, size, args)
+  model = model.cuda()
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
   dev = torch.device("cuda")
   images = [torch.from_numpy(x).to(dev).permute(2, 0, 1).float() / 255 for x in data["image"]]

@@ -138,14 +138,14 @@ def jax_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   return out
 
 
-def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
-  """torchvision's Mask R-CNN in the same configuration, in this (torch venv) process."""
-  import torch  # pylint: disable=g-import-not-at-top
+def torchvision_model(depth: int, size: int, args):
+  """torchvision's Mask R-CNN in the configuration of `args.spec` (FrozenBN, S x S input).
+
+  Returns (model, (model, rpn, roi_heads, train) config namespaces).
+  """
   from torchvision.models.detection import anchor_utils, backbone_utils, mask_rcnn  # pylint: disable=g-import-not-at-top
   from torchvision.ops import misc  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(args.torch_threads)
-  torch.manual_seed(0)
   m, rpn, roi, tr = (argparse.Namespace(**v) for v in json.loads(args.spec))
   backbone = backbone_utils.resnet_fpn_backbone(
       backbone_name=f"resnet{depth}", weights=None, norm_layer=misc.FrozenBatchNorm2d,
@@ -162,6 +162,16 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
       box_batch_size_per_image=roi.rois_per_image, box_positive_fraction=roi.positive_fraction,
       box_score_thresh=roi.score_threshold, box_nms_thresh=roi.nms_threshold,
       box_detections_per_img=roi.detections_per_image)
+  return model, (m, rpn, roi, tr)
+
+
+def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
+  """torchvision's Mask R-CNN in the same configuration, in this (torch venv) process."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(args.torch_threads)
+  torch.manual_seed(0)
+  model, (m, rpn, roi, tr) = torchvision_model(depth, size, args)
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
   images = [torch.from_numpy(x).permute(2, 0, 1).float() / 255 for x in data["image"]]
   targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(c).long(),
