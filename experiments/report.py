@@ -36,7 +36,7 @@ def read_run(workdir: pathlib.Path) -> dict:
   scalars = pictures.read_scalars(str(workdir)) if list(workdir.glob("events.out.*")) else {}
   eval_dir = final_eval_dir(workdir)
   metrics = json.loads((eval_dir / "metrics.json").read_text()) if eval_dir else {}
-  stage_losses = []
+  stage_losses, blew_up = [], False
   if "train/total_loss" in scalars and "train/stage" in scalars:
     steps, loss = scalars["train/total_loss"]
     stage_steps, stage = scalars["train/stage"]
@@ -44,9 +44,12 @@ def read_run(workdir: pathlib.Path) -> dict:
     for i in range(len(config["train"]["stages"])):
       values = [v for s, v in zip(steps, loss) if by_step.get(s) == i]
       stage_losses.append(values[-1] if values else float("nan"))
+      blew_up |= bool(values) and max(values) > 3 * values[0]
   skipped = scalars.get("train/skipped_steps_total", ([0], [0.0]))[1][-1]
   losses = scalars.get("train/total_loss", ([], []))[1]
-  diverged = (info.get("exit_code", 0) != 0 or skipped > 0
+  # Diverged: the run failed, skipped non-finite steps, or a stage's loss rose to over 3x
+  # where it started (the study's "gradients exploded").
+  diverged = (info.get("exit_code", 0) != 0 or skipped > 0 or blew_up
               or (len(losses) and not np.all(np.isfinite(losses))))
   return dict(name=workdir.name, info=info, config=config, scalars=scalars, metrics=metrics,
               eval_dir=eval_dir, stage_losses=stage_losses, skipped=int(skipped),
