@@ -96,12 +96,7 @@ def _jax_what(what, model, variables, data, config, args) -> dict:
       holder[0], holder[1], loss = compiled(*holder, frozen, frozen_bn, data, rng)
       jax.block_until_ready(loss)
   else:
-    fn = jax.jit(lambda v, b: model.apply(v, b, train=False))
-    batch = {k: data[k] for k in ("image", "image_id", "image_info")}
-    start = time.perf_counter()
-    compiled = fn.lower(variables, batch).compile()
-    out["compile_s"] = time.perf_counter() - start
-    run = lambda: jax.block_until_ready(compiled(variables, batch))
+    out["compile_s"], run = bench_run.compiled_inference(model, variables, data)
   out["step_s"] = bench_run._time(run, args.steps, args.warmup)  # pylint: disable=protected-access
   stats = jax.devices()[0].memory_stats() or {}  # None on CPU (smoke tests).
   out["peak_gb"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30

@@ -35,6 +35,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -125,17 +126,22 @@ def jax_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
       holder[0], metrics = compiled(holder[0], batch, rng)
       jax.block_until_ready(metrics)
   else:
-    fn = jax.jit(lambda v, b: model.apply(v, b, train=False))
-    batch = {k: data[k] for k in ("image", "image_id", "image_info")}
-    start = time.perf_counter()
-    compiled = fn.lower(variables, batch).compile()
-    out["compile_s"] = time.perf_counter() - start
-    run = lambda: jax.block_until_ready(compiled(variables, batch))
+    out["compile_s"], run = compiled_inference(model, variables, data)
   best = []
   out["step_s"] = _time(run, args.steps, args.warmup, best)
   out["best_s"] = best[0]
   out["peak_rss_mb"] = _peak_rss_mb()
   return out
+
+
+def compiled_inference(model, variables, data) -> tuple[float, Any]:
+  """(compile seconds, a function that runs one inference step and waits for it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(lambda v, b: model.apply(v, b, train=False))
+  batch = {k: data[k] for k in ("image", "image_id", "image_info")}
+  start = time.perf_counter()
+  compiled = fn.lower(variables, batch).compile()
+  return time.perf_counter() - start, lambda: jax.block_until_ready(compiled(variables, batch))
 
 
 def torchvision_model(depth: int, size: int, args):
