@@ -111,11 +111,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, dtype: str, ar
   model, (m, rpn, roi, tr) = bench_run.torchvision_model(depth, size, args)
   model = model.cuda()
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
-  dev = torch.device("cuda")
-  images = [torch.from_numpy(x).to(dev).permute(2, 0, 1).float() / 255 for x in data["image"]]
-  targets = [{"boxes": torch.from_numpy(b).to(dev), "labels": torch.from_numpy(c).long().to(dev),
-              "masks": torch.from_numpy(f).to(dev)}
-             for b, c, f in zip(data["boxes"], data["classes"], data["full_masks"])]
+  images, targets = bench_run.torch_inputs(data, "cuda")
   autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
   if what == "train":
     model.train()

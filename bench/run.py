@@ -171,6 +171,17 @@ def torchvision_model(depth: int, size: int, args):
   return model, (m, rpn, roi, tr)
 
 
+def torch_inputs(data: dict, device: str) -> tuple[list, list]:
+  """`bench.model.make_batch` output as torchvision's (images, targets) on `device`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  images = [torch.from_numpy(x).to(device).permute(2, 0, 1).float() / 255 for x in data["image"]]
+  targets = [{"boxes": torch.from_numpy(b).to(device),
+              "labels": torch.from_numpy(c).long().to(device),
+              "masks": torch.from_numpy(f).to(device)}
+             for b, c, f in zip(data["boxes"], data["classes"], data["full_masks"])]
+  return images, targets
+
+
 def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   """torchvision's Mask R-CNN in the same configuration, in this (torch venv) process."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -179,10 +190,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   torch.manual_seed(0)
   model, (m, rpn, roi, tr) = torchvision_model(depth, size, args)
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
-  images = [torch.from_numpy(x).permute(2, 0, 1).float() / 255 for x in data["image"]]
-  targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(c).long(),
-              "masks": torch.from_numpy(f)}
-             for b, c, f in zip(data["boxes"], data["classes"], data["full_masks"])]
+  images, targets = torch_inputs(data, "cpu")
   out = {}
   if what == "train":
     model.train()

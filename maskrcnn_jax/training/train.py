@@ -235,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if latest is None:
     opt_stage = 0
     state = create_state(variables, txs[0], masks[0], replicated)
-    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+    writer.write_hparams(_flat_config(config))
   else:
     meta = checkpoint.restore_meta(mngr, latest)
     opt_stage = meta["stage"]
