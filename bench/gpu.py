@@ -96,7 +96,7 @@ def _jax_what(what, model, variables, data, config, args) -> dict:
       holder[0], holder[1], loss = compiled(*holder, frozen, frozen_bn, data, rng)
       jax.block_until_ready(loss)
   else:
-    out["compile_s"], run = bench_run.compiled_inference(model, variables, data)
+    out["compile_s"], run, _ = bench_run.compiled_inference(model, variables, data)
   out["step_s"] = bench_run._time(run, args.steps, args.warmup)  # pylint: disable=protected-access
   stats = jax.devices()[0].memory_stats() or {}  # None on CPU (smoke tests).
   out["peak_gb"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30

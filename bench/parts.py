@@ -28,12 +28,7 @@ def jax_parts(depth: int, size: int, args) -> dict:
   from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
 
   config = bench_run._config(depth, size)  # pylint: disable=protected-access
-  for key, value in args.override:
-    *parents, leaf = key.split(".")
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = type(target[leaf])(value)
+  bench_run.override(config, args.override)
   model = models.build(config.model, num_classes=args.num_classes)
   tiny = bench_run._batch(bench_run._config(depth, 128), 1, 2)  # pylint: disable=protected-access
   del tiny["full_masks"]

@@ -85,48 +85,8 @@ def _time(fn, steps: int, warmup: int, best: list | None = None) -> float:
 
 def jax_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   """Our step: compile seconds, steady-state seconds, peak RSS of this process."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
-  from maskrcnn_jax.training import optimizer, train  # pylint: disable=g-import-not-at-top
-
-  config = _config(depth, size)
-  for key, value in args.override:
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = type(target[leaf])(value) if not isinstance(target[leaf], bool) else (
-        value.lower() in ("1", "true"))
-  model = models.build(config.model, num_classes=args.num_classes)
-  data = _batch(config, batch_size, args.instances)
-  del data["full_masks"]
-  mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  variables = train.init_variables(model, config.data, jax.random.key(0), replicated)
   out = {}
-  if what == "train":
-    stage = config.train.stages[-1]  # The study's last stage: 3+.
-    mask = optimizer.trainable_mask(variables["params"], stage.trainable,
-                                    freeze_at=config.model.freeze_at)
-    tx = optimizer.make_optimizer(config.train, stage)
-    state = train.create_state(variables, tx, mask, replicated)
-    del variables
-    step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
-                                 lr_fn=optimizer.learning_rate(config.train, stage),
-                                 stage_start=0)
-    batch = jax.device_put(data, NamedSharding(mesh, P(train.AXIS)))
-    rng = jax.random.key(1)
-    start = time.perf_counter()
-    compiled = step.lower(state, batch, rng).compile()
-    out["compile_s"] = time.perf_counter() - start
-    holder = [state]
-
-    def run():
-      holder[0], metrics = compiled(holder[0], batch, rng)
-      jax.block_until_ready(metrics)
-  else:
-    out["compile_s"], run = compiled_inference(model, variables, data)
+  out["compile_s"], run, _ = jax_step(what, depth, size, batch_size, args)
   best = []
   out["step_s"] = _time(run, args.steps, args.warmup, best)
   out["best_s"] = best[0]
@@ -134,14 +94,69 @@ def jax_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   return out
 
 
-def compiled_inference(model, variables, data) -> tuple[float, Any]:
-  """(compile seconds, a function that runs one inference step and waits for it)."""
+def override(config, pairs: list[tuple[str, str]]) -> None:
+  """Applies `--set key=value` pairs to `config` in place, typed as the existing value."""
+  for key, value in pairs:
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = type(target[leaf])(value) if not isinstance(target[leaf], bool) else (
+        value.lower() in ("1", "true"))
+
+
+def jax_step(what: str, depth: int, size: int, batch_size: int, args):
+  """Our compiled train or inference step on the bench batch.
+
+  Returns (compile seconds, a function that runs one step and waits for it, the
+  `jax.stages.Compiled`).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.training import optimizer, train  # pylint: disable=g-import-not-at-top
+
+  config = _config(depth, size)
+  override(config, args.override)
+  model = models.build(config.model, num_classes=args.num_classes)
+  data = _batch(config, batch_size, args.instances)
+  del data["full_masks"]
+  mesh = train.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  variables = train.init_variables(model, config.data, jax.random.key(0), replicated)
+  if what != "train":
+    return compiled_inference(model, variables, data)
+  stage = config.train.stages[-1]  # The study's last stage: 3+.
+  mask = optimizer.trainable_mask(variables["params"], stage.trainable,
+                                  freeze_at=config.model.freeze_at)
+  tx = optimizer.make_optimizer(config.train, stage)
+  state = train.create_state(variables, tx, mask, replicated)
+  del variables
+  step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
+                               lr_fn=optimizer.learning_rate(config.train, stage),
+                               stage_start=0)
+  batch = jax.device_put(data, NamedSharding(mesh, P(train.AXIS)))
+  rng = jax.random.key(1)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - start
+  holder = [state]
+
+  def run():
+    holder[0], metrics = compiled(holder[0], batch, rng)
+    jax.block_until_ready(metrics)
+  return compile_s, run, compiled
+
+
+def compiled_inference(model, variables, data) -> tuple[float, Any, Any]:
+  """(compile seconds, a function that runs one inference step and waits for it, compiled)."""
   import jax  # pylint: disable=g-import-not-at-top
   fn = jax.jit(lambda v, b: model.apply(v, b, train=False))
   batch = {k: data[k] for k in ("image", "image_id", "image_info")}
   start = time.perf_counter()
   compiled = fn.lower(variables, batch).compile()
-  return time.perf_counter() - start, lambda: jax.block_until_ready(compiled(variables, batch))
+  return (time.perf_counter() - start,
+          lambda: jax.block_until_ready(compiled(variables, batch)), compiled)
 
 
 def torchvision_model(depth: int, size: int, args):

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskrcnn_jax.models import resnet
+from maskrcnn_jax.models import layers
 
 Dtype = Any
 
@@ -46,13 +46,10 @@ class FPN(nn.Module):
     """features: C2..C5, C_l [B, H_l, W_l, *] -> (P2, .., P6), P_l [B, H_l, W_l, channels]."""
     if len(features) != 4:
       raise ValueError(f"FPN takes C2..C5 (4 maps), got {len(features)}")
-    conv = lambda kernel, name: nn.Conv(
-        self.channels, (kernel, kernel), padding=kernel // 2, dtype=self.dtype,
-        param_dtype=jnp.float32, kernel_init=_INIT, name=name)
+    conv = lambda kernel, name: layers.Conv(self.channels, kernel, use_bias=True,
+                                            dtype=self.dtype, kernel_init=_INIT, name=name)
     levels = range(2, 6)
-    lateral_conv = lambda name: resnet.Conv1x1(self.channels, use_bias=True, dtype=self.dtype,
-                                               kernel_init=_INIT, name=name)
-    laterals = [lateral_conv(f"lateral{l}")(c) for l, c in zip(levels, features)]
+    laterals = [conv(1, f"lateral{l}")(c) for l, c in zip(levels, features)]
     outputs = [conv(3, "output5")(laterals[-1])]
     top = laterals[-1]
     for l in (4, 3, 2):

@@ -13,17 +13,15 @@ padding. A FrozenBatchNorm keeps `scale`, `bias`, `mean`, `var` (torch: `weight`
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.models import layers
+
 Dtype = Any
-
-# torchvision's init (kaiming_normal_, fan_out, relu).
-_KAIMING = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
 
 class FrozenBatchNorm(nn.Module):
   """Per-channel affine with fixed statistics, as torchvision's FrozenBatchNorm2d.
@@ -45,39 +43,9 @@ class FrozenBatchNorm(nn.Module):
     return x * mult.astype(self.dtype) + shift.astype(self.dtype)
 
 
-class Conv1x1(nn.Module):
-  """A (strided) 1x1 conv as a channel matmul, with nn.Conv's `kernel` [1, 1, in, out].
-
-  Same values as nn.Conv; on CPU XLA lowers a 1x1 conv's kernel gradient to a slow
-  window convolution, as a dot it is a matmul (about 6x faster at 128x128x256).
-  x: [B, H, W, Cin] -> [B, ceil(H / stride), ceil(W / stride), features].
-  """
-  features: int
-  stride: int = 1
-  use_bias: bool = False
-  dtype: Dtype = jnp.float32
-  kernel_init: Callable[..., jax.Array] = _KAIMING
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
-                        jnp.float32)
-    x = x[:, ::self.stride, ::self.stride].astype(self.dtype)
-    y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0].astype(self.dtype))
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
-          self.dtype)
-    return y
-
-
 def _conv(features: int, kernel: int, stride: int, name: str, dtype: Dtype) -> nn.Module:
   """Bias-free conv with torch's symmetric padding (kernel // 2 on every side)."""
-  if kernel == 1:
-    return Conv1x1(features, stride, dtype=dtype, name=name)
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=_KAIMING, name=name)
+  return layers.Conv(features, kernel, stride, dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):

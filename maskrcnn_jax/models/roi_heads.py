@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.models import layers
 from maskrcnn_jax.models import losses
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import nms as nms_ops
@@ -28,7 +29,6 @@ from maskrcnn_jax.ops import sampling
 
 Dtype = Any
 MASK_SIZE = 28  # Mask head output side (2 x the 14x14 mask RoIAlign).
-_KAIMING_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class BoxHead(nn.Module):
@@ -65,7 +65,7 @@ class Deconv2x2(nn.Module):
   x: [N, H, W, C] -> [N, 2H, 2W, features].
   """
   features: int
-  kernel_init: Any = _KAIMING_OUT
+  kernel_init: Any = layers.KAIMING_OUT
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -96,12 +96,11 @@ class MaskHead(nn.Module):
     b, r = pooled.shape[:2]
     x = pooled.astype(self.dtype).reshape(b * r, *pooled.shape[2:])
     for i in range(1, self.num_convs + 1):
-      x = nn.relu(nn.Conv(self.channels, (3, 3), padding=1, dtype=self.dtype,
-                          param_dtype=jnp.float32, kernel_init=_KAIMING_OUT,
-                          name=f"mask_conv{i}")(x))
+      x = nn.relu(layers.Conv(self.channels, 3, use_bias=True, dtype=self.dtype,
+                              name=f"mask_conv{i}")(x))
     x = nn.relu(Deconv2x2(self.channels, dtype=self.dtype, name="deconv")(x))
-    x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=_KAIMING_OUT, name="mask_logits")(x)
+    x = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
+                    name="mask_logits")(x)
     return x.astype(jnp.float32).reshape(b, r, *x.shape[1:])
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskrcnn_jax.models import layers
 from maskrcnn_jax.models import losses
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import boxes as box_ops
@@ -35,15 +36,14 @@ class RPNHead(nn.Module):
   def __call__(self, features: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
     """features: P_l [B, H_l, W_l, C] -> objectness [B, N] and deltas [B, N, 4], float32."""
     init = nn.initializers.normal(0.01)
-    conv = nn.Conv(features[0].shape[-1], (3, 3), padding=1, dtype=self.dtype,
-                   param_dtype=jnp.float32, kernel_init=init, name="conv")
-    cls_logits = nn.Conv(self.num_anchors, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                         kernel_init=init, name="cls_logits")
-    bbox_pred = nn.Conv(4 * self.num_anchors, (1, 1), dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=init, name="bbox_pred")
+    conv = lambda features, kernel, name: layers.Conv(
+        features, kernel, use_bias=True, dtype=self.dtype, kernel_init=init, name=name)
+    conv3 = conv(features[0].shape[-1], 3, "conv")
+    cls_logits = conv(self.num_anchors, 1, "cls_logits")
+    bbox_pred = conv(4 * self.num_anchors, 1, "bbox_pred")
     objectness, deltas = [], []
     for x in features:
-      x = nn.relu(conv(x))
+      x = nn.relu(conv3(x))
       b = x.shape[0]
       objectness.append(cls_logits(x).reshape(b, -1))
       deltas.append(bbox_pred(x).reshape(b, -1, 4))

@@ -1,0 +1,67 @@
+"""conv2d: torch-padded values, and its (row-chunked on CPU) gradients equal XLA's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from maskrcnn_jax.ops import conv as conv_ops
+
+
+def _reference(x, kernel, stride):
+  pad = kernel.shape[0] // 2
+  return lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _grads(fn, x, kernel, stride):
+  loss = lambda x, w: jnp.sum(jnp.sin(fn(x, w, stride)))
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+
+
+def test_golden_values():
+  # 3x3 ones kernel on a 3x3 ramp: each output sums its zero-padded neighbourhood.
+  x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+  out = conv_ops.conv2d(x, jnp.ones((3, 3, 1, 1)), 1)[0, ..., 0]
+  np.testing.assert_array_equal(out, [[8, 15, 12], [21, 36, 27], [20, 33, 24]])
+  out = conv_ops.conv2d(x, jnp.ones((3, 3, 1, 1)), 2)[0, ..., 0]
+  np.testing.assert_array_equal(out, [[8, 12], [20, 24]])
+
+
+@pytest.mark.parametrize("shape,k,stride,rows", [
+    ((1, 9, 8, 4, 5), 3, 1, 2),
+    ((2, 11, 7, 3, 4), 3, 2, 3),
+    ((1, 13, 10, 2, 3), 7, 2, 4),
+    ((1, 6, 6, 2, 2), 3, 1, 100),
+])
+def test_chunked_kernel_grad_equals_xla(shape, k, stride, rows):
+  b, h, w, cin, cout = shape
+  x = jax.random.normal(jax.random.key(0), (b, h, w, cin))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+  y, vjp = jax.vjp(lambda w: _reference(x, w, stride), kernel)
+  g = jax.random.normal(jax.random.key(2), y.shape)
+  got = conv_ops.chunked_kernel_grad(x, kernel, g, stride, rows)
+  np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gradients_equal_xla_on_a_chunked_map(stride):
+  # 8 MiB of float32 input: large enough that the CPU gradient is chunked.
+  x = jax.random.normal(jax.random.key(0), (1, 64, 64, 512))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 512, 4)) * 0.05
+  np.testing.assert_allclose(conv_ops.conv2d(x, kernel, stride), _reference(x, kernel, stride),
+                             rtol=1e-6, atol=1e-6)
+  for got, want in zip(_grads(conv_ops.conv2d, x, kernel, stride),
+                       _grads(_reference, x, kernel, stride)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_bfloat16_gradients():
+  x = jax.random.normal(jax.random.key(0), (1, 16, 12, 8), jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 8, 8), jnp.bfloat16)
+  dx, dkernel = _grads(conv_ops.conv2d, x, kernel, 1)
+  assert dx.dtype == jnp.bfloat16 and dkernel.dtype == jnp.bfloat16
+  want = _grads(_reference, x.astype(jnp.float32), kernel.astype(jnp.float32), 1)
+  np.testing.assert_allclose(dkernel.astype(jnp.float32), want[1], rtol=0.05,
+                             atol=0.02 * float(jnp.abs(want[1]).max()))
