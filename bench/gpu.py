@@ -112,6 +112,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, dtype: str, ar
   model = model.cuda()
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
   images, targets = bench_run.torch_inputs(data, "cuda")
+  mask_rois = bench_run.prepare_torchvision(model, images)
   autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
   if what == "train":
     model.train()
@@ -145,6 +146,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, dtype: str, ar
   out = {"device": torch.cuda.get_device_name(), "compile_s": time.perf_counter() - start}
   out["step_s"] = bench_run._time(run, args.steps, args.warmup)  # pylint: disable=protected-access
   out["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+  out["mask_rois"] = mask_rois[-1]
   return out
 
 

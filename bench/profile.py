@@ -9,6 +9,7 @@ produced it through the compiled HLO's `op_name` metadata. Prints seconds per st
 
   by part   backbone stage / FPN / RPN / RoI box / mask head / loss / optimiser, each
             split into forward and backward (ops under `transpose(...)`)
+  by kind   convolutions, matmuls (the 1x1 convs, FC layers), loops, layout copies, the rest
   by op     the `--top` most expensive ops with their module path and primitive
 """
 
@@ -47,6 +48,20 @@ def part_of(op_name: str) -> str:
     if word in op_name.lower():
       return f"{label} {direction}"
   return f"other {direction}"
+
+
+def kind_of(op: str, op_name: str) -> str:
+  """A coarse label such as `conv bwd` for an HLO op and its op_name path."""
+  direction = "bwd" if "transpose(" in op_name else "fwd"
+  if "conv_general_dilated" in op_name and op.startswith(("ynn", "convolution", "onednn")):
+    return f"conv {direction}"
+  if "dot_general" in op_name and op.startswith(("ynn", "dot", "onednn")):
+    return f"matmul {direction}"
+  if op.startswith("while"):
+    return "loops (NMS, top-k, sampling)"
+  if op.startswith(("copy", "transpose")):
+    return "layout copies"
+  return f"elementwise and other {direction}"
 
 
 def host_op_times(trace_dir: str) -> dict[str, float]:
@@ -89,15 +104,16 @@ def main():
     for _ in range(args.steps):
       run()
   times = {k: v / args.steps for k, v in host_op_times(trace_dir).items() if k in names}
-  parts = collections.Counter()
-  for op, t in times.items():
-    parts[part_of(names[op])] += t
   total = sum(times.values())
   print(f"# {args.what} R{args.depth} {args.size}² B{args.batch}: {total:.2f} s of XLA ops per "
         f"step (summed over threads), trace in {trace_dir}")
-  for part, t in parts.most_common():
-    print(f"{part:<22} {t:7.3f} s {100 * t / total:5.1f}%")
-  print()
+  for label in (part_of, kind_of):
+    groups = collections.Counter()
+    for op, t in times.items():
+      groups[label(names[op]) if label is part_of else label(op, names[op])] += t
+    for group, t in groups.most_common():
+      print(f"{group:<30} {t:7.3f} s {100 * t / total:5.1f}%")
+    print()
   for op, t in sorted(times.items(), key=lambda kv: -kv[1])[:args.top]:
     path = re.sub(r"(jvp|transpose|jit|shard_map)\(|\)", "", names[op])
     print(f"{t:7.3f} s  {op:<28} {path[-110:]}")

@@ -186,6 +186,37 @@ def torchvision_model(depth: int, size: int, args):
   return model, (m, rpn, roi, tr)
 
 
+def prepare_torchvision(model, images) -> list[int]:
+  """Makes torchvision's model do the work ours always does; returns its mask-RoI counts.
+
+  With random weights and unit FrozenBN statistics the features grow to ~1e5, the RPN's
+  boxes degenerate and torchvision keeps no proposals, skipping the RoI heads. Each
+  FrozenBN's statistics are therefore set to those of its input on `images` (one
+  forward pass), and at inference `score_thresh` is 0, so that it returns its full 100
+  detections (random logits score ~1/num_classes) and runs the mask head on them, as our
+  static-shape model does. The returned list receives the number of RoIs of each mask
+  head call (`train`: its positives; ours always computes the full positive quota).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision.ops import misc  # pylint: disable=g-import-not-at-top
+
+  def set_statistics(module, inputs):
+    x = inputs[0]
+    module.running_mean.copy_(x.mean((0, 2, 3)))
+    module.running_var.copy_(x.var((0, 2, 3)) + module.eps)
+
+  hooks = [m.register_forward_pre_hook(set_statistics) for m in model.backbone.modules()
+           if isinstance(m, misc.FrozenBatchNorm2d)]
+  with torch.no_grad():
+    model.backbone(model.transform(images)[0].tensors)
+  for hook in hooks:
+    hook.remove()
+  model.roi_heads.score_thresh = 0.0
+  counts = []
+  model.roi_heads.mask_head.register_forward_hook(lambda m, i, o: counts.append(i[0].shape[0]))
+  return counts
+
+
 def torch_inputs(data: dict, device: str) -> tuple[list, list]:
   """`bench.model.make_batch` output as torchvision's (images, targets) on `device`."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -206,6 +237,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   model, (m, rpn, roi, tr) = torchvision_model(depth, size, args)
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
   images, targets = torch_inputs(data, "cpu")
+  mask_rois = prepare_torchvision(model, images[:batch_size])
   out = {}
   if what == "train":
     model.train()
@@ -233,6 +265,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   out["step_s"] = _time(run, args.steps, max(args.warmup - 1, 0), best)
   out["best_s"] = best[0]
   out["peak_rss_mb"] = _peak_rss_mb()
+  out["mask_rois"] = mask_rois[-1]
   return out
 
 
@@ -285,6 +318,16 @@ def _child(side: str, what: str, depth: int, size: int, batch: int, args) -> dic
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _mask_rois(what: str, depth: int, size: int, batch: int, args) -> int:
+  """RoIs our mask head computes per step: the positive quota, or every detection slot."""
+  config = _config(depth, size)
+  override(config, args.override)
+  roi = config.model.roi_heads
+  per_image = (int(roi.rois_per_image * roi.positive_fraction) if what == "train"
+               else roi.detections_per_image)
+  return per_image * batch
+
+
 def _fmt(x, spec: str, width: int) -> str:
   return format(x, spec) if isinstance(x, (int, float)) else f"{'-':>{width}}"
 
@@ -325,7 +368,7 @@ def main():
         f"{args.steps} timed after {args.warmup} warm-up; overrides {args.override}", flush=True)
   header = (f"{'case':<6} {'model':<5} {'size':>4} {'B':>2} | {'ours s':>7} {'img/s':>6} "
             f"{'compile s':>9} {'RSS MB':>7} | {'tv s':>7} {'img/s':>6} {'1st s':>6} "
-            f"{'RSS MB':>7} | {'tv/ours':>7} {'best':>5} | load")
+            f"{'RSS MB':>7} {'masks':>7} | {'tv/ours':>7} {'best':>5} | load")
   print(header, flush=True)
   train_rates = {}
   for depth in map(int, args.depth.split(",")):
@@ -339,13 +382,14 @@ def main():
           if "error" in res:
             print(f"# {what} R{depth} {size} B{batch} {side} failed: {res['stderr']}", flush=True)
         o, t = ours.get("step_s"), tv.get("step_s")
+        masks = f"{_mask_rois(what, depth, size, batch, args)}/{tv.get('mask_rois', '-')}"
         if o and what == "train":
           train_rates[(depth, size)] = max(train_rates.get((depth, size), 0), batch / o)
         print(f"{what:<6} R{depth:<4} {size:>4} {batch:>2} | {_fmt(o, '7.2f', 7)} "
               f"{_fmt(o and batch / o, '6.2f', 6)} {_fmt(ours.get('compile_s'), '9.1f', 9)} "
               f"{_fmt(ours.get('peak_rss_mb'), '7.0f', 7)} | {_fmt(t, '7.2f', 7)} "
               f"{_fmt(t and batch / t, '6.2f', 6)} {_fmt(tv.get('compile_s'), '6.1f', 6)} "
-              f"{_fmt(tv.get('peak_rss_mb'), '7.0f', 7)} | "
+              f"{_fmt(tv.get('peak_rss_mb'), '7.0f', 7)} {masks:>7} | "
               f"{_fmt(o and t and t / o, '7.2f', 7)} "
               f"{_fmt(t and o and tv['best_s'] / ours['best_s'], '5.2f', 5)} | "
               f"{os.getloadavg()[0]:.1f}", flush=True)
