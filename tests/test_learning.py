@@ -6,7 +6,8 @@ from configs import default
 from configs import tiny
 from maskrcnn_jax.training import train
 
-THRESHOLD = 0.12  # stuff mIoU without `other`: untrained 0.0, 200 steps about 0.2.
+THRESHOLD = 0.12  # stuff mIoU without `other`: untrained 0.0, 300 steps 0.29.
+# (After 200 steps it was 0.11-0.2: float rounding of equivalent convolutions moved it.)
 
 
 @pytest.mark.optimized
@@ -20,9 +21,9 @@ def test_tiny_model_learns_synthetic_stuff(tmp_path):
   config.train.stages = [default.stage("all", "all", steps=1, lr=1e-6)]
   config.train.log_every_steps = 1
   untrained = train.train_and_evaluate(config, str(tmp_path / "untrained"))
-  config.train.stages = [default.stage("all", "all", steps=200, lr=0.02)]
+  config.train.stages = [default.stage("all", "all", steps=300, lr=0.02)]
   config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 200
+  config.train.checkpoint_every_steps = 300
   trained = train.train_and_evaluate(config, str(tmp_path / "trained"))
   before = untrained["metrics"]["stuff_no_other/mIoU"]
   after = trained["metrics"]["stuff_no_other/mIoU"]
