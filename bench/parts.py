@@ -5,6 +5,8 @@
 Times (median of `--steps` after one warm-up), each side in its own subprocess:
   feat     backbone + FPN forward (inference)
   feat_bw  backbone + FPN forward and backward of the `3+` trainable subset (training)
+  resL, resL_bw  one identity-shortcut bottleneck block of stage L at its map size
+           (S / 2^L), forward; forward and backward (parameters and input)
 and, for ours, XLA's cost analysis (GFLOP) of each compiled function. The rest of the
 model (RPN, proposal NMS, RoIAlign, box and mask heads, losses) is the difference to
 `bench.run`'s full numbers.
@@ -25,6 +27,7 @@ def jax_parts(depth: int, size: int, args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
 
   config = bench_run._config(depth, size)  # pylint: disable=protected-access
@@ -46,20 +49,36 @@ def jax_parts(depth: int, size: int, args) -> dict:
   def loss(trainable, x):
     return sum(jnp.sum(f) for f in forward(trainable, x))
 
+  cases = [("feat", forward, trainable, x), ("feat_bw", jax.grad(loss), trainable, x)]
+  for level, (side, channels) in _blocks(size).items():
+    block = resnet.Bottleneck(channels // 4)
+    bx = jax.random.normal(jax.random.key(2), (1, side, side, channels), jnp.float32)
+    bv = block.init(jax.random.key(3), bx)
+    apply = lambda p, x, block=block, bv=bv: block.apply(
+        {"params": p, "frozen_bn": bv["frozen_bn"]}, x)
+    block_loss = lambda p, x, apply=apply: jnp.sum(apply(p, x) ** 2)
+    cases += [(level, apply, bv["params"], bx),
+              (level + "_bw", jax.grad(block_loss, argnums=(0, 1)), bv["params"], bx)]
   out = {}
-  for name, fn in (("feat", forward), ("feat_bw", jax.grad(loss))):
-    compiled = jax.jit(fn).lower(trainable, x).compile()
+  for name, fn, params, inputs in cases:
+    compiled = jax.jit(fn).lower(params, inputs).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     out[name + "_gflop"] = cost.get("flops", float("nan")) / 1e9
     out[name + "_s"] = bench_run._time(  # pylint: disable=protected-access
-        lambda: jax.block_until_ready(compiled(trainable, x)), args.steps, 1)
+        lambda: jax.block_until_ready(compiled(params, inputs)), args.steps, 1)
   return out
+
+
+def _blocks(size: int) -> dict[str, tuple[int, int]]:
+  """{stage: (map side, block channels)} of the bottleneck stages at image side `size`."""
+  return {f"res{l}": (size // 2**l, 256 * 2**(l - 2)) for l in range(2, 6)}
 
 
 def torch_parts(depth: int, size: int, args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from torchvision.models.detection import backbone_utils  # pylint: disable=g-import-not-at-top
+  from torchvision.models import resnet  # pylint: disable=g-import-not-at-top
   from torchvision.ops import misc  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(args.torch_threads)
@@ -76,8 +95,22 @@ def torch_parts(depth: int, size: int, args) -> dict:
     backbone.zero_grad()
     sum(f.sum() for f in backbone(x).values()).backward()
 
+  cases = [("feat", feat), ("feat_bw", feat_bw)]
+  for level, (side, channels) in _blocks(size).items():
+    block = resnet.Bottleneck(channels, channels // 4, norm_layer=misc.FrozenBatchNorm2d)
+    bx = torch.randn(1, channels, side, side, requires_grad=True)
+
+    @torch.no_grad()
+    def block_fw(block=block, bx=bx):
+      block(bx)
+
+    def block_bw(block=block, bx=bx):
+      block.zero_grad()
+      bx.grad = None
+      (block(bx) ** 2).sum().backward()
+    cases += [(level, block_fw), (level + "_bw", block_bw)]
   return {name + "_s": bench_run._time(fn, args.steps, 1)  # pylint: disable=protected-access
-          for name, fn in (("feat", feat), ("feat_bw", feat_bw))}
+          for name, fn in cases}
 
 
 def main():
@@ -109,10 +142,11 @@ def main():
     res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     res[side]["wall_s"] = time.perf_counter() - start
   j, t = res.get("jax", {}), res.get("torch", {})
-  for name in ("feat", "feat_bw"):
+  names = ["feat", "feat_bw"] + [f"{l}{bw}" for l in _blocks(args.size) for bw in ("", "_bw")]
+  for name in names:
     js, ts = j.get(name + "_s", np.nan), t.get(name + "_s", np.nan)
-    print(f"R{args.depth} {args.size} {name:<8} ours {js:7.2f} s ({j.get(name + '_gflop', np.nan):.0f}"
-          f" GFLOP)  torchvision {ts:7.2f} s  tv/ours {ts / js:5.2f}", flush=True)
+    print(f"R{args.depth} {args.size} {name:<8} ours {js:7.3f} s ({j.get(name + '_gflop', np.nan):.0f}"
+          f" GFLOP)  torchvision {ts:7.3f} s  tv/ours {ts / js:5.2f}", flush=True)
 
 
 if __name__ == "__main__":
