@@ -11,7 +11,8 @@ part they belong to, which is what staged fine-tuning selects on:
   roi_heads/box_head/{fc6, fc7, cls_score, bbox_pred}
   roi_heads/mask_head/{mask_conv1.., deconv, mask_logits}  (models/roi_heads.py)
 
-Each module's docstring names its torchvision counterpart for weight conversion.
+Each module's docstring names its torchvision counterpart for weight conversion. Every
+convolution is a `layers.Conv` (nn.Conv's parameters, CPU-friendly gradients).
 """
 
 import jax.numpy as jnp

@@ -6,7 +6,7 @@ On XLA:CPU both of nn.Conv's kernel-gradient lowerings are slow for large maps:
   k = 1  a channel matmul instead of a window convolution (about 6x faster kernel
          gradient at 128x128x256);
   k > 1  `ops.conv.conv2d`, whose kernel gradient is summed over cache-sized row chunks
-         on CPU (3.7x at 200x200x256 for 3x3).
+         on CPU (about 4.8x at 200x200x256 for 3x3).
 Forward values are those of nn.Conv.
 """
 

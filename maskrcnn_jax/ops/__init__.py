@@ -1,2 +1,3 @@
-"""Static-shape detection ops in pure JAX: anchors, box geometry and coding, matching and
-sampling, padded NMS, RoIAlign. Each follows torchvision's arithmetic (tests compare them)."""
+"""Static-shape detection ops in pure JAX: anchors, box geometry and coding, convolution,
+matching and sampling, padded NMS, RoIAlign. Each follows torchvision's arithmetic (tests
+compare them)."""
