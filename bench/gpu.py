@@ -38,9 +38,7 @@ def jax_case(whats: str, depth: int, size: int, batch_size: int, dtype: str, arg
   larger) is the process's overall peak.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
-  from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
 
   config = bench_run._config(depth, size)  # pylint: disable=protected-access
   config.model.dtype = dtype
@@ -48,12 +46,7 @@ def jax_case(whats: str, depth: int, size: int, batch_size: int, dtype: str, arg
   data = bench_run._batch(config, batch_size, args.instances)  # pylint: disable=protected-access
   del data["full_masks"]
   data = jax.device_put(data)
-  # Parameter shapes do not depend on the image size: initialise on a small batch.
-  small = bench_run._config(depth, 128)  # pylint: disable=protected-access
-  tiny = bench_run._batch(small, 1, 2)  # pylint: disable=protected-access
-  del tiny["full_masks"]
-  variables = jax.jit(lambda k: model.init({"params": k, "sampling": k}, tiny, train=True))(
-      jax.random.key(0))
+  variables = bench_run.init_small(model, depth)
   results = {}
   for what in sorted(whats.split("+"), key=lambda w: w != "infer"):
     results[what] = _jax_what(what, model, variables, data, config, args)
@@ -108,34 +101,13 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, dtype: str, ar
 
   torch.manual_seed(0)
   torch.backends.cudnn.benchmark = True
-  model, (m, rpn, roi, tr) = bench_run.torchvision_model(depth, size, args)
+  model, (_, _, _, tr) = bench_run.torchvision_model(depth, size, args)
   model = model.cuda()
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
   images, targets = bench_run.torch_inputs(data, "cuda")
   mask_rois = bench_run.prepare_torchvision(model, images)
   autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-  if what == "train":
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
-
-    def step():
-      opt.zero_grad()
-      with autocast():
-        loss = sum(model(images, targets).values())
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(params, tr.grad_clip_norm)
-      opt.step()
-  else:
-    model.eval()
-
-    @torch.no_grad()
-    def step():
-      with autocast():
-        batch, _ = model.transform(images)
-        features = model.backbone(batch.tensors)
-        proposals, _ = model.rpn(batch, features)
-        model.roi_heads(features, proposals, batch.image_sizes)
+  step = bench_run.torchvision_step(what, model, images, targets, tr, autocast)
 
   def run():
     step()

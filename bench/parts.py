@@ -33,10 +33,7 @@ def jax_parts(depth: int, size: int, args) -> dict:
   config = bench_run._config(depth, size)  # pylint: disable=protected-access
   bench_run.override(config, args.override)
   model = models.build(config.model, num_classes=args.num_classes)
-  tiny = bench_run._batch(bench_run._config(depth, 128), 1, 2)  # pylint: disable=protected-access
-  del tiny["full_masks"]
-  variables = jax.jit(lambda k: model.init({"params": k, "sampling": k}, tiny, train=True))(
-      jax.random.key(0))
+  variables = bench_run.init_small(model, depth)
   mask = optimizer.trainable_mask(variables["params"], "3+", freeze_at=config.model.freeze_at)
   trainable, frozen = optimizer.split(variables["params"], mask)
   x = jax.random.normal(jax.random.key(1), (1, size, size, 3), jnp.float32)

@@ -107,10 +107,10 @@ def main():
   total = sum(times.values())
   print(f"# {args.what} R{args.depth} {args.size}² B{args.batch}: {total:.2f} s of XLA ops per "
         f"step (summed over threads), trace in {trace_dir}")
-  for label in (part_of, kind_of):
+  for label in (lambda op, op_name: part_of(op_name), kind_of):
     groups = collections.Counter()
     for op, t in times.items():
-      groups[label(names[op]) if label is part_of else label(op, names[op])] += t
+      groups[label(op, names[op])] += t
     for group, t in groups.most_common():
       print(f"{group:<30} {t:7.3f} s {100 * t / total:5.1f}%")
     print()

@@ -28,6 +28,7 @@ a venv is created there with torch and torchvision (never a package dependency).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -114,7 +115,7 @@ def jax_step(what: str, depth: int, size: int, batch_size: int, args):
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
-  from maskrcnn_jax.training import optimizer, train  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.training import train  # pylint: disable=g-import-not-at-top
 
   config = _config(depth, size)
   override(config, args.override)
@@ -122,16 +123,27 @@ def jax_step(what: str, depth: int, size: int, batch_size: int, args):
   data = _batch(config, batch_size, args.instances)
   del data["full_masks"]
   mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  variables = train.init_variables(model, config.data, jax.random.key(0), replicated)
+  variables = train.init_variables(model, config.data, jax.random.key(0),
+                                   NamedSharding(mesh, P()))
   if what != "train":
     return compiled_inference(model, variables, data)
-  stage = config.train.stages[-1]  # The study's last stage: 3+.
+  # The study's last stage: 3+.
+  return compiled_train_step(model, variables, config, config.train.stages[-1], mesh, data)
+
+
+def compiled_train_step(model, variables, config, stage, mesh, data):
+  """`train.make_train_step` at `stage` (fresh optimiser state), compiled for `data`.
+
+  Returns (compile seconds, a function that runs one step and waits for it, compiled).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.training import optimizer, train  # pylint: disable=g-import-not-at-top
+
   mask = optimizer.trainable_mask(variables["params"], stage.trainable,
                                   freeze_at=config.model.freeze_at)
   tx = optimizer.make_optimizer(config.train, stage)
-  state = train.create_state(variables, tx, mask, replicated)
-  del variables
+  state = train.create_state(variables, tx, mask, NamedSharding(mesh, P()))
   step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
                                lr_fn=optimizer.learning_rate(config.train, stage),
                                stage_start=0)
@@ -146,6 +158,16 @@ def jax_step(what: str, depth: int, size: int, batch_size: int, args):
     holder[0], metrics = compiled(holder[0], batch, rng)
     jax.block_until_ready(metrics)
   return compile_s, run, compiled
+
+
+def init_small(model, depth: int):
+  """`model`'s variables, initialised on one small image: parameter shapes do not depend
+  on the image size. Needs no mesh and no input pipeline (TensorFlow)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  tiny = _batch(_config(depth, 128), 1, 2)
+  del tiny["full_masks"]
+  return jax.jit(lambda k: model.init({"params": k, "sampling": k}, tiny, train=True))(
+      jax.random.key(0))
 
 
 def compiled_inference(model, variables, data) -> tuple[float, Any, Any]:
@@ -217,6 +239,36 @@ def prepare_torchvision(model, images) -> list[int]:
   return counts
 
 
+def torchvision_step(what: str, model, images, targets, tr, autocast=contextlib.nullcontext):
+  """One torchvision step as a function: `train` (losses, backward, clipping, SGD with the
+  study's settings in `tr`) or `infer` (transform, backbone, RPN, RoI heads)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  if what == "train":
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+
+    def step():
+      opt.zero_grad()
+      with autocast():
+        loss = sum(model(images, targets).values())
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(params, tr.grad_clip_norm)
+      opt.step()
+    return step
+  model.eval()
+
+  @torch.no_grad()
+  def step():
+    with autocast():
+      batch, _ = model.transform(images)
+      features = model.backbone(batch.tensors)
+      proposals, _ = model.rpn(batch, features)
+      model.roi_heads(features, proposals, batch.image_sizes)
+  return step
+
+
 def torch_inputs(data: dict, device: str) -> tuple[list, list]:
   """`bench.model.make_batch` output as torchvision's (images, targets) on `device`."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -234,30 +286,12 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
 
   torch.set_num_threads(args.torch_threads)
   torch.manual_seed(0)
-  model, (m, rpn, roi, tr) = torchvision_model(depth, size, args)
+  model, (_, _, _, tr) = torchvision_model(depth, size, args)
   data = bench_model.make_batch(batch_size, size, args.instances, 28)
   images, targets = torch_inputs(data, "cpu")
-  mask_rois = prepare_torchvision(model, images[:batch_size])
+  mask_rois = prepare_torchvision(model, images)
+  run = torchvision_step(what, model, images, targets, tr)
   out = {}
-  if what == "train":
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
-
-    def run():
-      opt.zero_grad()
-      sum(model(images, targets).values()).backward()
-      torch.nn.utils.clip_grad_norm_(params, tr.grad_clip_norm)
-      opt.step()
-  else:
-    model.eval()
-
-    @torch.no_grad()
-    def run():
-      batch, _ = model.transform(images[:batch_size])
-      features = model.backbone(batch.tensors)
-      proposals, _ = model.rpn(batch, features)
-      model.roi_heads(features, proposals, batch.image_sizes)
   start = time.perf_counter()
   run()
   out["compile_s"] = time.perf_counter() - start  # First step: allocator and kernel warm-up.

@@ -9,16 +9,14 @@ real training step (`training.train.make_train_step`) on a synthetic batch.
 
 import argparse
 import importlib.util
-import statistics
-import time
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from bench import run as bench_run
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
-from maskrcnn_jax.training import optimizer
 from maskrcnn_jax.training import train
 
 
@@ -60,32 +58,17 @@ def main():
   class_set = categories.get_class_set(config.data.class_set)
   model = models.build(config.model, num_classes=class_set.num_classes + 1)
   mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  variables = train.init_variables(model, config.data, jax.random.key(0), replicated)
-  batch = jax.device_put(synthetic_batch(config, batch_size, np.random.default_rng(0)),
-                         NamedSharding(mesh, P(train.AXIS)))
+  variables = train.init_variables(model, config.data, jax.random.key(0),
+                                   NamedSharding(mesh, P()))
+  batch = synthetic_batch(config, batch_size, np.random.default_rng(0))
   print(f"R{config.model.depth}-FPN {config.data.image_size}² batch {batch_size}, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
   print(f"{'stage':>8} {'trainable':>10} {'compile s':>10} {'step s':>8}")
   for stage in config.train.stages:
-    mask = optimizer.trainable_mask(variables["params"], stage.trainable,
-                                    freeze_at=config.model.freeze_at)
-    tx = optimizer.make_optimizer(config.train, stage)
-    state = train.create_state(variables, tx, mask, replicated)
-    step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
-                                 lr_fn=optimizer.learning_rate(config.train, stage),
-                                 stage_start=0)
-    start = time.perf_counter()
-    compiled = step.lower(state, batch, jax.random.key(1)).compile()
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(args.steps + 1):
-      start = time.perf_counter()
-      state, metrics = compiled(state, batch, jax.random.key(1))
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - start)
-    print(f"{stage.name:>8} {str(stage.trainable):>10} {compile_s:10.1f} "
-          f"{statistics.median(times[1:]):8.3f}")
+    compile_s, run, _ = bench_run.compiled_train_step(model, variables, config, stage, mesh,
+                                                      batch)
+    step_s = bench_run._time(run, args.steps, 1)  # pylint: disable=protected-access
+    print(f"{stage.name:>8} {str(stage.trainable):>10} {compile_s:10.1f} {step_s:8.3f}")
 
 
 if __name__ == "__main__":

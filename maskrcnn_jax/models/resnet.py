@@ -23,6 +23,7 @@ from maskrcnn_jax.models import layers
 
 Dtype = Any
 
+
 class FrozenBatchNorm(nn.Module):
   """Per-channel affine with fixed statistics, as torchvision's FrozenBatchNorm2d.
 

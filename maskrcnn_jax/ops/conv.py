@@ -37,7 +37,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
 
 
 def _forward(x, kernel, stride):
-  return conv2d(x, kernel, stride), (x, kernel)
+  return conv2d.fun(x, kernel, stride), (x, kernel)
 
 
 def chunked_kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, stride: int,
@@ -64,8 +64,7 @@ def chunked_kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, stride: i
 
 def _backward(stride, residuals, g):
   x, kernel = residuals
-  pad = kernel.shape[0] // 2
-  conv = lambda x, w: _conv(x, w, stride, ((pad, pad), (pad, pad)))
+  conv = lambda x, w: conv2d.fun(x, w, stride)
   dx = jax.vjp(lambda x: conv(x, kernel), x)[1](g)[0]
   whole = lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
   row_bytes = x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize
