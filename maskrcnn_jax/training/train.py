@@ -248,9 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   del variables
 
   step = int(state.step)
-  local_batch = config.train.global_batch_size // jax.process_count()
-  ds = pipeline.create_train_dataset(config.data, batch_size=local_batch, seed=config.seed,
-                                     start_step=step)
+  ds = pipeline.create_train_dataset(config.data, global_batch_size=config.train.global_batch_size,
+                                     seed=config.seed, start_step=step)
   batches = global_batches(ds, data_sharding)
   loss_step = make_loss_step(mesh, model)
 
