@@ -30,8 +30,8 @@ from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import run_eval
-from maskrcnn_jax.training import checkpoint
 from maskrcnn_jax.training import optimizer
+from maskrcnn_jax.weights import checkpoint
 
 AXIS = "data"
 
