@@ -1,7 +1,7 @@
 """tf.data input pipelines: COCO-Stuff TFRecords -> fixed-shape batches (docs/design.md).
 
-B images per batch (G / P: the global batch over the processes), S `data.image_size`, M `data.max_instances`, Sm
-`data.mask_size`. A batch:
+B images per batch (G / P: the global batch over the processes), S `data.image_size`,
+M `data.max_instances`, Sm `data.mask_size`. A batch:
 
   image          [B, S, S, 3] uint8   longest side resized to S × jitter, zero-padded bottom/right
   image_id       [B] int32
@@ -32,6 +32,7 @@ and padded pixel = original pixel × scale − window offset (training only).
 """
 
 import dataclasses
+import io
 import itertools
 import math
 import pathlib
@@ -39,6 +40,7 @@ import struct
 import threading
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -58,8 +60,8 @@ _KEY_EPOCH_SHIFT = 32  # Augmentation key = epoch << 32 | slot in the epoch.
 
 
 def data_dir(data_config: ml_collections.ConfigDict) -> str:
-  """Where the TFRecords live: `data.tfds_data_dir`, or ROOT/tfds."""
-  return data_config.tfds_data_dir or str(pathlib.Path(data_config.root) / "tfds")
+  """Where the TFRecords live: `data.tfds_data_dir` (any epath: local, gs://), or ROOT/tfds."""
+  return data_config.tfds_data_dir or str(epath.Path(data_config.root) / "tfds")
 
 
 def _builder(data_config) -> builder_lib.MaskrcnnCocoStuff:
@@ -191,9 +193,9 @@ def _index_records(builder, split: str) -> Records:
 
 def _records(builder, split: str) -> Records:
   """The split's record index, cached as records_<split>.npz beside the TFRecords."""
-  cache = pathlib.Path(builder.data_dir) / f"records_{split}.npz"
+  cache = epath.Path(builder.data_dir) / f"records_{split}.npz"
   if cache.exists():
-    with np.load(cache) as z:
+    with np.load(io.BytesIO(cache.read_bytes())) as z:
       arrays = {k: z[k] for k in z.files}
     if len(arrays["shard"]) == builder.info.splits[split].num_examples:
       paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
@@ -203,9 +205,10 @@ def _records(builder, split: str) -> Records:
             if f.name != "paths"}
   try:
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    with tmp.open("wb") as f:
+      np.savez(f, **arrays)
     tmp.rename(cache)
-  except OSError as e:
+  except (OSError, tf.errors.OpError) as e:
     logging.warning("cannot cache the record index at %s: %s", cache, e)
   return records
 
@@ -541,7 +544,7 @@ def load_images(paths: list[str], data_config: ml_collections.ConfigDict, *,
          "image_info": np.zeros((batch_size, 5), np.float32),
          "image_valid": np.zeros((batch_size,), bool), "original": []}
   for i, path in enumerate(paths):
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(epath.Path(path).read_bytes())) as image:
       original = np.asarray(image.convert("RGB"))
     height, width = original.shape[:2]
     scale = size / max(height, width)

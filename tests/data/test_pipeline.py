@@ -161,7 +161,8 @@ def test_global_batches_are_the_same_for_every_process_count(config, class_balan
 def test_restore_resumes_the_same_sequence(config):
   augmented = _augmented(config, class_balanced=True, repeat_threshold=0.5)
   full = _take(pipeline.create_train_dataset(augmented, global_batch_size=3, seed=1), 7)
-  resumed = _take(pipeline.create_train_dataset(augmented, global_batch_size=3, seed=1, start_step=4), 3)
+  resumed = _take(pipeline.create_train_dataset(augmented, global_batch_size=3, seed=1,
+                                                start_step=4), 3)
   _assert_batches_equal(full[4:], resumed)
 
 
