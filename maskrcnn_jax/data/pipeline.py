@@ -204,9 +204,10 @@ def _records(builder, split: str) -> Records:
   arrays = {f.name: getattr(records, f.name) for f in dataclasses.fields(Records)
             if f.name != "paths"}
   try:
+    buffer = io.BytesIO()  # Written whole: object stores cannot seek in a file being written.
+    np.savez(buffer, **arrays)
     tmp = cache.with_suffix(".tmp.npz")
-    with tmp.open("wb") as f:
-      np.savez(f, **arrays)
+    tmp.write_bytes(buffer.getvalue())
     tmp.rename(cache)
   except (OSError, tf.errors.OpError) as e:
     logging.warning("cannot cache the record index at %s: %s", cache, e)
