@@ -35,7 +35,6 @@ import dataclasses
 import io
 import itertools
 import math
-import pathlib
 import struct
 import threading
 
@@ -76,7 +75,7 @@ def _built(data_config) -> builder_lib.MaskrcnnCocoStuff:
   return builder
 
 
-def _needs_synthetic(root: pathlib.Path) -> bool:
+def _needs_synthetic(root: epath.Path) -> bool:
   return not root.exists() or not any(p.name != "tfds" for p in root.iterdir())
 
 
@@ -89,7 +88,7 @@ def prepare(data_config: ml_collections.ConfigDict) -> builder_lib.MaskrcnnCocoS
   """
   if not data_config.root:
     raise ValueError("config.data.root is empty: set it to the COCO-Stuff root")
-  root = pathlib.Path(data_config.root)
+  root = epath.Path(data_config.root)
   builder = _builder(data_config)
   if jax.process_index() == 0:
     syn = data_config.synthetic
