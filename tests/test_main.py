@@ -18,6 +18,8 @@ def run_main(*args):
 @pytest.mark.parametrize("override, expected", [
     ("--config.no_such_key=1", "Invalid config: unknown key 'no_such_key' in --config.no_such_key=1"),
     ("--config.model.depth=77", "Invalid config: config.model.depth = 77: must be one of 18, 34, 50, 101, 152"),
+    ("--config.train.stages[7].lr=0.1", "Invalid config: config.train.stages[7]: out of range, "
+     "config.train.stages has 3 stages (0..2) in --config.train.stages[7].lr=0.1"),
 ])
 def test_bad_override_exits_with_one_line(tmp_path, override, expected):
   result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path), override)
