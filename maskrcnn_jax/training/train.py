@@ -216,6 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
     state = checkpoint.restore_state(mngr, latest, abstract)
     logging.info("Resumed from step %d (stage %s).", latest, stages[opt_stage].name)
+    _log_topology_change(meta)
   del variables
 
   step = int(state.step)
@@ -227,9 +228,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def meta(stage_idx):
     return {"step": int(state.step), "stage": stage_idx, "stage_name": stages[stage_idx].name,
             "input_position": int(state.step), "seed": config.seed,
-            "nonfinite_total": int(state.nonfinite_total)}
+            "nonfinite_total": int(state.nonfinite_total),
+            "process_count": jax.process_count(), "device_count": jax.device_count()}
 
-  def run_evaluation(stage_idx):
+  def diverged(message):
+    mngr.wait_until_finished()  # The last good checkpoint is complete before the exit.
+    return FloatingPointError(message)
+
+  evaluated = {}  # {step: metrics} of the latest evaluation: each step is evaluated once.
+
+  def run_evaluation():
+    if int(state.step) not in evaluated:
+      evaluated.clear()
+      evaluated[int(state.step)] = evaluate_now()
+    return evaluated[int(state.step)]
+
+  def evaluate_now():
     variables = {"params": state.params, "frozen_bn": state.frozen_bn}
     val = run_eval.validation_loss(config, loss_step, variables, data_sharding, val_rng)
     writer.write_scalars(int(state.step), {f"val/{k}": v for k, v in val.items()})
@@ -264,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         step += 1
         history.append(metrics)
         if last_run is not None and int(last_run) >= config.train.max_nonfinite_steps:
-          raise FloatingPointError(
+          raise diverged(
               f"{int(last_run)} steps in a row had a non-finite loss or gradient (up to step "
               f"{step - 1}); stopping. The last good checkpoint is in {workdir}/checkpoints.")
         last_run = metrics["nonfinite_run"]  # Read one step late: keeps the device busy.
@@ -288,25 +302,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           preempted = True
           break
         if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
-          final_metrics = run_evaluation(stage_idx)
+          final_metrics = run_evaluation()
       if last_run is not None and int(last_run) >= config.train.max_nonfinite_steps:
-        raise FloatingPointError(
+        raise diverged(
             f"{int(last_run)} steps in a row had a non-finite loss or gradient; stopping. "
             f"The last good checkpoint is in {workdir}/checkpoints.")
       summaries.append(summary)
       if preempted:
         break
       checkpoint.save(mngr, step, state, meta(stage_idx))  # Stage boundary.
-      final_metrics = run_evaluation(stage_idx)
+      final_metrics = run_evaluation()
   if not summaries:
     logging.info("Already trained to step %d: evaluating only.", step)
-    final_metrics = run_evaluation(len(stages) - 1)
+    final_metrics = run_evaluation()
   mngr.wait_until_finished()
   writer.flush()
   result = {"state": state, "stages": summaries, "metrics": final_metrics,
             "preempted": preempted, "nonfinite_total": int(state.nonfinite_total)}
   _log_summary(result, workdir)
   return result
+
+
+def _log_topology_change(meta: dict[str, Any]) -> None:
+  """A resume on other hosts reads the same batches; other devices draw other samples."""
+  if meta.get("process_count", jax.process_count()) != jax.process_count():
+    logging.info("Resuming with %d processes (saved with %d): same data order.",
+                 jax.process_count(), meta["process_count"])
+  if meta.get("device_count", jax.device_count()) != jax.device_count():
+    logging.warning("Resuming on %d devices (saved on %d): same batches, but the per-device "
+                    "sampling streams (RPN/RoI sampling) change.", jax.device_count(),
+                    meta["device_count"])
 
 
 def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

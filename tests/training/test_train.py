@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from maskrcnn_jax.evaluation import run_eval
 from maskrcnn_jax.training import optimizer
 from maskrcnn_jax.training import train
 
@@ -103,6 +104,26 @@ def test_nonfinite_steps_are_skipped_then_stop(data_root, tmp_path, monkeypatch)
   monkeypatch.setattr(train, "global_batches", poisoned)
   with pytest.raises(FloatingPointError, match="2 steps in a row had a non-finite"):
     train.train_and_evaluate(config, str(tmp_path / "nan"), evaluate=False)
+  # Saved (asynchronously) at step 2, complete on disk before the error reaches main.
+  assert (tmp_path / "nan" / "checkpoints" / "2" / "state").is_dir()
+
+
+def test_each_step_is_evaluated_once(data_root, tmp_path, monkeypatch):
+  """Periodic evaluation on both stage boundaries, then a restart of the finished run."""
+  config = tiny.get_config()
+  config.data.root = str(data_root / "data")
+  config.train.eval_every_steps = 2  # The stages end at steps 2 and 4.
+  evaluated, val_losses = [], []
+  monkeypatch.setattr(run_eval, "validation_loss",
+                      lambda *args, **kwargs: val_losses.append(1) or {"total_loss": 1.0})
+  monkeypatch.setattr(run_eval, "evaluate",
+                      lambda config, model, variables, mesh, workdir, step, **kwargs:
+                      evaluated.append(step) or {"segm/AP": float(step)})
+  result = train.train_and_evaluate(config, str(tmp_path), evaluate=True)
+  assert evaluated == [2, 4] and len(val_losses) == 2
+  assert result["metrics"]["segm/AP"] == 4.0
+  again = train.train_and_evaluate(config, str(tmp_path), evaluate=True)  # Trained: eval only.
+  assert evaluated == [2, 4, 4] and again["metrics"]["segm/AP"] == 4.0
 
 
 def painted_batch(n: int, config) -> dict[str, np.ndarray]:
