@@ -30,10 +30,10 @@ file and the annotation id: it means the wrong file or a corrupt one.
 import collections
 import io
 import json
-import pathlib
 from typing import Iterator
 
 from absl import logging
+from etils import epath
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -43,9 +43,9 @@ from maskrcnn_jax.data import categories
 SPLIT_DIRS = {"train": "train2017", "validation": "val2017"}
 
 
-def annotation_path(root, split: str, kind: str) -> pathlib.Path:
+def annotation_path(root, split: str, kind: str) -> epath.Path:
   """ROOT/annotations/{kind}_{train,val}2017.json, kind is `stuff` or `instances`."""
-  return pathlib.Path(root) / "annotations" / f"{kind}_{SPLIT_DIRS[split]}.json"
+  return epath.Path(root) / "annotations" / f"{kind}_{SPLIT_DIRS[split]}.json"
 
 
 def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
@@ -55,11 +55,10 @@ def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
   return ("stuff",)
 
 
-def _load_json(path: pathlib.Path) -> dict:
+def _load_json(path: epath.Path) -> dict:
   if not path.is_file():
     raise FileNotFoundError(f"annotation file {path} does not exist")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def _rgb_jpeg(data: bytes) -> tuple[bytes, tuple[int, int], bool]:
@@ -141,7 +140,7 @@ def read_examples(
   (the mask cropped to its box, resized). Bad input is skipped and counted in `counts`
   (see the module docstring).
   """
-  root = pathlib.Path(root)
+  root = epath.Path(root)
   images, anns_by_image = {}, collections.defaultdict(list)
   for kind in annotation_kinds(class_set):
     path = annotation_path(root, split, kind)
