@@ -28,12 +28,13 @@ and padded pixel = original pixel × scale − window offset (training only).
 """
 
 import dataclasses
+import io
 import itertools
 import math
-import pathlib
 import struct
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -55,7 +56,7 @@ _STREAM_CHUNK = 1024  # Stream entries handed to tf.data per Python call.
 
 def data_dir(data_config: ml_collections.ConfigDict) -> str:
   """Where the TFRecords live: `data.tfds_data_dir`, or ROOT/tfds."""
-  return data_config.tfds_data_dir or str(pathlib.Path(data_config.root) / "tfds")
+  return data_config.tfds_data_dir or str(epath.Path(data_config.root) / "tfds")
 
 
 def _builder(data_config) -> builder_lib.MaskrcnnCocoStuff:
@@ -70,7 +71,7 @@ def _built(data_config) -> builder_lib.MaskrcnnCocoStuff:
   return builder
 
 
-def _needs_synthetic(root: pathlib.Path) -> bool:
+def _needs_synthetic(root: epath.Path) -> bool:
   return not root.exists() or not any(p.name != "tfds" for p in root.iterdir())
 
 
@@ -83,7 +84,7 @@ def prepare(data_config: ml_collections.ConfigDict) -> builder_lib.MaskrcnnCocoS
   """
   if not data_config.root:
     raise ValueError("config.data.root is empty: set it to the COCO-Stuff root")
-  root = pathlib.Path(data_config.root)
+  root = epath.Path(data_config.root)
   builder = _builder(data_config)
   if jax.process_index() == 0:
     syn = data_config.synthetic
@@ -187,9 +188,9 @@ def _index_records(builder, split: str) -> Records:
 
 def _records(builder, split: str) -> Records:
   """The split's record index, cached as records_<split>.npz beside the TFRecords."""
-  cache = pathlib.Path(builder.data_dir) / f"records_{split}.npz"
+  cache = epath.Path(builder.data_dir) / f"records_{split}.npz"
   if cache.exists():
-    with np.load(cache) as z:
+    with cache.open("rb") as f, np.load(f) as z:
       arrays = {k: z[k] for k in z.files}
     if len(arrays["shard"]) == builder.info.splits[split].num_examples:
       paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
@@ -198,8 +199,10 @@ def _records(builder, split: str) -> Records:
   arrays = {f.name: getattr(records, f.name) for f in dataclasses.fields(Records)
             if f.name != "paths"}
   try:
+    buffer = io.BytesIO()  # np.savez seeks, which some filesystems cannot do on write.
+    np.savez(buffer, **arrays)
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    tmp.write_bytes(buffer.getvalue())
     tmp.rename(cache)
   except OSError as e:
     logging.warning("cannot cache the record index at %s: %s", cache, e)
