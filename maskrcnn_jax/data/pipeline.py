@@ -21,7 +21,9 @@ stateless ops keyed by (seed, epoch, slot in the epoch). A pipeline started at `
 therefore yields exactly the batches the uninterrupted one yields from that step, and
 skipping costs nothing. Each epoch is fully shuffled.
 
-Training skips images without a non-crowd instance (as detectron2 does); evaluation keeps
+Training skips images without a non-crowd instance (as detectron2 does) and, unless
+`data.allow_partial_annotations`, images listed in only one of the stuff and instances
+files (things_and_stuff: their other pixels would train as background); evaluation keeps
 every image. With scale jitter above 1 the resized image is larger than S and a random S×S
 window of it is kept: boxes are clipped to it and masks re-cropped to the clipped boxes,
 and padded pixel = original pixel × scale − window offset (training only).
@@ -75,12 +77,16 @@ def _needs_synthetic(root: epath.Path) -> bool:
   return not root.exists() or not any(p.name != "tfds" for p in root.iterdir())
 
 
-def prepare(data_config: ml_collections.ConfigDict) -> builder_lib.MaskrcnnCocoStuff:
+def prepare(data_config: ml_collections.ConfigDict, *,
+            num_workers: int = 1) -> builder_lib.MaskrcnnCocoStuff:
   """Makes sure the TFRecords of `data_config` exist; returns their (built) builder.
 
   Writes the synthetic set to ROOT first when `data.synthetic.enabled` and ROOT is missing
   or empty. Idempotent: fast when already built. With several processes, process 0 does
-  the work and the others wait for it, so the data directory must be shared.
+  the work and the others wait for it, so the data directory must be shared. num_workers:
+  processes decoding the images of a build. Warns about images holding more than
+  `data.max_instances` instances (training keeps the largest; batches count the rest in
+  `num_truncated`).
   """
   if not data_config.root:
     raise ValueError("config.data.root is empty: set it to the COCO-Stuff root")
@@ -96,14 +102,24 @@ def prepare(data_config: ml_collections.ConfigDict) -> builder_lib.MaskrcnnCocoS
     if not root.is_dir():
       raise FileNotFoundError(f"data root {root} does not exist (and data.synthetic is off)")
     builder = builder_lib.build(root, data_dir(data_config), class_set=data_config.class_set,
-                                mask_size=data_config.mask_size)
+                                mask_size=data_config.mask_size, num_workers=num_workers)
     for split in coco_reader.SPLIT_DIRS:
-      _records(builder, split)
+      _warn_over_cap(_records(builder, split), split, data_config.max_instances)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("maskrcnn_jax.data.prepare")
     builder = _builder(data_config)
   return builder
+
+
+def _warn_over_cap(records: "Records", split: str, max_instances: int) -> None:
+  over = records.num_instances > max_instances
+  if over.any():
+    logging.warning(
+        "%s: %d of %d images hold more than data.max_instances = %d instances (up to %d); "
+        "the smallest past the cap are dropped and counted in num_truncated (first ids: %s)",
+        split, over.sum(), len(records), max_instances, records.num_instances.max(),
+        records.image_id[over][:10].tolist())
 
 
 def annotation_files(data_config: ml_collections.ConfigDict, split: str) -> list[str]:
@@ -120,13 +136,14 @@ def annotation_files(data_config: ml_collections.ConfigDict, split: str) -> list
 class Records:
   """Where each example of a split lies, and what training needs to know about it.
 
-  paths: the split's TFRecord files. For R records: shard [R] int32 (index into paths),
-  offset [R] int64 and length [R] int64 of the serialized example, num_instances [R]
-  int32 (non-crowd), and class_sets: the training ids present, as a flat class_ids array
-  split at class_splits [R + 1].
+  paths: the split's TFRecord files. For R records: image_id [R] int64, shard [R] int32
+  (index into paths), offset [R] int64 and length [R] int64 of the serialized example,
+  num_instances [R] int32 (non-crowd), and class_sets: the training ids present, as a flat
+  class_ids array split at class_splits [R + 1].
   """
 
   paths: tuple[str, ...]
+  image_id: np.ndarray
   shard: np.ndarray
   offset: np.ndarray
   length: np.ndarray
@@ -170,17 +187,19 @@ def _index_records(builder, split: str) -> Records:
     length += n
   parse = _parse_fn(builder.info.features)
   ds = tf.data.TFRecordDataset(list(paths)).map(
-      lambda s: {k: v for k, v in parse(s).items() if k in ("classes", "is_crowd")},
+      lambda s: {k: v for k, v in parse(s).items() if k in ("image_id", "classes", "is_crowd")},
       num_parallel_calls=AUTOTUNE)
-  num_instances, class_ids, splits = [], [], [0]
+  image_ids, num_instances, class_ids, splits = [], [], [], [0]
   for ex in ds.as_numpy_iterator():
+    image_ids.append(ex["image_id"])
     keep = ex["classes"][~ex["is_crowd"]]
     num_instances.append(len(keep))
     class_ids += sorted(set(keep.tolist()))
     splits.append(len(class_ids))
   if len(num_instances) != len(shard):
     raise ValueError(f"{split}: {len(shard)} record headers but {len(num_instances)} examples")
-  return Records(paths=paths, shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
+  return Records(paths=paths, image_id=np.array(image_ids, np.int64),
+                 shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
                  length=np.array(length, np.int64),
                  num_instances=np.array(num_instances, np.int32),
                  class_ids=np.array(class_ids, np.int32), class_splits=np.array(splits, np.int64))
@@ -192,7 +211,8 @@ def _records(builder, split: str) -> Records:
   if cache.exists():
     with cache.open("rb") as f, np.load(f) as z:
       arrays = {k: z[k] for k in z.files}
-    if len(arrays["shard"]) == builder.info.splits[split].num_examples:
+    fields = {f.name for f in dataclasses.fields(Records)} - {"paths"}
+    if set(arrays) == fields and len(arrays["shard"]) == builder.info.splits[split].num_examples:
       paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
       return Records(paths=paths, **arrays)
   records = _index_records(builder, split)
@@ -483,6 +503,12 @@ def create_train_dataset(
   process_index, process_count = _process(process_index, process_count)
   builder = _built(data_config)
   records = _records(builder, "train")
+  partial = np.isin(records.image_id, builder.info.metadata.get("partial/train", []))
+  if partial.any() and not data_config.allow_partial_annotations:
+    logging.warning("training leaves out %d images with partial annotations "
+                    "(data.allow_partial_annotations is off)", partial.sum())
+    records = dataclasses.replace(records, num_instances=np.where(partial, 0,
+                                                                  records.num_instances))
   start = start_step * batch_size
   stream = lambda: _train_stream(
       records, seed=seed, start=start, class_balanced=data_config.class_balanced,
