@@ -221,6 +221,28 @@ def test_train_skips_images_without_instances(synthetic_root, tmp_path):
   assert sorted(next(evaluated.as_numpy_iterator())["image_id"].tolist()) == list(range(1, 9))
 
 
+def test_partial_annotations_leave_training(synthetic_root, tmp_path, caplog):
+  root = tmp_path / "root"
+  shutil.copytree(synthetic_root, root)
+  path = root / "annotations" / "stuff_train2017.json"
+  data = json.loads(path.read_text())
+  data["images"] = [i for i in data["images"] if i["id"] != 2]  # Things only.
+  data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
+  path.write_text(json.dumps(data))
+  config = _config(root, hflip=False)
+  config.class_set, config.max_instances = "things_and_stuff", 2
+  with caplog.at_level("WARNING"):
+    built = pipeline.prepare(config, num_workers=2)
+  assert built.info.metadata["counts/train"]["partial_annotations"] == 1
+  assert "hold more than data.max_instances = 2 instances" in caplog.text
+  for allow, expected in ((False, [1, 3, 4, 5, 6, 7, 8]), (True, list(range(1, 9)))):
+    config.allow_partial_annotations = allow
+    ids = np.concatenate([b["image_id"] for b in _take(
+        pipeline.create_train_dataset(config, batch_size=len(expected), seed=0), 2)])
+    assert sorted(set(ids.tolist())) == expected
+    assert ids.tolist()[:len(expected)] != expected  # Shuffled, yet only these.
+
+
 def test_prepare_writes_synthetic_once(tmp_path):
   config = _config(tmp_path / "data")
   config.synthetic.update(enabled=True, num_train=3, num_val=2, image_size=32)
