@@ -57,7 +57,7 @@ def builder_config(class_set: str, mask_size: int) -> CocoStuffConfig:
 class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
   """COCO-Stuff 2017 instances (stuff, optionally things) for Mask R-CNN."""
 
-  num_workers = 1  # Processes decoding the images while building.
+  pool = None  # Processes decoding the images while building (coco_reader.worker_pool).
 
   # TFDS finds this itself through the `importlib_resources` backport, which it does not declare.
   code_path = epath.Path(__file__)
@@ -104,7 +104,7 @@ class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
     counts, partial = collections.Counter(), set()
     for example in coco_reader.read_examples(root, split, class_set, mask_size=config.mask_size,
                                              counts=counts, partial=partial,
-                                             num_workers=self.num_workers):
+                                             pool=self.pool):
       example["masks"] = pack_masks(example["masks"])
       yield example["image_id"], example
     self.info.metadata[f"counts/{split}"] = dict(sorted(counts.items()))
@@ -124,7 +124,16 @@ def build(root, data_dir, *, class_set: str, mask_size: int,
           num_workers: int = 1) -> MaskrcnnCocoStuff:
   """Builds (once; a no-op when already built) the TFRecords of ROOT under data_dir."""
   builder = make_builder(data_dir, class_set=class_set, mask_size=mask_size)
-  builder.num_workers = num_workers
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False))
+  if builder.is_prepared():
+    return builder
+  config = tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
+  if num_workers <= 1:
+    builder.download_and_prepare(download_config=config)
+    return builder
+  with coco_reader.worker_pool(num_workers) as pool:  # One pool for both splits.
+    builder.pool = pool
+    try:
+      builder.download_and_prepare(download_config=config)
+    finally:
+      builder.pool = None
   return builder

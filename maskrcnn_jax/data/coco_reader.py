@@ -35,14 +35,15 @@ An unknown category id (not one of the 183 COCO-Stuff ids) raises ValueError nam
 file and the annotation id, and so does a file that is not COCO JSON: they mean the wrong
 file or a corrupt one.
 
-The images are decoded in image-id order, on `num_workers` processes when above 1 (the JSON
-is read once, in the calling process; each worker gets its images' annotations).
+The images are decoded in image-id order, by a process pool when one is given (`pool`:
+the JSON is read once, in the calling process; each worker gets its images' annotations).
 """
 
 import collections
 import io
 import json
 import multiprocessing
+from multiprocessing import pool as mp_pool
 import pathlib
 from typing import Iterator
 
@@ -312,7 +313,7 @@ def read_examples(
     mask_size: int,
     counts: collections.Counter,
     partial: set | None = None,
-    num_workers: int = 1,
+    pool: mp_pool.Pool | None = None,
 ) -> Iterator[dict]:
   """Yields one example per usable image of `split` (train | validation), by image id.
 
@@ -321,7 +322,7 @@ def read_examples(
   is_crowd [N] bool, areas [N] int32 (mask pixels), masks [N, Sm, Sm] uint8 in {0, 1}
   (the mask cropped to its box, resized). Bad input is skipped and counted in `counts`
   (see the module docstring); the ids of images with partial annotations are added to
-  `partial`. num_workers: processes decoding the images (1: this one).
+  `partial`. pool: processes decoding the images (None: this one); see `worker_pool`.
   """
   root = pathlib.Path(root)
   images, anns_by_image = _index(root, split, class_set, counts,
@@ -329,19 +330,16 @@ def read_examples(
   image_dir = root / SPLIT_DIRS[split]
   tasks = ((image_id, images[image_id], str(image_dir / images[image_id]["file_name"]),
             anns_by_image.pop(image_id, []), class_set, mask_size) for image_id in sorted(images))
-  if num_workers > 1:
-    # spawn, not fork: the caller may hold TensorFlow's threads.
-    pool = multiprocessing.get_context("spawn").Pool(num_workers)
-    results = pool.imap(_example, tasks, chunksize=4)
-  else:
-    pool, results = None, map(_example, tasks)
-  try:
-    for example, image_counts, warnings in results:
-      counts.update(image_counts)
-      for message in warnings:
-        logging.warning("%s", message)
-      if example is not None:
-        yield example
-  finally:
-    if pool is not None:
-      pool.terminate()
+  results = map(_example, tasks) if pool is None else pool.imap(_example, tasks, chunksize=4)
+  for example, image_counts, warnings in results:
+    counts.update(image_counts)
+    for message in warnings:
+      logging.warning("%s", message)
+    if example is not None:
+      yield example
+
+
+def worker_pool(num_workers: int) -> mp_pool.Pool:
+  """A pool for `read_examples`. Spawned, not forked: the caller may run TensorFlow's and
+  JAX's threads. Each worker imports the main module once at start."""
+  return multiprocessing.get_context("spawn").Pool(num_workers)

@@ -414,14 +414,11 @@ def _preprocess(ex, key, *, seed, image_size, max_instances, mask_size, augment,
   return out
 
 
-def _chunked(stream, width: int, size: int = _STREAM_CHUNK):
-  """An iterator of tuples -> tuples of `width` [<= size] numpy arrays (one Python step per chunk)."""
-  def chunks():
-    it = stream()
-    while chunk := list(itertools.islice(it, size)):
-      yield tuple(np.array(column) for column in zip(*chunk))
-  return chunks, (tf.TensorSpec([None], tf.int64),) * 2 + (
-      (tf.TensorSpec([None], tf.bool),) if width == 3 else ())
+def _chunks(stream, size: int = _STREAM_CHUNK):
+  """A generator of tuples -> one of tuples of [<= size] arrays: a Python step per chunk."""
+  it = stream()
+  while chunk := list(itertools.islice(it, size)):
+    yield tuple(np.array(column) for column in zip(*chunk))
 
 
 def _read_record(path, offset, length):
@@ -443,8 +440,10 @@ def _example_dataset(records: Records, features, stream, data_config, *, seed, t
   The records are read natively by tf.data, `data.read_parallelism` at a time (they overlap
   the latency of a remote filesystem); no Python runs per example.
   """
-  chunks, signature = _chunked(stream, 3 if with_image_valid else 2)
-  ds = tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
+  signature = (tf.TensorSpec([None], tf.int64),) * 2 + ((tf.TensorSpec([None], tf.bool),)
+                                                         if with_image_valid else ())
+  ds = tf.data.Dataset.from_generator(lambda: _chunks(stream),
+                                      output_signature=signature).unbatch()
   paths = tf.constant(records.paths)
   shard = tf.constant(records.shard, tf.int64)
   offset = tf.constant(records.offset)

@@ -293,11 +293,11 @@ def test_partial_annotations_are_counted_and_reported(bad_root, caplog):
 def test_workers_give_the_same_examples(synthetic_root):
   class_set = categories.get_class_set("things_and_stuff")
   runs = []
-  for num_workers in (1, 2):
-    counts = collections.Counter()
-    runs.append((list(coco_reader.read_examples(synthetic_root, "train", class_set,
-                                                mask_size=16, counts=counts,
-                                                num_workers=num_workers)), counts))
+  with coco_reader.worker_pool(2) as pool:
+    for p in (None, pool):
+      counts = collections.Counter()
+      runs.append((list(coco_reader.read_examples(synthetic_root, "train", class_set,
+                                                  mask_size=16, counts=counts, pool=p)), counts))
   (one, one_counts), (two, two_counts) = runs
   assert one_counts == two_counts and len(one) == len(two) == 8
   for a, b in zip(one, two):
