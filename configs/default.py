@@ -25,7 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 1024  # Longest side resized to this, then padded to a square.
   config.data.max_instances = 100
   config.data.mask_size = 56  # GT masks stored cropped to their box at this size.
-  config.data.shuffle_buffer = 512
+  config.data.read_parallelism = 16  # Records read at once: raise it for a remote data dir.
+  # Train on images listed in only one of the stuff and instances files (things_and_stuff).
+  config.data.allow_partial_annotations = False
   config.data.eval_batch_size = 2
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.hflip = False

@@ -12,7 +12,6 @@ def get_config():
   config.data.image_size = 256
   config.data.max_instances = 16
   config.data.mask_size = 28
-  config.data.shuffle_buffer = 64
   config.data.eval_batch_size = 4
   config.data.synthetic.enabled = True
   config.data.synthetic.num_train = 96

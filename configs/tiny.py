@@ -13,7 +13,6 @@ def get_config():
   config.data.image_size = 64
   config.data.max_instances = 6
   config.data.mask_size = 14
-  config.data.shuffle_buffer = 8
   config.data.eval_batch_size = 2
   config.data.synthetic.num_train = 8
   config.data.synthetic.num_val = 4

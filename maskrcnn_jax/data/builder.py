@@ -5,7 +5,9 @@ image id and size, and per instance its box (original pixels), training id, crow
 mask area and box-cropped Sm×Sm mask, bit-packed (Sm² / 8 bytes) and zlib-compressed
 (at Sm = 56 at most 392 bytes per mask, beside 100-200 KiB of JPEG per COCO image).
 Examples are written in image-id order. The bad-input counts of the build (see
-`coco_reader`) are stored in the dataset's metadata.json as `counts/<split>`.
+`coco_reader`) are stored in the dataset's metadata.json as `counts/<split>`, and the ids of
+images with partial annotations (in one of the stuff and instances files only) as
+`partial/<split>`.
 """
 
 import collections
@@ -55,6 +57,8 @@ def builder_config(class_set: str, mask_size: int) -> CocoStuffConfig:
 class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
   """COCO-Stuff 2017 instances (stuff, optionally things) for Mask R-CNN."""
 
+  pool = None  # Processes decoding the images while building (coco_reader.worker_pool).
+
   # TFDS finds this itself through the `importlib_resources` backport, which it does not declare.
   code_path = epath.Path(__file__)
   VERSION = tfds.core.Version("1.0.0")
@@ -97,12 +101,14 @@ class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, root, split):
     config = self.builder_config
     class_set = categories.get_class_set(config.class_set)
-    counts = collections.Counter()
+    counts, partial = collections.Counter(), set()
     for example in coco_reader.read_examples(root, split, class_set, mask_size=config.mask_size,
-                                             counts=counts):
+                                             counts=counts, partial=partial,
+                                             pool=self.pool):
       example["masks"] = pack_masks(example["masks"])
       yield example["image_id"], example
     self.info.metadata[f"counts/{split}"] = dict(sorted(counts.items()))
+    self.info.metadata[f"partial/{split}"] = sorted(partial)
     logging.info("%s %s: %s", self.name, split, dict(sorted(counts.items())))
 
 
@@ -114,9 +120,20 @@ def make_builder(data_dir, *, class_set: str, mask_size: int) -> MaskrcnnCocoStu
   return MaskrcnnCocoStuff(config=config, data_dir=str(data_dir))
 
 
-def build(root, data_dir, *, class_set: str, mask_size: int) -> MaskrcnnCocoStuff:
+def build(root, data_dir, *, class_set: str, mask_size: int,
+          num_workers: int = 1) -> MaskrcnnCocoStuff:
   """Builds (once; a no-op when already built) the TFRecords of ROOT under data_dir."""
   builder = make_builder(data_dir, class_set=class_set, mask_size=mask_size)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False))
+  if builder.is_prepared():
+    return builder
+  config = tfds.download.DownloadConfig(manual_dir=str(root), try_download_gcs=False)
+  if num_workers <= 1:
+    builder.download_and_prepare(download_config=config)
+    return builder
+  with coco_reader.worker_pool(num_workers) as pool:  # One pool for both splits.
+    builder.pool = pool
+    try:
+      builder.download_and_prepare(download_config=config)
+    finally:
+      builder.pool = None
   return builder

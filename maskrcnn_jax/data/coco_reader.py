@@ -15,6 +15,14 @@ Bad input is handled as follows and counted in `counts` under these keys:
   converted_image       grayscale, CMYK, PNG, ... content: re-encoded as an RGB JPEG, kept
   rle_size_mismatch     an RLE `size` differs from the image: annotation skipped (logged
                         with file and annotation id); a mask at the wrong size cannot be placed
+  malformed_rle         an RLE whose counts do not decode, are negative or do not sum to
+                        height × width: annotation skipped (logged with file and annotation id)
+  malformed_entry       a JSON image or annotation entry without a field it needs, or with
+                        one of the wrong type (a polygon that is not numbers): entry skipped
+                        (logged with file and id)
+  partial_annotations   things_and_stuff: an image listed in only one of the stuff and
+                        instances files (logged with the first ids); kept, its id reported in
+                        `partial` so that training can leave it out
   empty_instance        the mask has no pixel inside the image (zero area, or a polygon
                         entirely outside): instance skipped
   dropped_category      a known COCO id outside the class set (e.g. 183 for stuff_no_other)
@@ -24,12 +32,18 @@ Bad input is handled as follows and counted in `counts` under these keys:
   images                images written
 
 An unknown category id (not one of the 183 COCO-Stuff ids) raises ValueError naming the
-file and the annotation id: it means the wrong file or a corrupt one.
+file and the annotation id, and so does a file that is not COCO JSON: they mean the wrong
+file or a corrupt one.
+
+The images are decoded in image-id order, by a process pool when one is given (`pool`:
+the JSON is read once, in the calling process; each worker gets its images' annotations).
 """
 
 import collections
 import io
 import json
+import multiprocessing
+from multiprocessing import pool as mp_pool
 from typing import Iterator
 
 from absl import logging
@@ -58,7 +72,76 @@ def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
 def _load_json(path: epath.Path) -> dict:
   if not path.is_file():
     raise FileNotFoundError(f"annotation file {path} does not exist")
-  return json.loads(path.read_text())
+  try:
+    data = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not (isinstance(data, dict) and isinstance(data.get("images"), list)
+          and isinstance(data.get("annotations"), list)):
+    raise ValueError(f"{path}: not COCO JSON (needs `images` and `annotations` lists)")
+  return data
+
+
+_IMAGE_FIELDS = {"id": int, "file_name": str, "height": int, "width": int}
+_ANNOTATION_FIELDS = {"id": int, "image_id": int, "category_id": int, "segmentation": (list, dict)}
+
+
+def _malformed(entry, fields) -> str | None:
+  """What is wrong with a JSON entry (a missing or mistyped field), or None."""
+  if not isinstance(entry, dict):
+    return f"is a {type(entry).__name__}, not an object"
+  for name, kind in fields.items():
+    value = entry.get(name)
+    if value is None or isinstance(value, bool) or not isinstance(value, kind):
+      return f"field {name!r} is missing or not {getattr(kind, '__name__', 'list or dict')}"
+  return None
+
+
+def rle_counts(counts) -> np.ndarray:
+  """The run lengths of a COCO RLE: `counts` a list, or its compressed string (5 bits per
+  character plus a continuation bit, runs from the fourth on stored as a difference to the
+  run two before, as pycocotools' rleFrString). Returns [R] int64; raises ValueError if it
+  does not decode."""
+  if isinstance(counts, list):
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+      raise ValueError("counts are not integers")
+    return np.array(counts, np.int64)
+  if isinstance(counts, bytes):
+    counts = counts.decode("ascii")
+  if not isinstance(counts, str):
+    raise ValueError(f"counts is a {type(counts).__name__}")
+  chars = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
+  if len(chars) and (chars.min() < 0 or chars.max() > 63 or chars[-1] & 0x20):
+    raise ValueError("counts string has characters outside the code or ends mid-number")
+  last = (chars & 0x20) == 0  # The last character of each number.
+  number = np.cumsum(np.concatenate([[0], last[:-1]]))  # Which number each character is of.
+  digit = np.arange(len(chars)) - np.flatnonzero(np.concatenate([[True], last[:-1]]))[number]
+  values = np.zeros(int(last.sum()), np.int64)
+  np.add.at(values, number, (chars & 0x1f) << (5 * digit))
+  width = 5 * (digit[last] + 1)
+  negative = (chars[last] & 0x10) != 0
+  values = np.where(negative, values - (np.int64(1) << width), values)
+  # Runs 3, 4, 5, ... (0-based) are stored as differences to the run two before.
+  out = values.copy()
+  for parity in (0, 1):
+    idx = np.arange(len(values))
+    idx = idx[(idx >= 3) & (idx % 2 == parity)]
+    if len(idx):
+      out[idx] = values[idx[0] - 2] + np.cumsum(values[idx])
+  return out
+
+
+def _rle_problem(segmentation: dict, height: int, width: int) -> str | None:
+  """Why an RLE cannot be decoded at height × width, or None (its size already matches)."""
+  try:
+    counts = rle_counts(segmentation.get("counts"))
+  except (ValueError, UnicodeError, TypeError) as e:
+    return str(e)
+  if (counts < 0).any():
+    return "negative run length"
+  if counts.sum() != height * width:
+    return f"run lengths sum to {counts.sum()}, not {height} × {width}"
+  return None
 
 
 def _rgb_jpeg(data: bytes) -> tuple[bytes, tuple[int, int], bool]:
@@ -99,8 +182,11 @@ def crop_mask(mask: np.ndarray, box: np.ndarray, mask_size: int) -> np.ndarray:
   return (resized >= 128).astype(np.uint8)
 
 
-def _instance(ann, source, class_set, height, width, mask_size, counts):
-  """One decoded instance (box [4], train id, crowd, area, mask [Sm, Sm]) or None if skipped."""
+def _instance(ann, source, class_set, height, width, mask_size, counts, warnings):
+  """One decoded instance (box [4], train id, crowd, area, mask [Sm, Sm]) or None if skipped.
+
+  Skips are counted in `counts`; their messages are appended to `warnings`.
+  """
   cid = ann["category_id"]
   if not categories.is_known(cid):
     raise ValueError(f"{source}: annotation {ann['id']} has unknown category_id {cid}")
@@ -108,12 +194,27 @@ def _instance(ann, source, class_set, height, width, mask_size, counts):
     counts["dropped_category"] += 1
     return None
   seg = ann["segmentation"]
-  if isinstance(seg, dict) and [int(v) for v in seg["size"]] != [height, width]:
-    logging.warning("%s: annotation %s has RLE size %s, image is %dx%d: skipped",
-                    source, ann["id"], seg["size"], height, width)
-    counts["rle_size_mismatch"] += 1
+  if isinstance(seg, dict):
+    size = seg.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+      problem = f"size {size!r} is not [height, width]"
+    elif size != [height, width]:
+      warnings.append(f"{source}: annotation {ann['id']} has RLE size {size}, image is "
+                      f"{height}x{width}: skipped")
+      counts["rle_size_mismatch"] += 1
+      return None
+    else:
+      problem = _rle_problem(seg, height, width)
+    if problem:
+      warnings.append(f"{source}: annotation {ann['id']} has a malformed RLE ({problem}): skipped")
+      counts["malformed_rle"] += 1
+      return None
+  try:
+    rle = _to_rle(seg, height, width)
+  except (TypeError, ValueError, IndexError, OverflowError) as e:
+    warnings.append(f"{source}: annotation {ann['id']} has a malformed polygon ({e}): skipped")
+    counts["malformed_entry"] += 1
     return None
-  rle = _to_rle(seg, height, width)
   area = 0 if rle is None else int(mask_utils.area(rle))
   if area == 0:
     counts["empty_instance"] += 1
@@ -124,6 +225,85 @@ def _instance(ann, source, class_set, height, width, mask_size, counts):
   return box, class_set.to_train_id(cid), bool(ann.get("iscrowd", 0)), area, mask
 
 
+def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
+  """One image: (its example or None when skipped, its counts, its warning messages)."""
+  image_id, info, path, anns, class_set, mask_size = task
+  counts, warnings = collections.Counter(), []
+  path = epath.Path(path)
+  if not path.is_file():
+    counts["missing_image"] += 1
+    return None, counts, warnings
+  try:
+    data, size, converted = _rgb_jpeg(path.read_bytes())
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    warnings.append(f"{path}: cannot decode ({e}): skipped")
+    counts["corrupt_image"] += 1
+    return None, counts, warnings
+  height, width = info["height"], info["width"]
+  if size != (height, width):
+    warnings.append(f"{path}: decoded size {size}, JSON says {(height, width)}: skipped")
+    counts["image_size_mismatch"] += 1
+    return None, counts, warnings
+  counts["converted_image"] += converted
+  instances = [_instance(ann, source, class_set, height, width, mask_size, counts, warnings)
+               for source, ann in anns]
+  instances = [i for i in instances if i is not None]
+  counts["no_instances"] += not instances
+  counts["images"] += 1
+  return {
+      "image": data,
+      "image_id": image_id,
+      "height": height,
+      "width": width,
+      "boxes": np.array([i[0] for i in instances], np.float32).reshape(-1, 4),
+      "classes": np.array([i[1] for i in instances], np.int32),
+      "is_crowd": np.array([i[2] for i in instances], bool),
+      "areas": np.array([i[3] for i in instances], np.int32),
+      "masks": np.array([i[4] for i in instances], np.uint8).reshape(-1, mask_size, mask_size),
+  }, counts, warnings
+
+
+def _index(root: epath.Path, split: str, class_set, counts, partial):
+  """(images by id, [(file name, annotation)] by image id) of the split's JSON files."""
+  images, anns_by_image, ids_by_file = {}, collections.defaultdict(list), {}
+  for kind in annotation_kinds(class_set):
+    path = annotation_path(root, split, kind)
+    data = _load_json(path)
+    known = set()
+    for i, image in enumerate(data["images"]):
+      problem = _malformed(image, _IMAGE_FIELDS)
+      if problem:
+        ident = image.get("id", f"#{i}") if isinstance(image, dict) else f"#{i}"
+        logging.warning("%s: image entry %s %s: skipped", path, ident, problem)
+        counts["malformed_entry"] += 1
+        continue
+      images.setdefault(image["id"], image)
+      known.add(image["id"])
+    ids_by_file[path.name] = known
+    for i, ann in enumerate(data["annotations"]):
+      problem = _malformed(ann, _ANNOTATION_FIELDS)
+      if problem:
+        ident = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
+        logging.warning("%s: annotation %s %s: skipped", path, ident, problem)
+        counts["malformed_entry"] += 1
+        continue
+      if ann["image_id"] not in known:
+        counts["orphan_annotation"] += 1
+        continue
+      anns_by_image[ann["image_id"]].append((path.name, ann))
+  if len(ids_by_file) > 1:
+    everywhere = set.intersection(*ids_by_file.values())
+    only_some = sorted(set(images) - everywhere)
+    counts["partial_annotations"] += len(only_some)
+    partial.update(only_some)
+    for name, ids in ids_by_file.items():
+      missing = sorted(set(only_some) - ids)
+      if missing:
+        logging.warning("%s: %d images of the other annotation file are not listed here "
+                        "(first ids: %s)", name, len(missing), missing[:10])
+  return images, anns_by_image
+
+
 def read_examples(
     root,
     split: str,
@@ -131,6 +311,8 @@ def read_examples(
     *,
     mask_size: int,
     counts: collections.Counter,
+    partial: set | None = None,
+    pool: mp_pool.Pool | None = None,
 ) -> Iterator[dict]:
   """Yields one example per usable image of `split` (train | validation), by image id.
 
@@ -138,53 +320,25 @@ def read_examples(
   boxes [N, 4] float32 original pixels, classes [N] int32 training ids in [1, K],
   is_crowd [N] bool, areas [N] int32 (mask pixels), masks [N, Sm, Sm] uint8 in {0, 1}
   (the mask cropped to its box, resized). Bad input is skipped and counted in `counts`
-  (see the module docstring).
+  (see the module docstring); the ids of images with partial annotations are added to
+  `partial`. pool: processes decoding the images (None: this one); see `worker_pool`.
   """
   root = epath.Path(root)
-  images, anns_by_image = {}, collections.defaultdict(list)
-  for kind in annotation_kinds(class_set):
-    path = annotation_path(root, split, kind)
-    data = _load_json(path)
-    for image in data["images"]:
-      images.setdefault(image["id"], image)
-    known = {image["id"] for image in data["images"]}
-    for ann in data["annotations"]:
-      if ann["image_id"] not in known:
-        counts["orphan_annotation"] += 1
-        continue
-      anns_by_image[ann["image_id"]].append((path.name, ann))
+  images, anns_by_image = _index(root, split, class_set, counts,
+                                 set() if partial is None else partial)
   image_dir = root / SPLIT_DIRS[split]
-  for image_id in sorted(images):
-    info = images[image_id]
-    path = image_dir / info["file_name"]
-    if not path.is_file():
-      counts["missing_image"] += 1
-      continue
-    try:
-      data, size, converted = _rgb_jpeg(path.read_bytes())
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-      logging.warning("%s: cannot decode (%s): skipped", path, e)
-      counts["corrupt_image"] += 1
-      continue
-    height, width = info["height"], info["width"]
-    if size != (height, width):
-      logging.warning("%s: decoded size %s, JSON says %s: skipped", path, size, (height, width))
-      counts["image_size_mismatch"] += 1
-      continue
-    counts["converted_image"] += converted
-    instances = [_instance(ann, source, class_set, height, width, mask_size, counts)
-                 for source, ann in anns_by_image[image_id]]
-    instances = [i for i in instances if i is not None]
-    counts["no_instances"] += not instances
-    counts["images"] += 1
-    yield {
-        "image": data,
-        "image_id": image_id,
-        "height": height,
-        "width": width,
-        "boxes": np.array([i[0] for i in instances], np.float32).reshape(-1, 4),
-        "classes": np.array([i[1] for i in instances], np.int32),
-        "is_crowd": np.array([i[2] for i in instances], bool),
-        "areas": np.array([i[3] for i in instances], np.int32),
-        "masks": np.array([i[4] for i in instances], np.uint8).reshape(-1, mask_size, mask_size),
-    }
+  tasks = ((image_id, images[image_id], str(image_dir / images[image_id]["file_name"]),
+            anns_by_image.pop(image_id, []), class_set, mask_size) for image_id in sorted(images))
+  results = map(_example, tasks) if pool is None else pool.imap(_example, tasks, chunksize=4)
+  for example, image_counts, warnings in results:
+    counts.update(image_counts)
+    for message in warnings:
+      logging.warning("%s", message)
+    if example is not None:
+      yield example
+
+
+def worker_pool(num_workers: int) -> mp_pool.Pool:
+  """A pool for `read_examples`. Spawned, not forked: the caller may run TensorFlow's and
+  JAX's threads. Each worker imports the main module once at start."""
+  return multiprocessing.get_context("spawn").Pool(num_workers)

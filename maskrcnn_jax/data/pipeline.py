@@ -22,10 +22,11 @@ epochs); with P processes, process p reads positions [kG + pG/P, kG + (p + 1)G/P
 Augmentation draws from stateless ops keyed by (seed, epoch, slot in the epoch). Global
 batch k therefore holds the same images with the same augmentation for any process count,
 and a pipeline started at `start_step` yields exactly the batches the uninterrupted one
-yields from that step (skipping costs nothing). `data.shuffle_buffer` is not used: each
-epoch is fully shuffled.
+yields from that step (skipping costs nothing). Each epoch is fully shuffled.
 
-Training skips images without a non-crowd instance (as detectron2 does); evaluation keeps
+Training skips images without a non-crowd instance (as detectron2 does) and, unless
+`data.allow_partial_annotations`, images listed in only one of the stuff and instances
+files (things_and_stuff: their other pixels would train as background); evaluation keeps
 every image. With scale jitter above 1 the resized image is larger than S and a random S×S
 window of it is kept: boxes are clipped to it and masks re-cropped to the clipped boxes,
 and padded pixel = original pixel × scale − window offset (training only).
@@ -36,7 +37,6 @@ import io
 import itertools
 import math
 import struct
-import threading
 
 from absl import logging
 from etils import epath
@@ -56,10 +56,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Photometric jitter: brightness, contrast and saturation factors drawn from 1 ± this.
 PHOTOMETRIC_DELTA = 0.2
 _KEY_EPOCH_SHIFT = 32  # Augmentation key = epoch << 32 | slot in the epoch.
+_STREAM_CHUNK = 1024  # Stream entries handed to tf.data per Python call.
 
 
 def data_dir(data_config: ml_collections.ConfigDict) -> str:
-  """Where the TFRecords live: `data.tfds_data_dir` (any epath: local, gs://), or ROOT/tfds."""
+  """Where the TFRecords live: `data.tfds_data_dir`, or ROOT/tfds."""
   return data_config.tfds_data_dir or str(epath.Path(data_config.root) / "tfds")
 
 
@@ -79,12 +80,16 @@ def _needs_synthetic(root: epath.Path) -> bool:
   return not root.exists() or not any(p.name != "tfds" for p in root.iterdir())
 
 
-def prepare(data_config: ml_collections.ConfigDict) -> builder_lib.MaskrcnnCocoStuff:
+def prepare(data_config: ml_collections.ConfigDict, *,
+            num_workers: int = 1) -> builder_lib.MaskrcnnCocoStuff:
   """Makes sure the TFRecords of `data_config` exist; returns their (built) builder.
 
   Writes the synthetic set to ROOT first when `data.synthetic.enabled` and ROOT is missing
   or empty. Idempotent: fast when already built. With several processes, process 0 does
-  the work and the others wait for it, so the data directory must be shared.
+  the work and the others wait for it, so the data directory must be shared. num_workers:
+  processes decoding the images of a build. Warns about images holding more than
+  `data.max_instances` instances (training keeps the largest; batches count the rest in
+  `num_truncated`).
   """
   if not data_config.root:
     raise ValueError("config.data.root is empty: set it to the COCO-Stuff root")
@@ -100,14 +105,24 @@ def prepare(data_config: ml_collections.ConfigDict) -> builder_lib.MaskrcnnCocoS
     if not root.is_dir():
       raise FileNotFoundError(f"data root {root} does not exist (and data.synthetic is off)")
     builder = builder_lib.build(root, data_dir(data_config), class_set=data_config.class_set,
-                                mask_size=data_config.mask_size)
+                                mask_size=data_config.mask_size, num_workers=num_workers)
     for split in coco_reader.SPLIT_DIRS:
-      _records(builder, split)
+      _warn_over_cap(_records(builder, split), split, data_config.max_instances)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("maskrcnn_jax.data.prepare")
     builder = _builder(data_config)
   return builder
+
+
+def _warn_over_cap(records: "Records", split: str, max_instances: int) -> None:
+  over = records.num_instances > max_instances
+  if over.any():
+    logging.warning(
+        "%s: %d of %d images hold more than data.max_instances = %d instances (up to %d); "
+        "the smallest past the cap are dropped and counted in num_truncated (first ids: %s)",
+        split, over.sum(), len(records), max_instances, records.num_instances.max(),
+        records.image_id[over][:10].tolist())
 
 
 def annotation_files(data_config: ml_collections.ConfigDict, split: str) -> list[str]:
@@ -124,13 +139,14 @@ def annotation_files(data_config: ml_collections.ConfigDict, split: str) -> list
 class Records:
   """Where each example of a split lies, and what training needs to know about it.
 
-  paths: the split's TFRecord files. For R records: shard [R] int32 (index into paths),
-  offset [R] int64 and length [R] int64 of the serialized example, num_instances [R]
-  int32 (non-crowd), and class_sets: the training ids present, as a flat class_ids array
-  split at class_splits [R + 1].
+  paths: the split's TFRecord files. For R records: image_id [R] int64, shard [R] int32
+  (index into paths), offset [R] int64 and length [R] int64 of the serialized example,
+  num_instances [R] int32 (non-crowd), and class_sets: the training ids present, as a flat
+  class_ids array split at class_splits [R + 1].
   """
 
   paths: tuple[str, ...]
+  image_id: np.ndarray
   shard: np.ndarray
   offset: np.ndarray
   length: np.ndarray
@@ -174,17 +190,19 @@ def _index_records(builder, split: str) -> Records:
     length += n
   parse = _parse_fn(builder.info.features)
   ds = tf.data.TFRecordDataset(list(paths)).map(
-      lambda s: {k: v for k, v in parse(s).items() if k in ("classes", "is_crowd")},
+      lambda s: {k: v for k, v in parse(s).items() if k in ("image_id", "classes", "is_crowd")},
       num_parallel_calls=AUTOTUNE)
-  num_instances, class_ids, splits = [], [], [0]
+  image_ids, num_instances, class_ids, splits = [], [], [], [0]
   for ex in ds.as_numpy_iterator():
+    image_ids.append(ex["image_id"])
     keep = ex["classes"][~ex["is_crowd"]]
     num_instances.append(len(keep))
     class_ids += sorted(set(keep.tolist()))
     splits.append(len(class_ids))
   if len(num_instances) != len(shard):
     raise ValueError(f"{split}: {len(shard)} record headers but {len(num_instances)} examples")
-  return Records(paths=paths, shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
+  return Records(paths=paths, image_id=np.array(image_ids, np.int64),
+                 shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
                  length=np.array(length, np.int64),
                  num_instances=np.array(num_instances, np.int32),
                  class_ids=np.array(class_ids, np.int32), class_splits=np.array(splits, np.int64))
@@ -194,39 +212,24 @@ def _records(builder, split: str) -> Records:
   """The split's record index, cached as records_<split>.npz beside the TFRecords."""
   cache = epath.Path(builder.data_dir) / f"records_{split}.npz"
   if cache.exists():
-    with np.load(io.BytesIO(cache.read_bytes())) as z:
+    with cache.open("rb") as f, np.load(f) as z:
       arrays = {k: z[k] for k in z.files}
-    if len(arrays["shard"]) == builder.info.splits[split].num_examples:
+    fields = {f.name for f in dataclasses.fields(Records)} - {"paths"}
+    if set(arrays) == fields and len(arrays["shard"]) == builder.info.splits[split].num_examples:
       paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
       return Records(paths=paths, **arrays)
   records = _index_records(builder, split)
   arrays = {f.name: getattr(records, f.name) for f in dataclasses.fields(Records)
             if f.name != "paths"}
   try:
-    buffer = io.BytesIO()  # Written whole: object stores cannot seek in a file being written.
+    buffer = io.BytesIO()  # np.savez seeks, which some filesystems cannot do on write.
     np.savez(buffer, **arrays)
     tmp = cache.with_suffix(".tmp.npz")
     tmp.write_bytes(buffer.getvalue())
     tmp.rename(cache)
-  except (OSError, tf.errors.OpError) as e:
+  except OSError as e:
     logging.warning("cannot cache the record index at %s: %s", cache, e)
   return records
-
-
-class _RecordReader:
-  """Reads serialized examples by (file, offset, length); one handle per file and thread."""
-
-  def __init__(self, paths):
-    self._paths = paths
-    self._local = threading.local()
-
-  def __call__(self, file, offset, length) -> bytes:
-    handles = self._local.__dict__.setdefault("handles", {})
-    f = handles.get(int(file))
-    if f is None:
-      f = handles[int(file)] = tf.io.gfile.GFile(self._paths[int(file)], "rb")
-    f.seek(int(offset))
-    return f.read(int(length))
 
 
 # ------------------------------------------------------------------ order (numpy)
@@ -417,13 +420,37 @@ def _preprocess(ex, key, *, seed, image_size, max_instances, mask_size, augment,
   return out
 
 
+def _chunks(stream, size: int = _STREAM_CHUNK):
+  """A generator of tuples -> one of tuples of [<= size] arrays: a Python step per chunk."""
+  it = stream()
+  while chunk := list(itertools.islice(it, size)):
+    yield tuple(np.array(column) for column in zip(*chunk))
+
+
+def _read_record(path, offset, length):
+  """The one serialized example at data offset `offset` of a TFRecord file: a 1-element dataset.
+
+  TFRecordDatasetV2 starts at the record's header (byte_offsets) and reads it whole in one
+  buffer of its framed size (12-byte header, data, 4-byte CRC), checking both CRCs;
+  `take(1)` stops before the next record. Any tf.io.gfile filesystem (gs://, ...) works.
+  """
+  variant = tf.raw_ops.TFRecordDatasetV2(
+      filenames=path, compression_type="", buffer_size=length + 16, byte_offsets=offset - 12)
+  return tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.string)).take(1)
+
+
 def _example_dataset(records: Records, features, stream, data_config, *, seed, train,
                      with_image_valid):
-  """(record index, key[, image_valid]) stream -> per-image tensors, in stream order."""
-  signature = (tf.TensorSpec([], tf.int64),) * 2 + ((tf.TensorSpec([], tf.bool),)
-                                                     if with_image_valid else ())
-  ds = tf.data.Dataset.from_generator(stream, output_signature=signature)
-  reader = _RecordReader(records.paths)
+  """(record index, key[, image_valid]) stream -> per-image tensors, in stream order.
+
+  The records are read natively by tf.data, `data.read_parallelism` at a time (they overlap
+  the latency of a remote filesystem); no Python runs per example.
+  """
+  signature = (tf.TensorSpec([None], tf.int64),) * 2 + ((tf.TensorSpec([None], tf.bool),)
+                                                         if with_image_valid else ())
+  ds = tf.data.Dataset.from_generator(lambda: _chunks(stream),
+                                      output_signature=signature).unbatch()
+  paths = tf.constant(records.paths)
   shard = tf.constant(records.shard, tf.int64)
   offset = tf.constant(records.offset)
   length = tf.constant(records.length)
@@ -432,16 +459,22 @@ def _example_dataset(records: Records, features, stream, data_config, *, seed, t
                 max_instances=data_config.max_instances, mask_size=data_config.mask_size,
                 augment=data_config.augment, train=train)
 
+  def read(index, *rest):
+    serialized = _read_record(paths[shard[index]], offset[index], length[index])
+    return serialized.map(lambda s: (s,) + rest)
+
   @tf.autograph.experimental.do_not_convert  # Plain TF ops: tracing without autograph is faster.
-  def load(index, key, *image_valid):
-    serialized = tf.py_function(reader, [shard[index], offset[index], length[index]], tf.string)
-    serialized.set_shape([])
+  def load(serialized, key, *image_valid):
     out = _preprocess(parse(serialized), key, **kwargs)
     if with_image_valid:
       out["image_valid"] = image_valid[0]
       out["valid"] = tf.logical_and(out["valid"], image_valid[0])
     return out
 
+  # One element per inner dataset: a deterministic interleave keeps the stream order.
+  parallel = data_config.read_parallelism
+  ds = ds.interleave(read, cycle_length=parallel, block_length=1, num_parallel_calls=parallel,
+                     deterministic=True)
   ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
   options = tf.data.Options()
   options.deterministic = True
@@ -480,6 +513,12 @@ def create_train_dataset(
                      f"{process_count} processes")
   builder = _built(data_config)
   records = _records(builder, "train")
+  partial = np.isin(records.image_id, builder.info.metadata.get("partial/train", []))
+  if partial.any() and not data_config.allow_partial_annotations:
+    logging.warning("training leaves out %d images with partial annotations "
+                    "(data.allow_partial_annotations is off)", partial.sum())
+    records = dataclasses.replace(records, num_instances=np.where(partial, 0,
+                                                                  records.num_instances))
   stream = lambda: _train_stream(
       records, seed=seed, start_step=start_step, global_batch=global_batch_size,
       class_balanced=data_config.class_balanced, threshold=data_config.repeat_threshold,

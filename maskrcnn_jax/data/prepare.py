@@ -1,7 +1,12 @@
 """Builds the TFRecords of a COCO-Stuff root once and prints what the build skipped.
 
     python -m maskrcnn_jax.data.prepare --root ROOT --data_dir DIR \
-        [--class_set stuff|stuff_no_other|things_and_stuff] [--mask_size 56]
+        [--class_set stuff|stuff_no_other|things_and_stuff] [--mask_size 56] \
+        [--num_workers N] [--max_instances 100]
+
+--num_workers processes decode the images (JPEG check, RLE and polygon decoding, mask
+crops); this process reads the JSON once and writes the TFRecords in image-id order, so
+the result is the same for any N.
 """
 
 import time
@@ -19,9 +24,9 @@ def main(argv):
   f = flags.FLAGS
   data_config = ml_collections.ConfigDict(dict(
       root=f.root, tfds_data_dir=f.data_dir, class_set=f.class_set, mask_size=f.mask_size,
-      synthetic=dict(enabled=False)))
+      max_instances=f.max_instances, synthetic=dict(enabled=False)))
   start = time.time()
-  builder = pipeline.prepare(data_config)
+  builder = pipeline.prepare(data_config, num_workers=f.num_workers)
   print(f"{builder.data_dir} ready in {time.time() - start:.1f} s")
   for split, info in builder.info.splits.items():
     counts = builder.info.metadata.get(f"counts/{split}", {})
@@ -35,4 +40,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("data_dir", "", "TFDS data dir; default ROOT/tfds.")
   flags.DEFINE_enum("class_set", "stuff", list(categories.CLASS_SET_NAMES), "Class set.")
   flags.DEFINE_integer("mask_size", 56, "Side of the stored box-cropped masks.")
+  flags.DEFINE_integer("num_workers", 1, "Processes decoding the images.", lower_bound=1)
+  flags.DEFINE_integer("max_instances", 100,
+                       "data.max_instances of training: images above it are reported.")
   app.run(main)

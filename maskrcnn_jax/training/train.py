@@ -139,7 +139,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       nonfinite_total=state.nonfinite_total + skipped,
       nonfinite_run=(state.nonfinite_run + 1) * skipped)
   metrics.update(grad_norm=grad_norm, lr=lr_fn(state.step - 1 - stage_start),
-                 skipped=skipped.astype(jnp.float32), nonfinite_run=state.nonfinite_run)
+                 skipped=skipped.astype(jnp.float32), nonfinite_run=state.nonfinite_run,
+                 num_truncated=lax.psum(jnp.sum(batch["num_truncated"]), AXIS))
   return state, metrics
 
 
@@ -287,6 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if step % config.train.log_every_steps == 0 or step == bounds[stage_idx + 1]:
           scalars = _mean_metrics(history)
           elapsed = time.time() - t0
+          # GT instances past data.max_instances, dropped since the last log (all processes).
+          scalars["num_truncated"] = round(scalars["num_truncated"] * len(history))
           scalars.update(stage=stage_idx, step_time=elapsed / len(history),
                          images_per_sec=len(history) * config.train.global_batch_size / elapsed,
                          skipped_steps_total=float(state.nonfinite_total))

@@ -210,3 +210,96 @@ def test_unknown_category_raises(bad_root):
   _edit_json(bad_root, "stuff", lambda d: d["annotations"][4].update(category_id=184))
   with pytest.raises(ValueError, match=r"stuff_train2017.json: annotation 10000004 .* 184"):
     _read(bad_root, "train", "stuff")
+
+
+def test_rle_counts_matches_pycocotools():
+  rng = np.random.default_rng(0)
+  for t in range(40):
+    height, width = rng.integers(1, 40, 2)
+    mask = (rng.random((height, width)) < rng.random()).astype(np.uint8)
+    if t % 4 == 0:  # Long runs: multi-character numbers and large differences.
+      mask = np.zeros((height * 9, width * 9), np.uint8)
+      mask[height:, width * 2:width * 5] = 1
+    flat = mask.flatten(order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]]))
+    if flat[0]:
+      runs = np.concatenate([[0], runs])
+    counts = mask_utils.encode(np.asfortranarray(mask))["counts"]
+    np.testing.assert_array_equal(coco_reader.rle_counts(counts), runs)
+    np.testing.assert_array_equal(coco_reader.rle_counts(runs.tolist()), runs)
+
+
+def test_malformed_rle_and_entries_are_skipped_and_counted(bad_root, caplog):
+  def edit(data):
+    anns = data["annotations"]
+    full = anns[0]["segmentation"]["counts"]
+    anns[0]["segmentation"]["counts"] = full[:len(full) // 2]  # Truncated: sums short.
+    anns[1]["segmentation"]["counts"] = "\x7f\x7f"  # Outside the code.
+    anns[2]["segmentation"]["counts"] = [4096, -5]  # Negative run (uncompressed).
+    anns[3]["segmentation"]["size"] = "64x64"
+    del anns[4]["category_id"]
+    anns[5]["segmentation"] = 17
+    anns.append("not an annotation")
+    anns.append(dict(anns[6], id=98, segmentation=[["a", "b", "c", "d", "e", "f"]]))
+    data["images"][-1].pop("file_name")  # Image 8; anns[:8] are not on it.
+    data["images"].append({"id": "7", "file_name": 7})
+
+  _edit_json(bad_root, "stuff", edit)
+  with caplog.at_level("WARNING"):
+    examples, counts = _read(bad_root, "train", "stuff")
+  assert (counts["malformed_rle"], counts["malformed_entry"], counts["images"]) == (4, 6, 7)
+  assert [e["image_id"] for e in examples] == list(range(1, 8))
+  log = caplog.text
+  for ident in ("annotation 10000000 has a malformed RLE (run lengths sum to",
+                "annotation 10000001 has a malformed RLE", "annotation 10000002", "10000003",
+                "annotation 10000004 field 'category_id'", "annotation #",
+                "annotation 98 has a malformed polygon", "image entry 8 field 'file_name'",
+                "image entry 7 field 'id'"):
+    assert ident in log, ident
+  assert "stuff_train2017.json" in log
+
+
+def test_json_that_is_not_coco_raises(bad_root):
+  (bad_root / "annotations" / "stuff_train2017.json").write_text('{"images": [')
+  with pytest.raises(ValueError, match="stuff_train2017.json: not valid JSON"):
+    _read(bad_root, "train", "stuff")
+  (bad_root / "annotations" / "stuff_train2017.json").write_text('{"images": []}')
+  with pytest.raises(ValueError, match="stuff_train2017.json: not COCO JSON"):
+    _read(bad_root, "train", "stuff")
+
+
+def test_partial_annotations_are_counted_and_reported(bad_root, caplog):
+  def drop(image_id):
+    def edit(data):
+      data["images"] = [i for i in data["images"] if i["id"] != image_id]
+      data["annotations"] = [a for a in data["annotations"] if a["image_id"] != image_id]
+    return edit
+
+  _edit_json(bad_root, "stuff", drop(2))
+  _edit_json(bad_root, "instances", drop(5))
+  counts, partial = collections.Counter(), set()
+  with caplog.at_level("WARNING"):
+    examples = list(coco_reader.read_examples(
+        bad_root, "train", categories.get_class_set("things_and_stuff"), mask_size=16,
+        counts=counts, partial=partial))
+  assert counts["partial_annotations"] == 2 and partial == {2, 5}
+  assert len(examples) == 8  # Kept: training decides.
+  assert "stuff_train2017.json: 1 images of the other annotation file" in caplog.text
+  _, stuff_only = _read(bad_root, "train", "stuff")
+  assert stuff_only["partial_annotations"] == 0
+
+
+def test_workers_give_the_same_examples(synthetic_root):
+  class_set = categories.get_class_set("things_and_stuff")
+  runs = []
+  with coco_reader.worker_pool(2) as pool:
+    for p in (None, pool):
+      counts = collections.Counter()
+      runs.append((list(coco_reader.read_examples(synthetic_root, "train", class_set,
+                                                  mask_size=16, counts=counts, pool=p)), counts))
+  (one, one_counts), (two, two_counts) = runs
+  assert one_counts == two_counts and len(one) == len(two) == 8
+  for a, b in zip(one, two):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -5,6 +5,8 @@ import shutil
 import time
 
 from configs import default
+from etils.epath import gpath
+from etils.epath import register as epath_register
 import ml_collections
 import numpy as np
 import pytest
@@ -166,6 +168,51 @@ def test_restore_resumes_the_same_sequence(config):
   _assert_batches_equal(full[4:], resumed)
 
 
+@pytest.fixture
+def ram_scheme(monkeypatch):
+  """Lets epath (hence TFDS) open ram:// as it opens gs://: through the tf.io.gfile backend."""
+  monkeypatch.setattr(gpath, "_URI_SCHEMES", gpath._URI_SCHEMES | {"ram"})
+  monkeypatch.setattr(gpath, "_URI_PREFIXES", gpath._URI_PREFIXES + ("ram://",))
+  monkeypatch.setitem(gpath._URI_MAP_ROOT, "ram://", "/ram/")
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "ram", gpath.backend_lib.tf_backend)
+  monkeypatch.setitem(epath_register._URI_PREFIXES_TO_CLS, "ram://", gpath.PosixGPath)
+
+
+def _copy_tree(src: str, dst: str):
+  for folder, _, files in tf.io.gfile.walk(src):
+    target = dst + folder[len(src):]
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(f"{folder}/{name}", f"{target}/{name}")
+
+
+def test_reads_a_remote_data_dir(config, ram_scheme):
+  # The built files (without the record index) copied to the in-memory filesystem.
+  remote = ml_collections.ConfigDict(config.to_dict())
+  remote.tfds_data_dir = f"ram://tfds_{time.time_ns()}"
+  _copy_tree(config.tfds_data_dir, remote.tfds_data_dir)
+  for cache in tf.io.gfile.glob(f"{remote.tfds_data_dir}/*/*/*/records_*.npz"):
+    tf.io.gfile.remove(cache)
+  for make in (lambda c: pipeline.create_eval_dataset(c, batch_size=2),
+               lambda c: pipeline.create_train_dataset(c, global_batch_size=2, seed=3, start_step=2)):
+    _assert_batches_equal(_take(make(config), 3), _take(make(remote), 3))
+  assert tf.io.gfile.glob(f"{remote.tfds_data_dir}/*/*/*/records_train.npz")  # Indexed there.
+
+
+def test_a_corrupt_record_fails_its_crc(config, tmp_path):
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.tfds_data_dir = str(tmp_path / "tfds")
+  shutil.copytree(config.tfds_data_dir, copy.tfds_data_dir)
+  built = pipeline.prepare(copy)
+  records = pipeline._records(built, "validation")
+  path = records.paths[records.shard[1]]
+  data = bytearray(tf.io.gfile.GFile(path, "rb").read())
+  data[records.offset[1] + 100] ^= 1  # One bit of the second example's JPEG.
+  tf.io.gfile.GFile(path, "wb").write(bytes(data))
+  with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
+    _take(pipeline.create_eval_dataset(copy, batch_size=1), 2)
+
+
 def test_deterministic_given_the_seed(config):
   augmented = _augmented(config)
   a = _take(pipeline.create_train_dataset(augmented, global_batch_size=2, seed=7), 3)
@@ -190,6 +237,28 @@ def test_train_skips_images_without_instances(synthetic_root, tmp_path):
   assert sorted(set(ids.tolist())) == [1, 3, 4, 5, 6, 7, 8]
   evaluated = pipeline.create_eval_dataset(config, batch_size=8, split="train")
   assert sorted(next(evaluated.as_numpy_iterator())["image_id"].tolist()) == list(range(1, 9))
+
+
+def test_partial_annotations_leave_training(synthetic_root, tmp_path, caplog):
+  root = tmp_path / "root"
+  shutil.copytree(synthetic_root, root)
+  path = root / "annotations" / "stuff_train2017.json"
+  data = json.loads(path.read_text())
+  data["images"] = [i for i in data["images"] if i["id"] != 2]  # Things only.
+  data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
+  path.write_text(json.dumps(data))
+  config = _config(root, hflip=False)
+  config.class_set, config.max_instances = "things_and_stuff", 2
+  with caplog.at_level("WARNING"):
+    built = pipeline.prepare(config, num_workers=2)
+  assert built.info.metadata["counts/train"]["partial_annotations"] == 1
+  assert "hold more than data.max_instances = 2 instances" in caplog.text
+  for allow, expected in ((False, [1, 3, 4, 5, 6, 7, 8]), (True, list(range(1, 9)))):
+    config.allow_partial_annotations = allow
+    ids = np.concatenate([b["image_id"] for b in _take(
+        pipeline.create_train_dataset(config, global_batch_size=len(expected), seed=0), 2)])
+    assert sorted(set(ids.tolist())) == expected
+    assert ids.tolist()[:len(expected)] != expected  # Shuffled, yet only these.
 
 
 def test_prepare_writes_synthetic_once(tmp_path):

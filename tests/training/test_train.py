@@ -157,9 +157,11 @@ def test_nonfinite_step_leaves_state_unchanged():
                                lr_fn=optimizer.learning_rate(config.train, stage), stage_start=0)
   batch = painted_batch(2, config)
   batch["boxes"][0, 0, 0] = np.nan
+  batch["num_truncated"][:] = (3, 4)
   state, metrics = step(state, jax.device_put(batch, NamedSharding(mesh, P(train.AXIS))),
                         jax.random.key(1))
   assert float(metrics["skipped"]) == 1.0 and int(state.nonfinite_total) == 1
+  assert int(metrics["num_truncated"]) == 7  # Summed over the global batch.
   after = flat(state.params)
   for path in before:
     np.testing.assert_array_equal(after[path], before[path], err_msg=path)
