@@ -1,16 +1,21 @@
-"""COCO detection metrics (`bbox`, `segm`) with pycocotools.
+"""COCO detection metrics (`bbox`, `segm`) with pycocotools or faster-coco-eval.
 
 Ground truth is a merge of COCO annotation files (the stuff JSON, plus the instances JSON
 for `things_and_stuff`) filtered to a class set; predictions are COCO result dicts
 (`image_id`, `category_id` = COCO id, `bbox` xywh in original pixels, `score`,
 `segmentation` = compressed RLE with `counts` a str), so the written JSON can be scored by
 any COCO tool. K classes, N detections, H × W the original image.
+
+Two COCOeval implementations give the same numbers (tests/evaluation/test_coco_eval.py
+compares them): `faster_coco_eval` (C++ matching and accumulation, the default for
+evaluation runs) and `pycocotools` (the reference).
 """
 
 import contextlib
 import io
 import json
 from typing import Any, Sequence
+import weakref
 
 from absl import logging
 import numpy as np
@@ -22,6 +27,7 @@ from pycocotools import mask as mask_utils
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                 "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
+BACKENDS = ("faster_coco_eval", "pycocotools")
 
 
 @contextlib.contextmanager
@@ -97,7 +103,8 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
 
 def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                     classes: np.ndarray, class_set, *,
-                    masks: np.ndarray | None = None) -> list[dict[str, Any]]:
+                    masks: np.ndarray | None = None,
+                    rles: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
   """One image's detections → COCO result dicts.
 
   Args:
@@ -107,6 +114,7 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
     classes: [N] int training ids in [1, K].
     class_set: the `ClassSet` mapping training id i + 1 to `coco_ids[i]`.
     masks: optional [N, H, W] bool, the binary masks in the original image.
+    rles: optional instead of `masks`: their N compressed RLEs (`encode_masks`).
 
   Returns:
     N dicts with `image_id`, `category_id`, `bbox` [x, y, w, h], `score` and, with masks,
@@ -127,9 +135,11 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                   bbox=[round(float(v), 2) for v in b], score=round(float(s), 5))
              for c, b, s in zip(coco_ids, xywh, scores)]
   if masks is not None:
-    if len(masks) != len(results):
-      raise ValueError(f"masks has {len(masks)} entries for {len(results)} detections")
-    for result, rle in zip(results, encode_masks(masks)):
+    rles = encode_masks(masks)
+  if rles is not None:
+    if len(rles) != len(results):
+      raise ValueError(f"masks has {len(rles)} entries for {len(results)} detections")
+    for result, rle in zip(results, rles):
       result["segmentation"] = rle
   return results
 
@@ -149,8 +159,35 @@ def _empty_results(coco_gt: coco_lib.COCO) -> coco_lib.COCO:
   return dt
 
 
+# pycocotools ground truth → its faster-coco-eval copy, indexed once per ground truth.
+_FASTER_GT = weakref.WeakKeyDictionary()
+
+
+def _faster_ground_truth(coco_gt: coco_lib.COCO):
+  import faster_coco_eval  # pylint: disable=g-import-not-at-top
+  if coco_gt not in _FASTER_GT:
+    gt = faster_coco_eval.COCO()
+    gt.dataset = coco_gt.dataset
+    gt.createIndex()
+    _FASTER_GT[coco_gt] = gt
+  return _FASTER_GT[coco_gt]
+
+
+def _cocoeval(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
+              backend: str):
+  """An unevaluated COCOeval object of `backend` for `results`."""
+  if backend == "pycocotools":
+    coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+    return cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
+  import faster_coco_eval  # pylint: disable=g-import-not-at-top
+  gt = _faster_ground_truth(coco_gt)
+  return faster_coco_eval.COCOeval_faster(gt, gt.loadRes(results), iou_type,
+                                          print_function=logging.info)
+
+
 def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
-             image_ids: Sequence[int]) -> tuple[dict[str, float], np.ndarray]:
+             image_ids: Sequence[int], *, backend: str = "pycocotools"
+             ) -> tuple[dict[str, float], np.ndarray]:
   """COCOeval on the images `image_ids`.
 
   For `segm` the results' `bbox` is removed first, so that the small/medium/large split
@@ -162,6 +199,7 @@ def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: st
     results: COCO result dicts (`to_coco_results`); `segmentation` needed for `segm`.
     iou_type: `bbox` or `segm`.
     image_ids: the evaluated images; each must be in `coco_gt`.
+    backend: one of `BACKENDS`.
 
   Returns:
     (metrics, per_class_ap): the 12 numbers of `METRIC_NAMES`, and [K] AP@[.5:.95] per
@@ -169,6 +207,8 @@ def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: st
   """
   if iou_type not in IOU_TYPES:
     raise ValueError(f"iou_type {iou_type!r}: must be one of {IOU_TYPES}")
+  if backend not in BACKENDS:
+    raise ValueError(f"backend {backend!r}: must be one of {BACKENDS}")
   image_ids = sorted(set(int(i) for i in image_ids))
   missing = set(image_ids) - set(coco_gt.getImgIds())
   if missing:
@@ -181,8 +221,7 @@ def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: st
   dropped = ("bbox",) if iou_type == "segm" else ()
   results = [{k: v for k, v in r.items() if k not in dropped} for r in results]
   with _stdout_to_log():
-    coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
-    ev = cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
+    ev = _cocoeval(coco_gt, results, iou_type, backend)
     ev.params.imgIds = image_ids
     ev.params.catIds = sorted(cat_ids)
     ev.evaluate()
@@ -190,7 +229,7 @@ def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: st
     ev.summarize()
   # COCOeval's -1 (no GT in an area range) is undefined: NaN.
   metrics = {name: float(v) if v > -1 else float("nan")
-             for name, v in zip(METRIC_NAMES, ev.stats)}
+             for name, v in zip(METRIC_NAMES, ev.stats[:len(METRIC_NAMES)])}
   # precision: [T iou, R recall, K cat, A area, M maxdets]; area "all", 100 detections.
   precision = ev.eval["precision"][:, :, :, 0, -1]
   per_sorted = np.full(len(cat_ids), np.nan)
