@@ -111,6 +111,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Minimum detection score for per-image precision/recall, prediction counts and pictures
   # (AP and the semantic metrics use every detection).
   config.eval.score_threshold = 0.5
+  # COCOeval implementation: pycocotools (the reference) or faster_coco_eval (C++; same
+  # matches, AP within 1e-15: evaluation/coco_eval.py).
+  config.eval.coco_backend = "pycocotools"
 
   config.predict = ml_collections.ConfigDict()
   config.predict.input_dir = ""

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import weakref
 
 from absl import logging
+from etils import epath
 import numpy as np
 from pycocotools import coco as coco_lib
 from pycocotools import cocoeval
@@ -27,7 +28,7 @@ from pycocotools import mask as mask_utils
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                 "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
-BACKENDS = ("faster_coco_eval", "pycocotools")
+BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
 @contextlib.contextmanager
@@ -63,8 +64,7 @@ def load_ground_truth(annotation_files: Sequence[str], class_set) -> coco_lib.CO
   wanted = set(int(c) for c in class_set.coco_ids)
   images, annotations = {}, []
   for path in annotation_files:
-    with open(path) as f:
-      data = json.load(f)
+    data = json.loads(epath.Path(path).read_text())
     for key in ("images", "annotations"):
       if key not in data:
         raise ValueError(f"{path}: not a COCO annotation file (no {key!r})")
@@ -146,8 +146,7 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
 
 def write_results(path: str, results: list[dict[str, Any]]) -> None:
   """Writes COCO results as a JSON list."""
-  with open(path, "w") as f:
-    json.dump(results, f)
+  epath.Path(path).write_text(json.dumps(results))
 
 
 def _empty_results(coco_gt: coco_lib.COCO) -> coco_lib.COCO:
