@@ -131,9 +131,9 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                      f"[{classes.min()}, {classes.max()}]")
   coco_ids = np.asarray(class_set.coco_ids)[classes - 1] if len(classes) else []
   xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-  results = [dict(image_id=int(image_id), category_id=int(c),
-                  bbox=[round(float(v), 2) for v in b], score=round(float(s), 5))
-             for c, b, s in zip(coco_ids, xywh, scores)]
+  results = [dict(image_id=int(image_id), category_id=int(c), bbox=b, score=s)
+             for c, b, s in zip(coco_ids, np.round(xywh, 2).tolist(),
+                                np.round(scores, 5).tolist())]
   if masks is not None:
     rles = encode_masks(masks)
   if rles is not None:

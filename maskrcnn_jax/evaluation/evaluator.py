@@ -70,7 +70,7 @@ def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image
   """One image's detections from the device's pasting (`masks.paste_batch_device`).
 
   Args:
-    detections: the model's batch output plus `label` [B, F, F], `rle_positions`
+    detections: the model's batch output plus `label` [B, F, F] ([x, y]), `rle_positions`
       [B, D, C], `rle_count` [B, D], `pasted_valid` [B, D].
     index: the image in the batch.
     image_info: [5] (orig_h, orig_w, scale, valid_h, valid_w) of that image.
@@ -88,10 +88,10 @@ def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image
   count = np.asarray(detections["rle_count"][index])[valid]
   boxes = np.asarray(detections["boxes"][index])[valid]
   over = np.flatnonzero(count > positions.shape[-1])
-  uncompressed = [dict(size=[height, width],
-                       counts=masks_lib.transitions_to_rle(p, n, height, width))
-                  for p, n in zip(positions, count)]
-  rles = mask_utils.frPyObjects(uncompressed, height, width) if len(count) else []
+  runs = masks_lib.transitions_to_rle(positions, np.minimum(count, positions.shape[-1]),
+                                      height, width)
+  rles = mask_utils.frPyObjects([dict(size=[height, width], counts=r) for r in runs],
+                                height, width) if runs else []
   if len(over):  # Rare (very ragged masks): the host's paste, the same pixels.
     pasted = masks_lib.paste_masks(np.asarray(detections["masks"][index])[valid][over],
                                    boxes[over], image_info, threshold=mask_threshold)
@@ -104,7 +104,7 @@ def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image
               scores=np.asarray(detections["scores"][index], np.float32)[valid],
               classes=np.asarray(detections["classes"][index], np.int32)[valid],
               rles=list(rles),
-              label=np.asarray(detections["label"][index][:height, :width], np.int32),
+              label=np.asarray(detections["label"][index])[:width, :height].T,
               overflow=len(over))
 
 
@@ -206,14 +206,13 @@ class Evaluator:
     self.num_pictures = num_pictures
     self.score_threshold = score_threshold
     self.num_proposals = num_proposals
-    if coco_backend not in coco_eval.BACKENDS:
-      raise ValueError(f"coco_backend {coco_backend!r}: must be one of {coco_eval.BACKENDS}")
-    self.coco_backend = coco_backend
     self.consumers = tuple(consumers)
     self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
+    self._gt_runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._to_train = {int(c): i + 1 for i, c in enumerate(class_set.coco_ids)}
     self._fill = stuff_metrics.other_index(class_set)
     self.reset()
+    self.coco_backend = coco_backend
 
   def reset(self) -> None:
     """Forgets the added images (the ground truth stays loaded)."""
@@ -232,6 +231,17 @@ class Evaluator:
   @property
   def num_images(self) -> int:
     return len(self._image_ids)
+
+  @property
+  def coco_backend(self) -> str:
+    """The COCOeval implementation (`coco_eval.BACKENDS`); settable."""
+    return self._coco_backend
+
+  @coco_backend.setter
+  def coco_backend(self, backend: str) -> None:
+    if backend not in coco_eval.BACKENDS:
+      raise ValueError(f"coco_backend {backend!r}: must be one of {coco_eval.BACKENDS}")
+    self._coco_backend, self._scores = backend, None
 
   @property
   def fill(self) -> int:
@@ -289,9 +299,9 @@ class Evaluator:
     self._results.extend(results)
     self._image_ids.append(image_id)
     self._seen.add(image_id)
-    gt_label = stuff_metrics.ground_truth_label_map(self.coco_gt, image_id, self.class_set)
-    self._confusion += stuff_metrics.confusion_matrix(gt_label, dets["label"],
-                                                      self.class_set.num_classes)
+    self._confusion += stuff_metrics.confusion_matrix(
+        self.ground_truth_flat(image_id), dets["label"].ravel(order="F"),
+        self.class_set.num_classes)
     gt_anns = [a for a in self.coco_gt.imgToAnns[image_id] if not a.get("iscrowd", 0)]
     gt_classes = np.array([self._to_train[a["category_id"]] for a in gt_anns], np.int32)
     np.add.at(self._gt_counts, gt_classes - 1, 1)
@@ -302,6 +312,21 @@ class Evaluator:
         gt_classes, [self.coco_gt.annToRLE(a) for a in gt_anns])
     self._per_image.append(dict(image_id=image_id, num_gt=len(gt_anns),
                                 num_pred=int(keep.sum()), precision=precision, recall=recall))
+
+  def ground_truth_flat(self, image_id: int) -> np.ndarray:
+    """The image's GT label map flattened column-major ([H · W]).
+
+    Kept between evaluations as runs (label, length), a few thousand per image, instead
+    of decoding the annotations each time.
+    """
+    if image_id not in self._gt_runs:
+      flat = stuff_metrics.ground_truth_label_map(self.coco_gt, image_id, self.class_set
+                                                  ).ravel(order="F")
+      starts = np.flatnonzero(np.diff(flat, prepend=-1))
+      self._gt_runs[image_id] = (flat[starts].astype(np.int16),
+                                 np.diff(np.append(starts, len(flat))).astype(np.int32))
+      return flat
+    return np.repeat(*self._gt_runs[image_id])
 
   def _keep_picture(self, image_id, batch, detections, b, dets) -> None:
     info = np.asarray(batch["image_info"][b])
@@ -353,7 +378,7 @@ class Evaluator:
         logging.info("%d masks had more value changes than the device kept and were pasted "
                      "on the host.", self._overflow)
       coco = {t: coco_eval.evaluate(self.coco_gt, self._results, t, self._image_ids,
-                                    backend=self.coco_backend)
+                                    backend=self._coco_backend)
               for t in coco_eval.IOU_TYPES}
       stuff = stuff_metrics.summarize(self._confusion, self.class_set)
       self._scores = dict(coco=coco, stuff=stuff)

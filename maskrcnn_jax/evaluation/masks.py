@@ -117,6 +117,11 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
 # and the host turns those into RLE counts without touching a pixel.
 
 
+# RLE transitions kept per mask, per pixel of the frame side: 4 is two runs per column
+# across the whole image; a mask with more is pasted again on the host.
+RLE_CAPACITY_PER_SIDE = 4
+
+
 def frame_size(heights, widths, multiple: int = 32) -> int:
   """The static side F of the pasting frame: the largest original side, rounded up."""
   side = max(int(np.max(heights)), int(np.max(widths)))
@@ -207,11 +212,14 @@ def transitions_device(on, height, width, *, capacity: int):
   prev = jnp.concatenate([first_prev[:, :, None], on[:, :, :-1]], axis=2)
   rows = jnp.arange(frame)
   change = ((on != prev) & (rows[None, :, None] < width)
-            & (rows[None, None, :] < height))
-  count = change.reshape(d, -1).sum(1, dtype=jnp.int32)
-  flat = jax.vmap(lambda c: jnp.nonzero(c, size=capacity, fill_value=-1)[0])(
-      change.reshape(d, -1))
-  positions = jnp.where(flat >= 0, (flat // frame) * height + flat % frame, -1)
+            & (rows[None, None, :] < height)).reshape(d, -1)
+  # The k-th change is where the running count first reaches k: a binary search per k,
+  # cheaper than compacting the F² flags (`nonzero`) by a factor of about 2.5 on a CPU.
+  seen = jnp.cumsum(change, axis=1, dtype=jnp.int32)
+  count = seen[:, -1]
+  flat = jax.vmap(lambda s: jnp.searchsorted(s, jnp.arange(1, capacity + 1, dtype=jnp.int32))
+                  )(seen)
+  positions = jnp.where(flat < frame * frame, (flat // frame) * height + flat % frame, -1)
   return positions.astype(jnp.int32), count
 
 
@@ -230,7 +238,8 @@ def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
     fill: label of pixels no mask covers.
 
   Returns:
-    `label` [B, F, F] int32 indexed [y, x] (the crop [:H, :W] is the image's label map),
+    `label` [B, F, F] int32 indexed [x, y] (the crop [:W, :H], transposed, is the image's
+    label map),
     `rle_positions` [B, D, C] int32 and `rle_count` [B, D] int32 (`transitions_device`),
     `pasted_valid` [B, D] bool: the detections pasted (valid, finite box and score).
   """
@@ -242,7 +251,7 @@ def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
     label = paint_device(on, classes, scores, valid, fill=fill)
     positions, count = transitions_device(on, jnp.round(info[0]), jnp.round(info[1]),
                                           capacity=capacity)
-    return label.T, positions, count, valid
+    return label, positions, count, valid
 
   label, positions, count, valid = jax.lax.map(one, (
       detections["masks"], detections["boxes"], detections["scores"],
@@ -251,8 +260,25 @@ def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
   return dict(label=label, rle_positions=positions, rle_count=count, pasted_valid=valid)
 
 
-def transitions_to_rle(positions: np.ndarray, count: int, height: int, width: int
-                       ) -> list[int]:
-  """`transitions_device` output of one mask (count ≤ C) → uncompressed RLE counts."""
-  edges = np.concatenate([[0], positions[:count], [height * width]]).astype(np.int64)
-  return np.diff(edges).tolist()
+def transitions_to_rle(positions: np.ndarray, count: np.ndarray, height: int, width: int
+                       ) -> list[list[int]]:
+  """`transitions_device` output of N masks (each count ≤ C) → N uncompressed RLE counts.
+
+  Args:
+    positions: [N, C] int flat change positions, ascending.
+    count: [N] int, the number of positions of each mask.
+    height, width: H and W of the image.
+
+  Returns:
+    N lists of run lengths (zeros first), each summing to H·W.
+  """
+  positions, count = np.asarray(positions, np.int64), np.asarray(count)
+  if not len(count):
+    return []
+  keep = int(count.max())
+  edges = np.full((len(count), keep + 2), height * width, np.int64)
+  edges[:, 0] = 0
+  inside = np.arange(keep)[None] < count[:, None]
+  edges[:, 1:-1] = np.where(inside, positions[:, :keep], height * width)
+  runs = np.diff(edges, axis=1).tolist()  # Past a mask's count + 1 runs: zeros.
+  return [r[:n + 1] for r, n in zip(runs, count.tolist())]

@@ -28,9 +28,6 @@ from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import pictures
 
 AXIS = "data"
-# RLE transitions kept per mask on the device, per pixel of the frame side: 4 is two runs
-# per column across the whole image; masks with more are pasted again on the host.
-RLE_CAPACITY_PER_SIDE = 4
 
 
 def make_predict_step(mesh: Mesh, model, *, paste: dict[str, Any] | None = None):
@@ -130,7 +127,9 @@ class Evaluation:
   """COCO AP and COCO-Stuff metrics on the validation split; files in WORKDIR/eval/STEP.
 
   Made once per run: loads the ground truth and builds the predict step, which compiles
-  at the first call only.
+  at the first call only. `eval.paste` says where masks are pasted: `device` (in the
+  predict step), `host` (`masks.paste_masks`: within each box only, cheaper where the
+  device is this CPU) or `auto` (the device unless jax runs on the CPU).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh):
@@ -143,9 +142,12 @@ class Evaluation:
         mask_threshold=config.eval.mask_threshold, num_pictures=config.eval.num_pictures,
         score_threshold=config.eval.score_threshold, coco_backend=config.eval.coco_backend)
     frame = self.evaluator.frame_size()
-    self.predict = make_predict_step(mesh, model, paste=dict(
-        frame=frame, capacity=RLE_CAPACITY_PER_SIDE * frame,
-        threshold=config.eval.mask_threshold, fill=self.evaluator.fill))
+    paste = None
+    if config.eval.paste == "device" or (config.eval.paste == "auto"
+                                         and jax.default_backend() != "cpu"):
+      paste = dict(frame=frame, capacity=masks_lib.RLE_CAPACITY_PER_SIDE * frame,
+                   threshold=config.eval.mask_threshold, fill=self.evaluator.fill)
+    self.predict = make_predict_step(mesh, model, paste=paste)
 
   def __call__(self, variables, workdir: str, step: int, *,
                writer: metric_writers.MetricWriter | None = None) -> dict[str, float]:

@@ -152,13 +152,13 @@ def test_device_paste_equals_host_paste_within_a_boundary_pixel():
         assert (mine & theirs).sum() / (mine | theirs).sum() >= 0.99
     label = stuff_metrics.paint_instances(ref, dets["classes"][b][valid],
                                           dets["scores"][b][valid], fill=7)
-    assert (out["label"][b][:h, :w] == label).mean() >= 0.999
+    assert (out["label"][b][:w, :h].T == label).mean() >= 0.999
     # The RLE of each mask from its transitions equals pycocotools' encoding.
     expected = coco_eval.encode_masks(on)
-    for i, rle in zip(np.flatnonzero(valid), expected):
-      count = out["rle_count"][b, i]
-      assert count <= 4 * frame
-      counts = masks.transitions_to_rle(out["rle_positions"][b, i], count, h, w)
+    count = out["rle_count"][b][valid]
+    assert (count <= 4 * frame).all()
+    runs = masks.transitions_to_rle(out["rle_positions"][b][valid], count, h, w)
+    for counts, rle in zip(runs, expected):
       assert sum(counts) == h * w
       got = mask_utils.frPyObjects(dict(size=[h, w], counts=counts), h, w)
       assert got["counts"].decode() == rle["counts"]
@@ -173,6 +173,6 @@ def test_device_transitions_report_overflow():
   positions, count = jax.device_get(transitions(on, 6, 5, capacity=16))
   assert count.tolist() == [8]
   assert positions.tolist() == [[6, 7, 8, 9, 10, 11, 12, 18] + [-1] * 8]
-  assert masks.transitions_to_rle(positions[0], 8, 6, 5) == [6, 1, 1, 1, 1, 1, 1, 6, 12]
+  assert masks.transitions_to_rle(positions, count, 6, 5) == [[6, 1, 1, 1, 1, 1, 1, 6, 12]]
   positions, count = jax.device_get(transitions(on, 6, 5, capacity=4))
   assert count.tolist() == [8] and positions.tolist() == [[6, 7, 8, 9]]  # The first C.
