@@ -128,16 +128,16 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
 
   times["gt"] = sum(_timed(ev.ground_truth_flat, i)[1] for i in ev.coco_gt.imgs)
 
-  # Before: the parts of host pasting, then the whole `add`.
-  times["before/paste"] = times["before/encode"] = 0.0
+  # Before: per batch the parts of host pasting, then the whole `add` (interleaved: the
+  # same load on a shared machine).
+  for k in ("before/paste", "before/encode", "before/add"):
+    times[k] = 0.0
   for batch, dets in batches:
     for b in np.flatnonzero(batch["image_valid"]):
       image_dets, t = _timed(evaluator_lib.image_detections, dets, b, batch["image_info"][b])
       times["before/paste"] += t
       times["before/encode"] += _timed(coco_eval.encode_masks, image_dets["masks"])[1]
-  times["before/add"] = sum(_timed(ev.add, batch, dets)[1] for batch, dets in batches)
-  times["before/metrics"] = (times["before/add"] - times["before/paste"]
-                             - times["before/encode"])
+    times["before/add"] += _timed(ev.add, batch, dets)[1]
   ev.coco_backend = "faster_coco_eval"
   before = ev.result()
 
@@ -154,15 +154,13 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
     pasted.append({**dets, **out})
   times["device"] = t / batch_size * num_images  # The last batch's: compiled and warm.
   pasted = [pasted[j % DISTINCT_BATCHES] for j in range(len(batches))]
-  times["after/rle"] = 0.0
+  ev.reset()
+  times["after/rle"] = times["after/add"] = 0.0
   for (batch, _), dets in zip(batches, pasted):
     for b in np.flatnonzero(batch["image_valid"]):
       times["after/rle"] += _timed(evaluator_lib.pasted_image_detections, dets, b,
                                    batch["image_info"][b])[1]
-  ev.reset()
-  times["after/add"] = sum(_timed(ev.add, batch, dets)[1]
-                           for (batch, _), dets in zip(batches, pasted))
-  times["after/metrics"] = times["after/add"] - times["after/rle"]
+    times["after/add"] += _timed(ev.add, batch, dets)[1]
   for backend in coco_eval.BACKENDS:
     ev.coco_backend = backend
     after, times[f"result/{backend}"] = _timed(ev.result)
@@ -174,21 +172,31 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
 
 
 def summary(times: dict[str, float], num_images: int) -> str:
-  """Seconds per image of each part, after/before ratios and images/s of the whole."""
-  per = {k: v / num_images for k, v in times.items()}
-  whole_before = (times["gt"] + times["before/add"] + times["result/pycocotools"]
-                  + times["write"])
-  host_after = times["after/add"] + times["result/faster_coco_eval"] + times["write"]
-  lines = [f"{k:26s} {v * 1e3:9.2f} ms/image" for k, v in per.items()]
+  """A before/after table in ms per image, ratios and images/s of the host's work."""
+  ms = {k: v / num_images * 1e3 for k, v in times.items()}
+  rest_before = ms["before/add"] - ms["before/paste"] - ms["before/encode"]
+  rest_after = ms["after/add"] - ms["after/rle"]
+  rows = [  # (part, before, after)
+      ("paste", ms["before/paste"], 0.0),
+      ("encode (RLE)", ms["before/encode"], ms["after/rle"]),
+      ("metrics: GT label maps", ms["gt"], 0.0),
+      ("metrics: painting, confusion, P/R", rest_before, rest_after),
+      ("metrics: COCOeval pycocotools", ms["result/pycocotools"], ms["result/pycocotools"]),
+      ("write", ms["write"], ms["write"]),
+  ]
+  before = sum(r[1] for r in rows)
+  after = sum(r[2] for r in rows)
+  faster = after - ms["result/pycocotools"] + ms["result/faster_coco_eval"]
+  lines = [f"{'host CPU ms/image':36s} {'before':>9s} {'after':>9s}"]
+  lines += [f"{name:36s} {b:9.2f} {a:9.2f}" for name, b, a in rows]
   lines += [
-      f"add after/before: {times['after/add'] / times['before/add']:.3f}",
-      f"COCOeval faster/pycocotools: "
-      f"{times['result/faster_coco_eval'] / times['result/pycocotools']:.3f}",
-      f"host images/s: before {num_images / whole_before:.1f} (gt + add + result with "
-      f"pycocotools + write), after {num_images / host_after:.1f} (add + result with "
-      f"faster_coco_eval + write; the GT decoded in an earlier evaluation)",
-      f"whole images/s after, with device pasting on {jax.default_backend()}: "
-      f"{num_images / (host_after + times['device']):.1f}"]
+      f"{'total':36s} {before:9.2f} {after:9.2f}",
+      f"{'total, COCOeval faster_coco_eval':36s} {'':9s} {faster:9.2f}",
+      f"host images/s: before {1e3 / before:.1f}, after {1e3 / after:.1f} (pycocotools), "
+      f"{1e3 / faster:.1f} (faster_coco_eval); after/before {after / before:.3f}",
+      f"device pasting on {jax.default_backend()}: {ms['device']:.1f} ms/image (wall)",
+      "after: GT label maps decoded in an earlier evaluation of the run; model forward "
+      "not included"]
   return "\n".join(lines)
 
 
@@ -199,6 +207,7 @@ def main(argv):
               num_pictures=_PICTURES.value)
   print(f"Evaluation of {_NUM_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}, "
         f"{_DETECTIONS.value} detections):\n{summary(times, _NUM_IMAGES.value)}")
+  print(json.dumps(times))
 
 
 if __name__ == "__main__":
