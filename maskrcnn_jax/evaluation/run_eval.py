@@ -139,7 +139,9 @@ class Evaluation:
     self.evaluator = evaluator_lib.Evaluator(
         pipeline.annotation_files(config.data, "validation"),
         categories.get_class_set(config.data.class_set),
-        mask_threshold=config.eval.mask_threshold, num_pictures=config.eval.num_pictures,
+        mask_threshold=config.eval.mask_threshold,
+        # Process 0 draws its own first images: no input image crosses processes.
+        num_pictures=config.eval.num_pictures if jax.process_index() == 0 else 0,
         score_threshold=config.eval.score_threshold, coco_backend=config.eval.coco_backend)
     frame = self.evaluator.frame_size()
     paste = None
