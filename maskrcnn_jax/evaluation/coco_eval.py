@@ -12,6 +12,7 @@ evaluation runs) and `pycocotools` (the reference).
 """
 
 import contextlib
+import copy
 import io
 import json
 from typing import Any, Sequence
@@ -184,6 +185,89 @@ def _cocoeval(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: s
                                           print_function=logging.info)
 
 
+def _checked(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
+             image_ids: Sequence[int]) -> tuple[list[dict[str, Any]], list[int]]:
+  """(copies of `results` as COCOeval takes them, the sorted image ids); bad input raises."""
+  if iou_type not in IOU_TYPES:
+    raise ValueError(f"iou_type {iou_type!r}: must be one of {IOU_TYPES}")
+  image_ids = sorted(set(int(i) for i in image_ids))
+  missing = set(image_ids) - set(coco_gt.getImgIds())
+  if missing:
+    raise ValueError(f"{len(missing)} evaluated images are not in the ground truth, e.g. "
+                     f"{sorted(missing)[:5]}")
+  if iou_type == "segm" and any("segmentation" not in r for r in results):
+    raise ValueError("segm evaluation needs a `segmentation` in every result")
+  # Copies: loadRes adds `id`, `area`, … in place.
+  dropped = ("bbox",) if iou_type == "segm" else ()
+  return [{k: v for k, v in r.items() if k not in dropped} for r in results], image_ids
+
+
+def _sorted_cat_ids(coco_gt: coco_lib.COCO) -> list[int]:
+  return sorted(c["id"] for c in coco_gt.dataset["categories"])
+
+
+def evaluate_images(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
+                    image_ids: Sequence[int]) -> dict[str, Any]:
+  """pycocotools' per-image matching (`COCOeval.evaluate`) of `image_ids`, for `accumulate`.
+
+  Matching is per image, so processes can match their own images: `accumulate` of the
+  parts of disjoint image sets gives exactly `evaluate` of their union.
+
+  Returns:
+    `image_ids` (sorted) and `blocks`: COCOeval's per-image records, one list per
+    (category, area range) over `image_ids`.
+  """
+  results, image_ids = _checked(coco_gt, results, iou_type, image_ids)
+  with _stdout_to_log():
+    ev = _cocoeval(coco_gt, results, iou_type, "pycocotools")
+    ev.params.imgIds = image_ids
+    ev.params.catIds = _sorted_cat_ids(coco_gt)
+    ev.evaluate()
+  n = len(image_ids)
+  num_blocks = len(ev.params.catIds) * len(ev.params.areaRng)
+  return dict(image_ids=image_ids,
+              blocks=[list(ev.evalImgs[j * n:(j + 1) * n]) for j in range(num_blocks)])
+
+
+def accumulate(coco_gt: coco_lib.COCO, parts: Sequence[dict[str, Any]], iou_type: str
+               ) -> tuple[dict[str, float], np.ndarray]:
+  """`evaluate` (pycocotools) from `evaluate_images` parts of disjoint image sets."""
+  ids = [i for part in parts for i in part["image_ids"]]
+  if len(set(ids)) != len(ids):
+    raise ValueError("the parts share images: each image must be matched once")
+  order = np.argsort(ids, kind="stable")
+  eval_imgs = []
+  for j in range(len(parts[0]["blocks"])):
+    row = [e for part in parts for e in part["blocks"][j]]
+    eval_imgs += [row[i] for i in order]
+  with _stdout_to_log():
+    ev = cocoeval.COCOeval(coco_gt, None, iou_type)
+    ev.params.imgIds = sorted(ids)
+    ev.params.catIds = _sorted_cat_ids(coco_gt)
+    ev._paramsEval = copy.deepcopy(ev.params)  # pylint: disable=protected-access
+    ev.evalImgs = eval_imgs
+    ev.accumulate()
+    ev.summarize()
+  return _summary(ev, coco_gt)
+
+
+def _summary(ev, coco_gt: coco_lib.COCO) -> tuple[dict[str, float], np.ndarray]:
+  """(metrics, per-class AP) of an accumulated and summarized COCOeval (`evaluate`)."""
+  cat_ids = [c["id"] for c in coco_gt.dataset["categories"]]
+  # COCOeval's -1 (no GT in an area range) is undefined: NaN.
+  metrics = {name: float(v) if v > -1 else float("nan")
+             for name, v in zip(METRIC_NAMES, ev.stats[:len(METRIC_NAMES)])}
+  # precision: [T iou, R recall, K cat, A area, M maxdets]; area "all", 100 detections.
+  precision = ev.eval["precision"][:, :, :, 0, -1]
+  per_sorted = np.full(len(cat_ids), np.nan)
+  for k in range(len(cat_ids)):
+    p = precision[:, :, k]
+    if (p > -1).any():
+      per_sorted[k] = float(np.mean(p[p > -1]))
+  position = {c: k for k, c in enumerate(sorted(cat_ids))}
+  return metrics, np.array([per_sorted[position[c]] for c in cat_ids])
+
+
 def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
              image_ids: Sequence[int], *, backend: str = "pycocotools"
              ) -> tuple[dict[str, float], np.ndarray]:
@@ -204,37 +288,17 @@ def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: st
     (metrics, per_class_ap): the 12 numbers of `METRIC_NAMES`, and [K] AP@[.5:.95] per
     category in `coco_gt` category order, NaN for a category without GT in these images.
   """
-  if iou_type not in IOU_TYPES:
-    raise ValueError(f"iou_type {iou_type!r}: must be one of {IOU_TYPES}")
   if backend not in BACKENDS:
     raise ValueError(f"backend {backend!r}: must be one of {BACKENDS}")
-  image_ids = sorted(set(int(i) for i in image_ids))
-  missing = set(image_ids) - set(coco_gt.getImgIds())
-  if missing:
-    raise ValueError(f"{len(missing)} evaluated images are not in the ground truth, e.g. "
-                     f"{sorted(missing)[:5]}")
-  cat_ids = [c["id"] for c in coco_gt.dataset["categories"]]
-  if iou_type == "segm" and any("segmentation" not in r for r in results):
-    raise ValueError("segm evaluation needs a `segmentation` in every result")
-  # Copies: loadRes adds `id`, `area`, … in place.
-  dropped = ("bbox",) if iou_type == "segm" else ()
-  results = [{k: v for k, v in r.items() if k not in dropped} for r in results]
+  if backend == "pycocotools":
+    return accumulate(coco_gt, [evaluate_images(coco_gt, results, iou_type, image_ids)],
+                      iou_type)
+  results, image_ids = _checked(coco_gt, results, iou_type, image_ids)
   with _stdout_to_log():
     ev = _cocoeval(coco_gt, results, iou_type, backend)
     ev.params.imgIds = image_ids
-    ev.params.catIds = sorted(cat_ids)
+    ev.params.catIds = _sorted_cat_ids(coco_gt)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-  # COCOeval's -1 (no GT in an area range) is undefined: NaN.
-  metrics = {name: float(v) if v > -1 else float("nan")
-             for name, v in zip(METRIC_NAMES, ev.stats[:len(METRIC_NAMES)])}
-  # precision: [T iou, R recall, K cat, A area, M maxdets]; area "all", 100 detections.
-  precision = ev.eval["precision"][:, :, :, 0, -1]
-  per_sorted = np.full(len(cat_ids), np.nan)
-  for k in range(len(cat_ids)):
-    p = precision[:, :, k]
-    if (p > -1).any():
-      per_sorted[k] = float(np.mean(p[p > -1]))
-  position = {c: k for k, c in enumerate(sorted(cat_ids))}
-  return metrics, np.array([per_sorted[position[c]] for c in cat_ids])
+  return _summary(ev, coco_gt)

@@ -227,6 +227,8 @@ class Evaluator:
     self._pictures: list[dict[str, Any]] = []
     self._scores: dict[str, Any] | None = None
     self._overflow = 0
+    # Per merged process, `coco_eval.evaluate_images` of its images (pycocotools).
+    self._coco_parts: list[dict[str, Any] | None] | None = None
 
   @property
   def num_images(self) -> int:
@@ -266,6 +268,8 @@ class Evaluator:
     ids = np.asarray(batch["image_id"]).reshape(-1)
     infos = np.asarray(batch["image_info"])
     image_valid = np.asarray(batch.get("image_valid", np.ones(len(ids), bool)), bool)
+    if self._coco_parts is not None:
+      raise ValueError("add() after merge(): the merged scores are final")
     on_device = "rle_positions" in detections
     for b in np.nonzero(image_valid)[0]:
       image_id = int(ids[b])
@@ -344,17 +348,27 @@ class Evaluator:
     self._pictures.append(picture)
 
   def state(self) -> dict[str, Any]:
-    """This evaluator's accumulated scores, JSON-ready, for `merge` in another process.
+    """This evaluator's accumulated scores, for `merge` in another process (picklable).
 
-    The pictures stay here: the process that writes draws its own images.
+    With pycocotools the COCO matching of this evaluator's images is done here
+    (`coco_eval.evaluate_images`), so that processes share that work. The pictures stay
+    here: the process that writes draws its own images.
     """
     return dict(results=self._results, image_ids=self._image_ids,
-                confusion=self._confusion.tolist(), pred_counts=self._pred_counts.tolist(),
-                gt_counts=self._gt_counts.tolist(), per_image=self._per_image,
-                overflow=self._overflow)
+                confusion=self._confusion, pred_counts=self._pred_counts,
+                gt_counts=self._gt_counts, per_image=self._per_image,
+                overflow=self._overflow, coco_parts=self._own_coco_parts())
+
+  def _own_coco_parts(self) -> dict[str, dict[str, Any]] | None:
+    if self._coco_backend != "pycocotools":
+      return None
+    return {t: coco_eval.evaluate_images(self.coco_gt, self._results, t, self._image_ids)
+            for t in coco_eval.IOU_TYPES}
 
   def merge(self, states: Sequence[dict[str, Any]]) -> None:
     """Adds other evaluators' `state()`s (other processes' images) to this one."""
+    if self._coco_parts is None:
+      self._coco_parts = [self._own_coco_parts()]
     for st in states:
       repeated = self._seen.intersection(st["image_ids"])
       if repeated:
@@ -363,11 +377,12 @@ class Evaluator:
       self._results.extend(st["results"])
       self._image_ids.extend(st["image_ids"])
       self._seen.update(st["image_ids"])
-      self._confusion += np.asarray(st["confusion"], np.int64)
-      self._pred_counts += np.asarray(st["pred_counts"], np.int64)
-      self._gt_counts += np.asarray(st["gt_counts"], np.int64)
+      self._confusion += st["confusion"]
+      self._pred_counts += st["pred_counts"]
+      self._gt_counts += st["gt_counts"]
       self._per_image.extend(st["per_image"])
       self._overflow += st["overflow"]
+      self._coco_parts.append(st["coco_parts"])
     self._scores = None
 
   def _compute(self) -> dict[str, Any]:
@@ -377,9 +392,14 @@ class Evaluator:
       if self._overflow:
         logging.info("%d masks had more value changes than the device kept and were pasted "
                      "on the host.", self._overflow)
-      coco = {t: coco_eval.evaluate(self.coco_gt, self._results, t, self._image_ids,
-                                    backend=self._coco_backend)
-              for t in coco_eval.IOU_TYPES}
+      parts = self._coco_parts
+      if self._coco_backend == "pycocotools" and parts is not None and all(parts):
+        coco = {t: coco_eval.accumulate(self.coco_gt, [p[t] for p in parts], t)
+                for t in coco_eval.IOU_TYPES}
+      else:  # One process, or faster_coco_eval (all on this process: it is fast).
+        coco = {t: coco_eval.evaluate(self.coco_gt, self._results, t, self._image_ids,
+                                      backend=self._coco_backend)
+                for t in coco_eval.IOU_TYPES}
       stuff = stuff_metrics.summarize(self._confusion, self.class_set)
       self._scores = dict(coco=coco, stuff=stuff)
     return self._scores

@@ -9,6 +9,7 @@ images; process 0 merges the processes' scores through files in the evaluation f
 """
 
 import json
+import pickle
 from typing import Any, Iterator
 
 from absl import logging
@@ -107,8 +108,9 @@ def validation_loss(config: ml_collections.ConfigDict, loss_step, variables,
 def merge_processes(evaluator: evaluator_lib.Evaluator, out_dir: epath.PathLike) -> None:
   """Process 0's `evaluator` gets every process's scores (`Evaluator.state`).
 
-  Each process writes its state into OUT_DIR/process_states (a folder all processes
-  see); after a barrier process 0 merges them and removes the folder.
+  Each other process writes its state (with its COCO matching done) into
+  OUT_DIR/process_states (a folder all processes see); after a barrier process 0 merges
+  them and removes the folder.
   """
   count = jax.process_count()
   if count == 1:
@@ -116,10 +118,12 @@ def merge_processes(evaluator: evaluator_lib.Evaluator, out_dir: epath.PathLike)
   index = jax.process_index()
   states = epath.Path(out_dir) / "process_states"
   states.mkdir(parents=True, exist_ok=True)
-  (states / f"{index}.json").write_text(json.dumps(evaluator.state()))
+  if index > 0:  # Pickle: the states hold numpy arrays, and only this run reads them.
+    (states / f"{index}.pkl").write_bytes(pickle.dumps(evaluator.state()))
   multihost_utils.sync_global_devices(f"maskrcnn_jax.evaluation {out_dir}")
   if index == 0:
-    evaluator.merge([json.loads((states / f"{i}.json").read_text()) for i in range(1, count)])
+    evaluator.merge([pickle.loads((states / f"{i}.pkl").read_bytes())
+                     for i in range(1, count)])
     states.rmtree()
 
 

@@ -169,3 +169,18 @@ def test_backends_agree(tmp_path):
       np.testing.assert_allclose(got_per_class, ref_per_class, atol=1e-12, rtol=0)
   with pytest.raises(ValueError, match="backend"):
     coco_eval.evaluate(gt, results, "bbox", list(gt.imgs), backend="fast")
+
+
+def test_parts_of_disjoint_images_accumulate_exactly(tmp_path):
+  _, gt, results = _ground_truths(tmp_path)[0]
+  ids = sorted(gt.imgs)
+  halves = ([i for i in ids if i % 3 == 0], [i for i in ids if i % 3])  # Interleaved.
+  for iou_type in coco_eval.IOU_TYPES:
+    whole = coco_eval.evaluate(gt, results, iou_type, ids)
+    parts = [coco_eval.evaluate_images(gt, [r for r in results if r["image_id"] in h],
+                                       iou_type, h) for h in halves]
+    merged = coco_eval.accumulate(gt, parts[::-1], iou_type)
+    assert merged[0] == pytest.approx(whole[0], rel=0, abs=0, nan_ok=True)  # Exact.
+    np.testing.assert_array_equal(merged[1], whole[1])
+    with pytest.raises(ValueError, match="share images"):
+      coco_eval.accumulate(gt, [parts[0], parts[0]], iou_type)

@@ -1,5 +1,6 @@
 import json
 import os
+import pickle
 
 import numpy as np
 from PIL import Image
@@ -214,11 +215,19 @@ def test_merged_shards_equal_one_evaluator(tmp_path):
     one.add(batch, dets)
     part.add(batch, dets)
   merged = parts[0]
-  merged.merge([json.loads(json.dumps(p.state())) for p in parts[1:]])  # Through JSON.
-  assert merged.result() == pytest.approx(one.result(), nan_ok=True)
+  merged.merge([pickle.loads(pickle.dumps(p.state())) for p in parts[1:]])
+  assert merged.result() == pytest.approx(one.result(), rel=0, abs=0, nan_ok=True)
   np.testing.assert_array_equal(merged.pictures()["confusion"], one.pictures()["confusion"])
   with pytest.raises(ValueError, match="evaluated twice"):
     merged.merge([parts[1].state()])
+  with pytest.raises(ValueError, match="after merge"):
+    merged.add(*batches[0])
+  for part in parts:  # faster_coco_eval: the merged results, scored here.
+    part.coco_backend = "faster_coco_eval"
+  fast = evaluator_lib.Evaluator([gt], cs, num_pictures=0, coco_backend="faster_coco_eval")
+  fast.add(*batches[0])
+  fast.merge([p.state() for p in parts[1:]])
+  assert fast.result() == pytest.approx(one.result(), rel=0, abs=1e-12, nan_ok=True)
 
 
 def test_scored_images_are_counted_against_the_ground_truth(stuff_json, make_perfect_batch):
