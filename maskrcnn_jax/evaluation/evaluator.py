@@ -79,8 +79,8 @@ def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image
 
   Returns:
     `boxes` [N, 4] float32 original pixels (clipped), `scores` [N] float32, `classes` [N]
-    int32, `rles` N compressed RLEs (JSON-ready), `label` [H, W] int32 label map of all
-    N, and `overflow`: how many masks were pasted on the host for lack of capacity.
+    int32, `rles` N compressed RLEs (JSON-ready), `label` [H, W] int label map of all N,
+    and `overflow`: how many masks were pasted on the host for lack of capacity.
   """
   height, width = int(round(float(image_info[0]))), int(round(float(image_info[1])))
   valid = np.asarray(detections["pasted_valid"][index], bool)

@@ -238,7 +238,7 @@ def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
     fill: label of pixels no mask covers.
 
   Returns:
-    `label` [B, F, F] int32 indexed [x, y] (the crop [:W, :H], transposed, is the image's
+    `label` [B, F, F] int16 indexed [x, y] (the crop [:W, :H], transposed, is the image's
     label map),
     `rle_positions` [B, D, C] int32 and `rle_count` [B, D] int32 (`transitions_device`),
     `pasted_valid` [B, D] bool: the detections pasted (valid, finite box and score).
@@ -251,7 +251,7 @@ def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
     label = paint_device(on, classes, scores, valid, fill=fill)
     positions, count = transitions_device(on, jnp.round(info[0]), jnp.round(info[1]),
                                           capacity=capacity)
-    return label, positions, count, valid
+    return label.astype(jnp.int16), positions, count, valid  # int16: half the transfer.
 
   label, positions, count, valid = jax.lax.map(one, (
       detections["masks"], detections["boxes"], detections["scores"],
