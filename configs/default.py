@@ -114,6 +114,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Minimum detection score for per-image precision/recall, prediction counts and pictures
   # (AP and the semantic metrics use every detection).
   config.eval.score_threshold = 0.5
+  # COCOeval implementation: pycocotools (the reference) or faster_coco_eval (C++; same
+  # matches, AP within 1e-15: evaluation/coco_eval.py).
+  config.eval.coco_backend = "pycocotools"
+  # Where masks are pasted and painted: device | host | auto (the device unless on a CPU).
+  config.eval.paste = "auto"
 
   config.predict = ml_collections.ConfigDict()
   config.predict.input_dir = ""

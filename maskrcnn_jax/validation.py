@@ -15,6 +15,7 @@ DEPTHS = (18, 34, 50, 101, 152)
 DTYPES = ("float32", "bfloat16")
 TRAINABLE_PRESETS = ("heads", "5+", "4+", "3+", "2+", "all")
 INIT_SCOPES = ("backbone", "full")
+PASTE_PLACES = ("auto", "device", "host")
 
 
 class ConfigError(ValueError):
@@ -145,6 +146,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _fraction(config, "eval.mask_threshold", closed=False)
   _fraction(config, "eval.score_threshold")
   _positive(config, "eval.num_pictures", zero_ok=True)
+  from maskrcnn_jax.evaluation import coco_eval  # pylint: disable=g-import-not-at-top
+  _in(config, "eval.coco_backend", coco_eval.BACKENDS)
+  _in(config, "eval.paste", PASTE_PLACES)
   _check(config.eval.num_images == -1 or config.eval.num_images > 0, "eval.num_images",
          config.eval.num_images, "must be -1 (all) or > 0")
   _fraction(config, "predict.score_threshold")

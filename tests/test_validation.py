@@ -29,6 +29,8 @@ def test_shipped_configs_are_valid(get_config):
     ("train.momentum", 1.0, "config.train.momentum = 1.0: must be in [0, 1)"),
     ("init.scope", "head", "config.init.scope = 'head': must be one of backbone, full"),
     ("eval.mask_threshold", 1.0, "config.eval.mask_threshold = 1.0: must be in (0, 1)"),
+    ("eval.coco_backend", "fast", "config.eval.coco_backend = 'fast': must be one of pycoco"),
+    ("eval.paste", "gpu", "config.eval.paste = 'gpu': must be one of auto, device, host"),
 ])
 def test_bad_values(key, value, message):
   config = default.get_config()

@@ -1,16 +1,22 @@
-"""COCO detection metrics (`bbox`, `segm`) with pycocotools.
+"""COCO detection metrics (`bbox`, `segm`) with pycocotools or faster-coco-eval.
 
 Ground truth is a merge of COCO annotation files (the stuff JSON, plus the instances JSON
 for `things_and_stuff`) filtered to a class set; predictions are COCO result dicts
 (`image_id`, `category_id` = COCO id, `bbox` xywh in original pixels, `score`,
 `segmentation` = compressed RLE with `counts` a str), so the written JSON can be scored by
 any COCO tool. K classes, N detections, H × W the original image.
+
+Two COCOeval implementations give the same numbers (tests/evaluation/test_coco_eval.py
+compares them): `faster_coco_eval` (C++ matching and accumulation, the default for
+evaluation runs) and `pycocotools` (the reference).
 """
 
 import contextlib
+import copy
 import io
 import json
 from typing import Any, Sequence
+import weakref
 
 from absl import logging
 from etils import epath
@@ -23,6 +29,7 @@ from pycocotools import mask as mask_utils
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                 "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
+BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
 @contextlib.contextmanager
@@ -97,7 +104,8 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
 
 def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                     classes: np.ndarray, class_set, *,
-                    masks: np.ndarray | None = None) -> list[dict[str, Any]]:
+                    masks: np.ndarray | None = None,
+                    rles: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
   """One image's detections → COCO result dicts.
 
   Args:
@@ -107,6 +115,7 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
     classes: [N] int training ids in [1, K].
     class_set: the `ClassSet` mapping training id i + 1 to `coco_ids[i]`.
     masks: optional [N, H, W] bool, the binary masks in the original image.
+    rles: optional instead of `masks`: their N compressed RLEs (`encode_masks`).
 
   Returns:
     N dicts with `image_id`, `category_id`, `bbox` [x, y, w, h], `score` and, with masks,
@@ -123,13 +132,15 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                      f"[{classes.min()}, {classes.max()}]")
   coco_ids = np.asarray(class_set.coco_ids)[classes - 1] if len(classes) else []
   xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-  results = [dict(image_id=int(image_id), category_id=int(c),
-                  bbox=[round(float(v), 2) for v in b], score=round(float(s), 5))
-             for c, b, s in zip(coco_ids, xywh, scores)]
+  results = [dict(image_id=int(image_id), category_id=int(c), bbox=b, score=s)
+             for c, b, s in zip(coco_ids, np.round(xywh, 2).tolist(),
+                                np.round(scores, 5).tolist())]
   if masks is not None:
-    if len(masks) != len(results):
-      raise ValueError(f"masks has {len(masks)} entries for {len(results)} detections")
-    for result, rle in zip(results, encode_masks(masks)):
+    rles = encode_masks(masks)
+  if rles is not None:
+    if len(rles) != len(results):
+      raise ValueError(f"masks has {len(rles)} entries for {len(results)} detections")
+    for result, rle in zip(results, rles):
       result["segmentation"] = rle
   return results
 
@@ -148,8 +159,118 @@ def _empty_results(coco_gt: coco_lib.COCO) -> coco_lib.COCO:
   return dt
 
 
+# pycocotools ground truth → its faster-coco-eval copy, indexed once per ground truth.
+_FASTER_GT = weakref.WeakKeyDictionary()
+
+
+def _faster_ground_truth(coco_gt: coco_lib.COCO):
+  import faster_coco_eval  # pylint: disable=g-import-not-at-top
+  if coco_gt not in _FASTER_GT:
+    gt = faster_coco_eval.COCO()
+    gt.dataset = coco_gt.dataset
+    gt.createIndex()
+    _FASTER_GT[coco_gt] = gt
+  return _FASTER_GT[coco_gt]
+
+
+def _cocoeval(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
+              backend: str):
+  """An unevaluated COCOeval object of `backend` for `results`."""
+  if backend == "pycocotools":
+    coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+    return cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
+  import faster_coco_eval  # pylint: disable=g-import-not-at-top
+  gt = _faster_ground_truth(coco_gt)
+  return faster_coco_eval.COCOeval_faster(gt, gt.loadRes(results), iou_type,
+                                          print_function=logging.info)
+
+
+def _checked(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
+             image_ids: Sequence[int]) -> tuple[list[dict[str, Any]], list[int]]:
+  """(copies of `results` as COCOeval takes them, the sorted image ids); bad input raises."""
+  if iou_type not in IOU_TYPES:
+    raise ValueError(f"iou_type {iou_type!r}: must be one of {IOU_TYPES}")
+  image_ids = sorted(set(int(i) for i in image_ids))
+  missing = set(image_ids) - set(coco_gt.getImgIds())
+  if missing:
+    raise ValueError(f"{len(missing)} evaluated images are not in the ground truth, e.g. "
+                     f"{sorted(missing)[:5]}")
+  if iou_type == "segm" and any("segmentation" not in r for r in results):
+    raise ValueError("segm evaluation needs a `segmentation` in every result")
+  # Copies: loadRes adds `id`, `area`, … in place.
+  dropped = ("bbox",) if iou_type == "segm" else ()
+  return [{k: v for k, v in r.items() if k not in dropped} for r in results], image_ids
+
+
+def _sorted_cat_ids(coco_gt: coco_lib.COCO) -> list[int]:
+  return sorted(c["id"] for c in coco_gt.dataset["categories"])
+
+
+def evaluate_images(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
+                    image_ids: Sequence[int]) -> dict[str, Any]:
+  """pycocotools' per-image matching (`COCOeval.evaluate`) of `image_ids`, for `accumulate`.
+
+  Matching is per image, so processes can match their own images: `accumulate` of the
+  parts of disjoint image sets gives exactly `evaluate` of their union.
+
+  Returns:
+    `image_ids` (sorted) and `blocks`: COCOeval's per-image records, one list per
+    (category, area range) over `image_ids`.
+  """
+  results, image_ids = _checked(coco_gt, results, iou_type, image_ids)
+  with _stdout_to_log():
+    ev = _cocoeval(coco_gt, results, iou_type, "pycocotools")
+    ev.params.imgIds = image_ids
+    ev.params.catIds = _sorted_cat_ids(coco_gt)
+    ev.evaluate()
+  n = len(image_ids)
+  num_blocks = len(ev.params.catIds) * len(ev.params.areaRng)
+  return dict(image_ids=image_ids,
+              blocks=[list(ev.evalImgs[j * n:(j + 1) * n]) for j in range(num_blocks)])
+
+
+def accumulate(coco_gt: coco_lib.COCO, parts: Sequence[dict[str, Any]], iou_type: str
+               ) -> tuple[dict[str, float], np.ndarray]:
+  """`evaluate` (pycocotools) from `evaluate_images` parts of disjoint image sets."""
+  ids = [i for part in parts for i in part["image_ids"]]
+  if len(set(ids)) != len(ids):
+    raise ValueError("the parts share images: each image must be matched once")
+  order = np.argsort(ids, kind="stable")
+  eval_imgs = []
+  for j in range(len(parts[0]["blocks"])):
+    row = [e for part in parts for e in part["blocks"][j]]
+    eval_imgs += [row[i] for i in order]
+  with _stdout_to_log():
+    ev = cocoeval.COCOeval(coco_gt, None, iou_type)
+    ev.params.imgIds = sorted(ids)
+    ev.params.catIds = _sorted_cat_ids(coco_gt)
+    ev._paramsEval = copy.deepcopy(ev.params)  # pylint: disable=protected-access
+    ev.evalImgs = eval_imgs
+    ev.accumulate()
+    ev.summarize()
+  return _summary(ev, coco_gt)
+
+
+def _summary(ev, coco_gt: coco_lib.COCO) -> tuple[dict[str, float], np.ndarray]:
+  """(metrics, per-class AP) of an accumulated and summarized COCOeval (`evaluate`)."""
+  cat_ids = [c["id"] for c in coco_gt.dataset["categories"]]
+  # COCOeval's -1 (no GT in an area range) is undefined: NaN.
+  metrics = {name: float(v) if v > -1 else float("nan")
+             for name, v in zip(METRIC_NAMES, ev.stats[:len(METRIC_NAMES)])}
+  # precision: [T iou, R recall, K cat, A area, M maxdets]; area "all", 100 detections.
+  precision = ev.eval["precision"][:, :, :, 0, -1]
+  per_sorted = np.full(len(cat_ids), np.nan)
+  for k in range(len(cat_ids)):
+    p = precision[:, :, k]
+    if (p > -1).any():
+      per_sorted[k] = float(np.mean(p[p > -1]))
+  position = {c: k for k, c in enumerate(sorted(cat_ids))}
+  return metrics, np.array([per_sorted[position[c]] for c in cat_ids])
+
+
 def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,
-             image_ids: Sequence[int]) -> tuple[dict[str, float], np.ndarray]:
+             image_ids: Sequence[int], *, backend: str = "pycocotools"
+             ) -> tuple[dict[str, float], np.ndarray]:
   """COCOeval on the images `image_ids`.
 
   For `segm` the results' `bbox` is removed first, so that the small/medium/large split
@@ -161,41 +282,23 @@ def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: st
     results: COCO result dicts (`to_coco_results`); `segmentation` needed for `segm`.
     iou_type: `bbox` or `segm`.
     image_ids: the evaluated images; each must be in `coco_gt`.
+    backend: one of `BACKENDS`.
 
   Returns:
     (metrics, per_class_ap): the 12 numbers of `METRIC_NAMES`, and [K] AP@[.5:.95] per
     category in `coco_gt` category order, NaN for a category without GT in these images.
   """
-  if iou_type not in IOU_TYPES:
-    raise ValueError(f"iou_type {iou_type!r}: must be one of {IOU_TYPES}")
-  image_ids = sorted(set(int(i) for i in image_ids))
-  missing = set(image_ids) - set(coco_gt.getImgIds())
-  if missing:
-    raise ValueError(f"{len(missing)} evaluated images are not in the ground truth, e.g. "
-                     f"{sorted(missing)[:5]}")
-  cat_ids = [c["id"] for c in coco_gt.dataset["categories"]]
-  if iou_type == "segm" and any("segmentation" not in r for r in results):
-    raise ValueError("segm evaluation needs a `segmentation` in every result")
-  # Copies: loadRes adds `id`, `area`, … in place.
-  dropped = ("bbox",) if iou_type == "segm" else ()
-  results = [{k: v for k, v in r.items() if k not in dropped} for r in results]
+  if backend not in BACKENDS:
+    raise ValueError(f"backend {backend!r}: must be one of {BACKENDS}")
+  if backend == "pycocotools":
+    return accumulate(coco_gt, [evaluate_images(coco_gt, results, iou_type, image_ids)],
+                      iou_type)
+  results, image_ids = _checked(coco_gt, results, iou_type, image_ids)
   with _stdout_to_log():
-    coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
-    ev = cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
+    ev = _cocoeval(coco_gt, results, iou_type, backend)
     ev.params.imgIds = image_ids
-    ev.params.catIds = sorted(cat_ids)
+    ev.params.catIds = _sorted_cat_ids(coco_gt)
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-  # COCOeval's -1 (no GT in an area range) is undefined: NaN.
-  metrics = {name: float(v) if v > -1 else float("nan")
-             for name, v in zip(METRIC_NAMES, ev.stats)}
-  # precision: [T iou, R recall, K cat, A area, M maxdets]; area "all", 100 detections.
-  precision = ev.eval["precision"][:, :, :, 0, -1]
-  per_sorted = np.full(len(cat_ids), np.nan)
-  for k in range(len(cat_ids)):
-    p = precision[:, :, k]
-    if (p > -1).any():
-      per_sorted[k] = float(np.mean(p[p > -1]))
-  position = {c: k for k, c in enumerate(sorted(cat_ids))}
-  return metrics, np.array([per_sorted[position[c]] for c in cat_ids])
+  return _summary(ev, coco_gt)

@@ -4,11 +4,16 @@ Used by `--mode=eval`, the periodic evaluation during training and `--mode=predi
 (`image_detections`, `detections_to_coco`, `draw_overlay`). Host side, numpy. B images per
 batch, D detections, P proposals, K classes, H × W an original image.
 
-Per image: valid detections are pasted into the original image (`masks.paste_masks`,
-threshold `mask_threshold`) and become COCO results (`bbox`, `segm` AP); all of them are
-painted into a label map, highest score on top (`stuff_metrics`), for the confusion
-matrix. Detections scoring at least `score_threshold` make the per-image precision/recall,
-the prediction counts and the pictures.
+Per image: valid detections are pasted into the original image (threshold
+`mask_threshold`) and become COCO results (`bbox`, `segm` AP); all of them are painted into
+a label map, highest score on top (`stuff_metrics`), for the confusion matrix. Detections
+scoring at least `score_threshold` make the per-image precision/recall, the prediction
+counts and the pictures. The pasting and the painting run on the device when the
+detections carry `masks.paste_batch_device`'s output (`run_eval`), else here
+(`masks.paste_masks`); the results are the same.
+
+Each process scores its own images; `state()` and `merge()` combine the processes'
+evaluators into one (`run_eval`).
 """
 
 import json
@@ -60,12 +65,65 @@ def image_detections(detections: dict[str, np.ndarray], index: int, image_info, 
               masks=masks)
 
 
-def detections_to_coco(image_id: int, image_dets: dict[str, np.ndarray], class_set
+def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image_info, *,
+                            mask_threshold: float = 0.5) -> dict[str, Any]:
+  """One image's detections from the device's pasting (`masks.paste_batch_device`).
+
+  Args:
+    detections: the model's batch output plus `label` [B, F, F] ([x, y]), `rle_positions`
+      [B, D, C], `rle_count` [B, D], `pasted_valid` [B, D].
+    index: the image in the batch.
+    image_info: [5] (orig_h, orig_w, scale, valid_h, valid_w) of that image.
+    mask_threshold: the device's threshold (used where a mask overflowed C positions and
+      is pasted here again).
+
+  Returns:
+    `boxes` [N, 4] float32 original pixels (clipped), `scores` [N] float32, `classes` [N]
+    int32, `rles` N compressed RLEs (JSON-ready), `label` [H, W] int label map of all N,
+    and `overflow`: how many masks were pasted on the host for lack of capacity.
+  """
+  height, width = int(round(float(image_info[0]))), int(round(float(image_info[1])))
+  valid = np.asarray(detections["pasted_valid"][index], bool)
+  positions = np.asarray(detections["rle_positions"][index])[valid]
+  count = np.asarray(detections["rle_count"][index])[valid]
+  boxes = np.asarray(detections["boxes"][index])[valid]
+  over = np.flatnonzero(count > positions.shape[-1])
+  runs = masks_lib.transitions_to_rle(positions, np.minimum(count, positions.shape[-1]),
+                                      height, width)
+  rles = mask_utils.frPyObjects([dict(size=[height, width], counts=r) for r in runs],
+                                height, width) if runs else []
+  if len(over):  # Rare (very ragged masks): the host's paste, the same pixels.
+    pasted = masks_lib.paste_masks(np.asarray(detections["masks"][index])[valid][over],
+                                   boxes[over], image_info, threshold=mask_threshold)
+    for i, rle in zip(over, coco_eval.encode_masks(pasted)):
+      rles[i] = rle
+  for rle in rles:
+    if isinstance(rle["counts"], bytes):
+      rle["counts"] = rle["counts"].decode("ascii")
+  return dict(boxes=masks_lib.boxes_to_original(boxes, image_info),
+              scores=np.asarray(detections["scores"][index], np.float32)[valid],
+              classes=np.asarray(detections["classes"][index], np.int32)[valid],
+              rles=list(rles),
+              label=np.asarray(detections["label"][index])[:width, :height].T,
+              overflow=len(over))
+
+
+def decode_masks(rles: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+  """N compressed RLEs → [N, H, W] bool."""
+  if not rles:
+    return np.zeros((0, height, width), bool)
+  return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
+
+
+def detections_to_coco(image_id: int, image_dets: dict[str, Any], class_set
                        ) -> list[dict[str, Any]]:
-  """`image_detections` output → COCO result dicts (boxes xywh, COCO ids, RLE masks)."""
+  """Image detections → COCO result dicts (boxes xywh, COCO ids, RLE masks).
+
+  `image_dets`: `image_detections` (with `masks`) or `pasted_image_detections` (`rles`).
+  """
   return coco_eval.to_coco_results(image_id, image_dets["boxes"], image_dets["scores"],
                                    image_dets["classes"], class_set,
-                                   masks=image_dets["masks"])
+                                   masks=image_dets.get("masks"), rles=image_dets.get("rles"))
 
 
 def select(image_dets: dict[str, np.ndarray], score_threshold: float
@@ -125,7 +183,8 @@ class Evaluator:
 
   def __init__(self, annotation_files: Sequence[str], class_set, *,
                mask_threshold: float = 0.5, num_pictures: int = 8,
-               score_threshold: float = 0.5, num_proposals: int = 50):
+               score_threshold: float = 0.5, num_proposals: int = 50,
+               coco_backend: str = "pycocotools", consumers: Sequence[Any] = ()):
     """Loads the ground truth.
 
     Args:
@@ -136,16 +195,28 @@ class Evaluator:
       score_threshold: minimum score of the detections counted in per-image
         precision/recall and prediction counts, and drawn in pictures.
       num_proposals: top proposals drawn per picture.
+      coco_backend: `coco_eval.BACKENDS`, the COCOeval implementation.
+      consumers: further scorers of the same detections (e.g. panoptic): each gets
+        `add_image(image_id, image_dets)` per image, where image_dets has `boxes` [N, 4]
+        original pixels, `scores` [N], `classes` [N] training ids, `rles` (N compressed
+        RLEs of the pasted masks) and `label` [H, W] (the painted label map).
     """
     self.class_set = class_set
     self.mask_threshold = mask_threshold
     self.num_pictures = num_pictures
     self.score_threshold = score_threshold
     self.num_proposals = num_proposals
+    self.consumers = tuple(consumers)
     self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
-    k = class_set.num_classes
+    self._gt_runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._to_train = {int(c): i + 1 for i, c in enumerate(class_set.coco_ids)}
     self._fill = stuff_metrics.other_index(class_set)
+    self.reset()
+    self.coco_backend = coco_backend
+
+  def reset(self) -> None:
+    """Forgets the added images (the ground truth stays loaded)."""
+    k = self.class_set.num_classes
     self._results: list[dict[str, Any]] = []
     self._image_ids: list[int] = []
     self._seen: set[int] = set()
@@ -155,67 +226,120 @@ class Evaluator:
     self._per_image: list[dict[str, Any]] = []
     self._pictures: list[dict[str, Any]] = []
     self._scores: dict[str, Any] | None = None
+    self._overflow = 0
+    # Per merged process, `coco_eval.evaluate_images` of its images (pycocotools).
+    self._coco_parts: list[dict[str, Any] | None] | None = None
 
   @property
   def num_images(self) -> int:
     return len(self._image_ids)
 
+  @property
+  def coco_backend(self) -> str:
+    """The COCOeval implementation (`coco_eval.BACKENDS`); settable."""
+    return self._coco_backend
+
+  @coco_backend.setter
+  def coco_backend(self, backend: str) -> None:
+    if backend not in coco_eval.BACKENDS:
+      raise ValueError(f"coco_backend {backend!r}: must be one of {coco_eval.BACKENDS}")
+    self._coco_backend, self._scores = backend, None
+
+  @property
+  def fill(self) -> int:
+    """The label of pixels no predicted mask covers (`stuff_metrics.other_index`)."""
+    return self._fill
+
+  def frame_size(self) -> int:
+    """The side of the device's pasting frame: fits every ground-truth image."""
+    images = list(self.coco_gt.imgs.values())
+    return masks_lib.frame_size([i["height"] for i in images], [i["width"] for i in images])
+
   def add(self, batch: dict[str, np.ndarray], detections: dict[str, np.ndarray]) -> None:
     """Adds one batch; padding images (`image_valid` false) are skipped.
 
     Args:
-      batch: `image` [B, S, S, 3] uint8, `image_id` [B], `image_info` [B, 5],
-        `image_valid` [B] bool (absent: all valid).
+      batch: `image_id` [B], `image_info` [B, 5], `image_valid` [B] bool (absent: all
+        valid) and `image` [B, S, S, 3] uint8 (read only for the kept pictures).
       detections: the model's output (`boxes`, `scores`, `classes`, `masks`, `valid`, and
-        optionally `proposals` [B, P, 4], `proposal_scores` [B, P], `proposal_valid` [B, P]).
+        optionally `proposals` [B, P, 4], `proposal_scores` [B, P], `proposal_valid`
+        [B, P]), with `masks.paste_batch_device`'s keys when pasted on the device.
     """
-    batch = {k: np.asarray(v) for k, v in batch.items()}  # One transfer per jax array.
-    detections = {k: np.asarray(v) for k, v in detections.items()}
-    ids = batch["image_id"].reshape(-1)
-    image_valid = batch.get("image_valid", np.ones(len(ids), bool)).astype(bool)
+    ids = np.asarray(batch["image_id"]).reshape(-1)
+    infos = np.asarray(batch["image_info"])
+    image_valid = np.asarray(batch.get("image_valid", np.ones(len(ids), bool)), bool)
+    if self._coco_parts is not None:
+      raise ValueError("add() after merge(): the merged scores are final")
+    on_device = "rle_positions" in detections
     for b in np.nonzero(image_valid)[0]:
       image_id = int(ids[b])
       if image_id not in self.coco_gt.imgs:
         raise ValueError(f"image {image_id} is not in the ground truth")
       if image_id in self._seen:
         raise ValueError(f"image {image_id} was evaluated twice")
-      info = np.asarray(batch["image_info"][b])
+      info = infos[b]
       gt_image = self.coco_gt.imgs[image_id]
       if (int(round(info[0])), int(round(info[1]))) != (gt_image["height"], gt_image["width"]):
         raise ValueError(f"image {image_id}: image_info size {info[:2].tolist()} differs "
                          f"from the ground truth {gt_image['height']}x{gt_image['width']}")
-      dets = image_detections(detections, b, info, mask_threshold=self.mask_threshold)
+      if on_device:
+        dets = pasted_image_detections(detections, b, info, mask_threshold=self.mask_threshold)
+        self._overflow += dets.pop("overflow")
+      else:
+        dets = image_detections(detections, b, info, mask_threshold=self.mask_threshold)
+        masks = dets.pop("masks")
+        dets["rles"] = coco_eval.encode_masks(masks)
+        dets["label"] = stuff_metrics.paint_instances(masks, dets["classes"], dets["scores"],
+                                                      fill=self._fill)
       self._add_image(image_id, dets)
+      for consumer in self.consumers:
+        consumer.add_image(image_id, dets)
       if len(self._pictures) < self.num_pictures:
         self._keep_picture(image_id, batch, detections, b, dets)
     self._scores = None
 
-  def _add_image(self, image_id: int, dets: dict[str, np.ndarray]) -> None:
+  def _add_image(self, image_id: int, dets: dict[str, Any]) -> None:
     results = detections_to_coco(image_id, dets, self.class_set)
     self._results.extend(results)
     self._image_ids.append(image_id)
     self._seen.add(image_id)
-    gt_label = stuff_metrics.ground_truth_label_map(self.coco_gt, image_id, self.class_set)
-    pred_label = stuff_metrics.paint_instances(dets["masks"], dets["classes"], dets["scores"],
-                                               fill=self._fill)
-    self._confusion += stuff_metrics.confusion_matrix(gt_label, pred_label,
-                                                      self.class_set.num_classes)
+    self._confusion += stuff_metrics.confusion_matrix(
+        self.ground_truth_flat(image_id), dets["label"].ravel(order="F"),
+        self.class_set.num_classes)
     gt_anns = [a for a in self.coco_gt.imgToAnns[image_id] if not a.get("iscrowd", 0)]
     gt_classes = np.array([self._to_train[a["category_id"]] for a in gt_anns], np.int32)
     np.add.at(self._gt_counts, gt_classes - 1, 1)
     keep = dets["scores"] >= self.score_threshold
     np.add.at(self._pred_counts, dets["classes"][keep] - 1, 1)
     precision, recall = _per_image_pr(
-        dets["classes"][keep], [r["segmentation"] for r, k in zip(results, keep) if k],
+        dets["classes"][keep], [r for r, k in zip(dets["rles"], keep) if k],
         gt_classes, [self.coco_gt.annToRLE(a) for a in gt_anns])
     self._per_image.append(dict(image_id=image_id, num_gt=len(gt_anns),
                                 num_pred=int(keep.sum()), precision=precision, recall=recall))
 
+  def ground_truth_flat(self, image_id: int) -> np.ndarray:
+    """The image's GT label map flattened column-major ([H · W]).
+
+    Kept between evaluations as runs (label, length), a few thousand per image, instead
+    of decoding the annotations each time.
+    """
+    if image_id not in self._gt_runs:
+      flat = stuff_metrics.ground_truth_label_map(self.coco_gt, image_id, self.class_set
+                                                  ).ravel(order="F")
+      starts = np.flatnonzero(np.diff(flat, prepend=-1))
+      self._gt_runs[image_id] = (flat[starts].astype(np.int16),
+                                 np.diff(np.append(starts, len(flat))).astype(np.int32))
+      return flat
+    return np.repeat(*self._gt_runs[image_id])
+
   def _keep_picture(self, image_id, batch, detections, b, dets) -> None:
     info = np.asarray(batch["image_info"][b])
-    picture = dict(image_id=image_id,
-                   image=original_image(batch["image"][b], info),
-                   predictions=select(dets, self.score_threshold))
+    shown = select({k: dets[k] for k in ("boxes", "scores", "classes")}, self.score_threshold)
+    keep = dets["scores"] >= self.score_threshold
+    shown["masks"] = decode_masks([r for r, k in zip(dets["rles"], keep) if k],
+                                  *dets["label"].shape)
+    picture = dict(image_id=image_id, image=original_image(np.asarray(batch["image"][b]), info),
+                   predictions=shown)
     if "proposals" in detections:
       valid = np.asarray(detections["proposal_valid"][b], bool)
       picture["proposals"] = masks_lib.boxes_to_original(
@@ -223,12 +347,59 @@ class Evaluator:
       picture["proposal_scores"] = np.asarray(detections["proposal_scores"][b])[valid]
     self._pictures.append(picture)
 
+  def state(self) -> dict[str, Any]:
+    """This evaluator's accumulated scores, for `merge` in another process (picklable).
+
+    With pycocotools the COCO matching of this evaluator's images is done here
+    (`coco_eval.evaluate_images`), so that processes share that work. The pictures stay
+    here: the process that writes draws its own images.
+    """
+    return dict(results=self._results, image_ids=self._image_ids,
+                confusion=self._confusion, pred_counts=self._pred_counts,
+                gt_counts=self._gt_counts, per_image=self._per_image,
+                overflow=self._overflow, coco_parts=self._own_coco_parts())
+
+  def _own_coco_parts(self) -> dict[str, dict[str, Any]] | None:
+    if self._coco_backend != "pycocotools":
+      return None
+    return {t: coco_eval.evaluate_images(self.coco_gt, self._results, t, self._image_ids)
+            for t in coco_eval.IOU_TYPES}
+
+  def merge(self, states: Sequence[dict[str, Any]]) -> None:
+    """Adds other evaluators' `state()`s (other processes' images) to this one."""
+    if self._coco_parts is None:
+      self._coco_parts = [self._own_coco_parts()]
+    for st in states:
+      repeated = self._seen.intersection(st["image_ids"])
+      if repeated:
+        raise ValueError(f"{len(repeated)} images were evaluated twice, e.g. "
+                         f"{sorted(repeated)[:5]}")
+      self._results.extend(st["results"])
+      self._image_ids.extend(st["image_ids"])
+      self._seen.update(st["image_ids"])
+      self._confusion += st["confusion"]
+      self._pred_counts += st["pred_counts"]
+      self._gt_counts += st["gt_counts"]
+      self._per_image.extend(st["per_image"])
+      self._overflow += st["overflow"]
+      self._coco_parts.append(st["coco_parts"])
+    self._scores = None
+
   def _compute(self) -> dict[str, Any]:
     if not self._image_ids:
       raise ValueError("no images were added to the evaluator")
     if self._scores is None:
-      coco = {t: coco_eval.evaluate(self.coco_gt, self._results, t, self._image_ids)
-              for t in coco_eval.IOU_TYPES}
+      if self._overflow:
+        logging.info("%d masks had more value changes than the device kept and were pasted "
+                     "on the host.", self._overflow)
+      parts = self._coco_parts
+      if self._coco_backend == "pycocotools" and parts is not None and all(parts):
+        coco = {t: coco_eval.accumulate(self.coco_gt, [p[t] for p in parts], t)
+                for t in coco_eval.IOU_TYPES}
+      else:  # One process, or faster_coco_eval (all on this process: it is fast).
+        coco = {t: coco_eval.evaluate(self.coco_gt, self._results, t, self._image_ids,
+                                      backend=self._coco_backend)
+                for t in coco_eval.IOU_TYPES}
       stuff = stuff_metrics.summarize(self._confusion, self.class_set)
       self._scores = dict(coco=coco, stuff=stuff)
     return self._scores
@@ -238,8 +409,8 @@ class Evaluator:
 
     Keys: `{bbox,segm}/{AP,AP50,...,ARl}` (`coco_eval.METRIC_NAMES`),
     `{stuff,stuff_supercat,stuff_no_other,stuff_no_other_supercat}/{mIoU,fwIoU,mAcc,pAcc}`,
-    `per_image/{precision,recall}` (means over the images where defined) and
-    `num_images`. NaN where undefined.
+    `per_image/{precision,recall}` (means over the images where defined), `num_images`
+    and `num_gt_images` (the images in the ground truth). NaN where undefined.
     """
     scores = self._compute()
     out = {}
@@ -252,6 +423,7 @@ class Evaluator:
       out[f"per_image/{key}"] = (float(np.nanmean(values)) if (~np.isnan(values)).any()
                                  else float("nan"))
     out["num_images"] = float(len(self._image_ids))
+    out["num_gt_images"] = float(len(self.coco_gt.imgs))
     return out
 
   def per_class(self) -> list[dict[str, Any]]:
@@ -318,7 +490,7 @@ class Evaluator:
             title=f"image {p['image_id']}: top {self.num_proposals} proposals")
     return out
 
-  def write(self, out_dir: str, *, writer=None, step: int = 0,
+  def write(self, out_dir: epath.PathLike, *, writer=None, step: int = 0,
             log_dir: str | None = None) -> dict[str, float]:
     """Writes the metrics, tables, COCO results and pictures into `out_dir`.
 
@@ -339,7 +511,8 @@ class Evaluator:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = self.result()
     (out_dir / "metrics.json").write_text(json.dumps(  # NaN → null: strict JSON.
-        {k: None if np.isnan(v) else v for k, v in dict(metrics, step=step).items()}, indent=2))
+        {k: None if np.isnan(v) else v for k, v in dict(metrics, step=step).items()},
+        indent=2))
     coco_eval.write_results(str(out_dir / "coco_results.json"), self._results)
     pictures.write_csv(str(out_dir / "per_class.csv"), self.per_class())
     pictures.write_csv(str(out_dir / "per_supercategory.csv"),

@@ -4,6 +4,8 @@ D detections, m mask side (28), H × W the original image. `image_info` is the b
 `(orig_h, orig_w, scale, valid_h, valid_w)`: padded-image pixel = original pixel × scale.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -101,3 +103,182 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
     out[d, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] = (
         pasted if threshold is None else pasted >= threshold)
   return out
+
+
+# ------------------------------------------------------------------ on the device
+#
+# The same paste, jitted with static shapes: masks of an image are pasted into an F × F
+# frame of original pixels (F static, at least the largest original side: `frame_size`),
+# where pixels past the image (y ≥ H or x ≥ W) are off. Pasting at original resolution,
+# not in the padded S × S model frame, makes the result the host's exactly (up to float
+# rounding at the threshold) and the frame no bigger than the images. The binary masks
+# never leave the device: each becomes the positions where it changes value along
+# COCO's column-major order (`transitions`), a few thousand numbers instead of H·W,
+# and the host turns those into RLE counts without touching a pixel.
+
+
+# RLE transitions kept per mask, per pixel of the frame side: 4 is two runs per column
+# across the whole image; a mask with more is pasted again on the host.
+RLE_CAPACITY_PER_SIDE = 4
+
+
+def frame_size(heights, widths, multiple: int = 32) -> int:
+  """The static side F of the pasting frame: the largest original side, rounded up."""
+  side = max(int(np.max(heights)), int(np.max(widths)))
+  return -(-side // multiple) * multiple
+
+
+def _device_weights(lo, hi, size: int, m: int):
+  """Traced box edges [D] → [D, size, m] weights, `_interpolation_weights` for all pixels.
+
+  Pixels outside the box's support get all-zero rows (their u lies below −1 or above m).
+  """
+  pixels = jnp.arange(size, dtype=jnp.float32)[None, :]
+  u = (pixels + 0.5 - lo[:, None]) / jnp.maximum(hi - lo, 1e-6)[:, None] * m - 0.5
+  u0 = jnp.floor(u)[..., None]
+  frac = (u[..., None] - u0)
+  cells = jnp.arange(m, dtype=jnp.float32)
+  return (cells == u0) * (1 - frac) + (cells == u0 + 1) * frac
+
+
+def paste_image_device(masks, boxes, image_info, valid, *, frame: int, threshold: float):
+  """`paste_masks(..., threshold=threshold)` of one image on the device, transposed.
+
+  Args:
+    masks: [D, m, m] float probabilities.
+    boxes: [D, 4] float (x1, y1, x2, y2) in padded-image pixels, finite where `valid`.
+    image_info: [5] (orig_h, orig_w, scale, valid_h, valid_w).
+    valid: [D] bool; invalid detections paste nothing.
+    frame: F, static, ≥ the original height and width.
+    threshold: probability at which a pixel is on.
+
+  Returns:
+    [D, F, F] bool indexed [d, x, y] (column-major, COCO's RLE order), off outside the
+    H × W image.
+  """
+  m = masks.shape[-1]
+  boxes = jnp.where(valid[:, None], boxes, 0.0) / image_info[2]
+  wx = _device_weights(boxes[:, 0], boxes[:, 2], frame, m)  # [D, F(x), m]
+  wy = _device_weights(boxes[:, 1], boxes[:, 3], frame, m)  # [D, F(y), m]
+  # HIGHEST: a TF32/bf16 matmul would move pixels across the threshold.
+  pasted = jnp.einsum("dxn,dmn,dym->dxy", wx, masks.astype(jnp.float32), wy,
+                      precision=jax.lax.Precision.HIGHEST)
+  pixels = jnp.arange(frame)
+  inside = ((pixels[:, None] < jnp.round(image_info[1]))
+            & (pixels[None, :] < jnp.round(image_info[0])))
+  return (pasted >= threshold) & inside[None] & valid[:, None, None]
+
+
+def paint_device(on, classes, scores, valid, *, fill: int):
+  """`stuff_metrics.paint_instances` on the device: the highest score wins each pixel.
+
+  Args:
+    on: [D, F, F] bool (any layout, e.g. `paste_image_device`'s [d, x, y]).
+    classes: [D] int training ids.
+    scores: [D] float.
+    valid: [D] bool; invalid detections are not painted.
+    fill: label of pixels no mask covers.
+
+  Returns:
+    [F, F] int32 label map in the layout of `on`.
+  """
+  # Rank in ascending stable score order (of equal scores the later detection wins), as
+  # the host's painting order; the invalid detections' ranks are never read.
+  order = jnp.argsort(jnp.where(valid, scores, -jnp.inf), stable=True)
+  rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
+  on = on & valid[:, None, None]
+  top = jnp.max(jnp.where(on, rank[:, None, None], -1), axis=0)
+  return jnp.where(top >= 0, classes[order][jnp.maximum(top, 0)], fill).astype(jnp.int32)
+
+
+def transitions_device(on, height, width, *, capacity: int):
+  """Where each mask changes value in COCO's column-major order of its H × W image.
+
+  Args:
+    on: [D, F, F] bool indexed [d, x, y], off outside the image (`paste_image_device`).
+    height, width: H and W, traced.
+    capacity: C, static: positions kept per mask.
+
+  Returns:
+    (positions [D, C] int32 flat indices x·H + y where the value differs from the previous
+    pixel's (before pixel 0: off), ascending, padded with −1; count [D] int32, the true
+    number, larger than C where the positions were truncated).
+  """
+  d, frame = on.shape[0], on.shape[1]
+  height, width = jnp.asarray(height, jnp.int32), jnp.asarray(width, jnp.int32)
+  # The pixel before (x, 0) is (x − 1, H − 1): the last row of the previous column.
+  last = jnp.take(on, jnp.maximum(height - 1, 0), axis=2)  # [D, F(x)]
+  first_prev = jnp.pad(last, ((0, 0), (1, 0)))[:, :frame]
+  prev = jnp.concatenate([first_prev[:, :, None], on[:, :, :-1]], axis=2)
+  rows = jnp.arange(frame)
+  change = ((on != prev) & (rows[None, :, None] < width)
+            & (rows[None, None, :] < height)).reshape(d, -1)
+  # The k-th change is where the running count first reaches k: a binary search per k,
+  # cheaper than compacting the F² flags (`nonzero`) by a factor of about 2.5 on a CPU.
+  seen = jnp.cumsum(change, axis=1, dtype=jnp.int32)
+  count = seen[:, -1]
+  flat = jax.vmap(lambda s: jnp.searchsorted(s, jnp.arange(1, capacity + 1, dtype=jnp.int32))
+                  )(seen)
+  positions = jnp.where(flat < frame * frame, (flat // frame) * height + flat % frame, -1)
+  return positions.astype(jnp.int32), count
+
+
+def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
+                       threshold: float, fill: int):
+  """Device pasting of a batch: the label maps and the masks' RLE transitions.
+
+  Images are pasted one after another (`lax.map`): the device holds one image's
+  [D, F, F] float pasting at a time (D = 100, F = 640: 160 MB).
+
+  Args:
+    detections: `boxes` [B, D, 4] padded-image pixels, `scores` [B, D], `classes` [B, D],
+      `masks` [B, D, m, m] probabilities, `valid` [B, D].
+    image_info: [B, 5] (orig_h, orig_w, scale, valid_h, valid_w).
+    frame, capacity, threshold: as `paste_image_device` and `transitions_device`.
+    fill: label of pixels no mask covers.
+
+  Returns:
+    `label` [B, F, F] int16 indexed [x, y] (the crop [:W, :H], transposed, is the image's
+    label map),
+    `rle_positions` [B, D, C] int32 and `rle_count` [B, D] int32 (`transitions_device`),
+    `pasted_valid` [B, D] bool: the detections pasted (valid, finite box and score).
+  """
+
+  def one(args):
+    masks, boxes, scores, classes, valid, info = args
+    valid = valid & jnp.isfinite(boxes).all(-1) & jnp.isfinite(scores)
+    on = paste_image_device(masks, boxes, info, valid, frame=frame, threshold=threshold)
+    label = paint_device(on, classes, scores, valid, fill=fill)
+    positions, count = transitions_device(on, jnp.round(info[0]), jnp.round(info[1]),
+                                          capacity=capacity)
+    return label.astype(jnp.int16), positions, count, valid  # int16: half the transfer.
+
+  label, positions, count, valid = jax.lax.map(one, (
+      detections["masks"], detections["boxes"], detections["scores"],
+      detections["classes"], detections["valid"].astype(bool),
+      image_info.astype(jnp.float32)))
+  return dict(label=label, rle_positions=positions, rle_count=count, pasted_valid=valid)
+
+
+def transitions_to_rle(positions: np.ndarray, count: np.ndarray, height: int, width: int
+                       ) -> list[list[int]]:
+  """`transitions_device` output of N masks (each count ≤ C) → N uncompressed RLE counts.
+
+  Args:
+    positions: [N, C] int flat change positions, ascending.
+    count: [N] int, the number of positions of each mask.
+    height, width: H and W of the image.
+
+  Returns:
+    N lists of run lengths (zeros first), each summing to H·W.
+  """
+  positions, count = np.asarray(positions, np.int64), np.asarray(count)
+  if not len(count):
+    return []
+  keep = int(count.max())
+  edges = np.full((len(count), keep + 2), height * width, np.int64)
+  edges[:, 0] = 0
+  inside = np.arange(keep)[None] < count[:, None]
+  edges[:, 1:-1] = np.where(inside, positions[:, :keep], height * width)
+  runs = np.diff(edges, axis=1).tolist()  # Past a mask's count + 1 runs: zeros.
+  return [r[:n + 1] for r, n in zip(runs, count.tolist())]

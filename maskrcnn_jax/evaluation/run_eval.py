@@ -1,10 +1,15 @@
-"""Evaluation and prediction loops: the jitted model on devices, metrics on the host.
+"""Evaluation and prediction loops: the jitted model and the mask pasting on devices,
+metrics on the host.
 
-`evaluate` is the one entry point for `--mode=eval`, the periodic evaluation during
-training and the evaluation at the end of every stage.
+`Evaluation` is the one entry point for `--mode=eval`, the periodic evaluation during
+training and the evaluation at the end of every stage: made once per run (ground truth
+loaded, predict step compiled once), called per evaluation. Each process scores its own
+images; process 0 merges the processes' scores through files in the evaluation folder
+(the workdir is shared, as for checkpoints) and writes.
 """
 
 import json
+import pickle
 from typing import Any, Iterator
 
 from absl import logging
@@ -20,24 +25,33 @@ from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import pictures
 
 AXIS = "data"
 
 
-def make_predict_step(mesh: Mesh, model):
-  """Detections (docs/design.md) for a global batch split over `data`."""
+def make_predict_step(mesh: Mesh, model, *, paste: dict[str, Any] | None = None):
+  """Detections (docs/design.md) for a global batch split over `data`.
+
+  With `paste` (the keyword arguments of `masks.paste_batch_device`), the masks are also
+  pasted, painted and run-length coded on the device (its output keys added).
+  """
   def step(variables, batch):
-    return model.apply(variables, batch, train=False)
+    detections = model.apply(variables, batch, train=False)
+    if paste is not None:
+      detections.update(masks_lib.paste_batch_device(detections, batch["image_info"],
+                                                     **paste))
+    return detections
   return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
                                        check_vma=False))
 
 
-def _to_host(tree):
-  """Global arrays → numpy on every process (all processes' rows, in order)."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
+def _to_local(tree, mesh: Mesh):
+  """Global arrays split over `data` → numpy of this process's rows."""
+  if jax.process_count() > 1:
+    tree = multihost_utils.global_array_to_host_local_array(tree, mesh, P(AXIS))
+  return jax.device_get(tree)
 
 
 def _eval_batches(config: ml_collections.ConfigDict, sharding: NamedSharding, *,
@@ -51,15 +65,32 @@ def _eval_batches(config: ml_collections.ConfigDict, sharding: NamedSharding, *,
         lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def validation_loss(config: ml_collections.ConfigDict, loss_step, variables,
-                    sharding: NamedSharding, rng: jax.Array) -> dict[str, float]:
-  """Mean losses over the first `train.val_loss_batches` full validation batches."""
+@jax.jit
+def _all(x: jax.Array) -> jax.Array:
+  return x.all()
+
+
+def mean_losses(batches, loss_step, variables, rng: jax.Array, max_batches: int
+                ) -> dict[str, float]:
+  """Mean losses over the first `max_batches` batches in which every image is real.
+
+  Whether a batch is used is decided from the global `image_valid` (a reduction on the
+  devices, the same result on every process), never from the local part: processes with
+  uneven shards skip the same batches and run the same collectives.
+
+  Args:
+    batches: (process-local numpy batch, the same as global arrays) pairs.
+    loss_step: (variables, global batch, rng) → {name: scalar}.
+    variables: the model variables.
+    rng: the loss step's key.
+    max_batches: batches to average.
+  """
   totals, count = {}, 0
-  for local, batch in _eval_batches(config, sharding, num_images=-1):
-    if count == config.train.val_loss_batches:
+  for _, batch in batches:
+    if count == max_batches:
       break
-    if not local["image_valid"].all():
-      continue  # The padded last batch would add background-only images.
+    if not bool(_all(batch["image_valid"])):
+      continue  # A padded batch would add background-only images.
     losses = jax.device_get(loss_step(variables, batch, rng))
     for k, v in losses.items():
       totals[k] = totals.get(k, 0.0) + float(v)
@@ -67,37 +98,104 @@ def validation_loss(config: ml_collections.ConfigDict, loss_step, variables,
   return {k: v / max(count, 1) for k, v in totals.items()}
 
 
-def evaluate(config: ml_collections.ConfigDict, model, variables, mesh: Mesh, workdir: str,
-             step: int, *, writer: metric_writers.MetricWriter | None = None) -> dict[str, float]:
+def validation_loss(config: ml_collections.ConfigDict, loss_step, variables,
+                    sharding: NamedSharding, rng: jax.Array) -> dict[str, float]:
+  """Mean losses over the first `train.val_loss_batches` full validation batches."""
+  return mean_losses(_eval_batches(config, sharding, num_images=-1), loss_step, variables,
+                     rng, config.train.val_loss_batches)
+
+
+def merge_processes(evaluator: evaluator_lib.Evaluator, out_dir: epath.PathLike) -> None:
+  """Process 0's `evaluator` gets every process's scores (`Evaluator.state`).
+
+  Each other process writes its state (with its COCO matching done) into
+  OUT_DIR/process_states (a folder all processes see); after a barrier process 0 merges
+  them and removes the folder.
+  """
+  count = jax.process_count()
+  if count == 1:
+    return
+  index = jax.process_index()
+  states = epath.Path(out_dir) / "process_states"
+  states.mkdir(parents=True, exist_ok=True)
+  if index > 0:  # Pickle: the states hold numpy arrays, and only this run reads them.
+    (states / f"{index}.pkl").write_bytes(pickle.dumps(evaluator.state()))
+  multihost_utils.sync_global_devices(f"maskrcnn_jax.evaluation {out_dir}")
+  if index == 0:
+    evaluator.merge([pickle.loads((states / f"{i}.pkl").read_bytes())
+                     for i in range(1, count)])
+    states.rmtree()
+
+
+class Evaluation:
   """COCO AP and COCO-Stuff metrics on the validation split; files in WORKDIR/eval/STEP.
 
-  Every validation image is evaluated exactly once; process 0 scores and writes.
+  Made once per run: loads the ground truth and builds the predict step, which compiles
+  at the first call only. `eval.paste` says where masks are pasted: `device` (in the
+  predict step), `host` (`masks.paste_masks`: within each box only, cheaper where the
+  device is this CPU) or `auto` (the device unless jax runs on the CPU).
   """
-  class_set = categories.get_class_set(config.data.class_set)
-  sharding = NamedSharding(mesh, P(AXIS))
-  predict = make_predict_step(mesh, model)
-  is_main = jax.process_index() == 0
-  evaluator = evaluator_lib.Evaluator(
-      pipeline.annotation_files(config.data, "validation"), class_set,
-      mask_threshold=config.eval.mask_threshold, num_pictures=config.eval.num_pictures,
-      score_threshold=config.eval.score_threshold)
-  num_batches = 0
-  for _, batch in _eval_batches(config, sharding, num_images=config.eval.num_images):
-    detections = _to_host(predict(variables, batch))
-    batch = _to_host(batch)
-    if is_main:
-      evaluator.add(batch, detections)
-    num_batches += 1
-    if num_batches % 10 == 0:
-      logging.info("Evaluated %d batches.", num_batches)
-  if not is_main:
-    return {}
-  out_dir = epath.Path(workdir) / "eval" / str(step)
-  metrics = evaluator.write(str(out_dir), writer=writer, step=step, log_dir=workdir)
-  logging.info("Evaluation at step %d (%d batches): %s", step, num_batches,
-               ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())
-                         if k in ("bbox/AP", "segm/AP", "stuff/mIoU", "stuff/fwIoU")))
-  return metrics
+
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.sharding = NamedSharding(mesh, P(AXIS))
+    self.evaluator = evaluator_lib.Evaluator(
+        pipeline.annotation_files(config.data, "validation"),
+        categories.get_class_set(config.data.class_set),
+        mask_threshold=config.eval.mask_threshold,
+        # Process 0 draws its own first images: no input image crosses processes.
+        num_pictures=config.eval.num_pictures if jax.process_index() == 0 else 0,
+        score_threshold=config.eval.score_threshold, coco_backend=config.eval.coco_backend)
+    frame = self.evaluator.frame_size()
+    paste = None
+    if config.eval.paste == "device" or (config.eval.paste == "auto"
+                                         and jax.default_backend() != "cpu"):
+      paste = dict(frame=frame, capacity=masks_lib.RLE_CAPACITY_PER_SIDE * frame,
+                   threshold=config.eval.mask_threshold, fill=self.evaluator.fill)
+    self.predict = make_predict_step(mesh, model, paste=paste)
+
+  def __call__(self, variables, workdir: str, step: int, *,
+               writer: metric_writers.MetricWriter | None = None) -> dict[str, float]:
+    """Evaluates `variables`; returns the metrics on process 0, {} on the others.
+
+    Every validation image is evaluated exactly once, by the process that loads it.
+    """
+    evaluator = self.evaluator
+    evaluator.reset()
+    num_batches, pending = 0, None
+    for local, batch in _eval_batches(self.config, self.sharding,
+                                      num_images=self.config.eval.num_images):
+      detections = self.predict(variables, batch)  # Runs while the host scores `pending`.
+      if pending is not None:
+        evaluator.add(pending[0], _to_local(pending[1], self.mesh))
+      pending = (local, detections)
+      num_batches += 1
+      if num_batches % 10 == 0:
+        logging.info("Evaluated %d batches.", num_batches)
+    if pending is not None:
+      evaluator.add(pending[0], _to_local(pending[1], self.mesh))
+    out_dir = epath.Path(workdir) / "eval" / str(step)
+    merge_processes(evaluator, out_dir)
+    if jax.process_index() > 0:
+      return {}
+    metrics = evaluator.write(str(out_dir), writer=writer, step=step, log_dir=workdir)
+    expected = len(evaluator.coco_gt.imgs)
+    if self.config.eval.num_images > 0:
+      expected = min(expected, self.config.eval.num_images)
+    if evaluator.num_images != expected:
+      logging.warning("Scored %d images, but the ground truth has %d to score: the data and "
+                      "the annotation files disagree.", evaluator.num_images, expected)
+    logging.info("Evaluation at step %d (%d batches): %s", step, num_batches,
+                 ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())
+                           if k in ("bbox/AP", "segm/AP", "stuff/mIoU", "stuff/fwIoU")))
+    return metrics
+
+
+def evaluate(config: ml_collections.ConfigDict, model, variables, mesh: Mesh, workdir: str,
+             step: int, *, writer: metric_writers.MetricWriter | None = None) -> dict[str, float]:
+  """One evaluation (`Evaluation`); a run that evaluates often makes one `Evaluation`."""
+  return Evaluation(config, model, mesh)(variables, workdir, step, writer=writer)
 
 
 def _load_variables(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:

@@ -91,7 +91,8 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.n
   """Pixel confusion of two label maps.
 
   Args:
-    gt: [H, W] int ground-truth training ids, 0 = unlabeled (ignored).
+    gt: [H, W] int ground-truth training ids, 0 = unlabeled (ignored); or any shape, e.g.
+      flattened, the same as `pred`'s.
     pred: [H, W] int predicted training ids, 0 = no prediction.
     num_classes: K.
 
@@ -106,9 +107,11 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.n
     if x.size and (x.min() < 0 or x.max() >= n):
       raise ValueError(f"{name} labels must be in [0, {num_classes}], got "
                        f"[{x.min()}, {x.max()}]")
-  keep = gt > 0
-  flat = gt[keep].astype(np.int64) * n + pred[keep]
-  return np.bincount(flat, minlength=n * n).reshape(n, n)
+  # All pixels, then row 0 (unlabeled GT) cleared: cheaper than selecting the labelled.
+  confusion = np.bincount((gt.astype(np.int64) * n + pred).ravel(),
+                          minlength=n * n).reshape(n, n)
+  confusion[0] = 0
+  return confusion
 
 
 def compute_metrics(confusion: np.ndarray) -> dict[str, float | np.ndarray]:

@@ -225,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                      seed=config.seed, start_step=step)
   batches = global_batches(ds, data_sharding)
   loss_step = make_loss_step(mesh, model)
+  evaluation = run_eval.Evaluation(config, model, mesh) if evaluate else None
 
   def meta(stage_idx):
     return {"step": int(state.step), "stage": stage_idx, "stage_name": stages[stage_idx].name,
@@ -250,8 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_scalars(int(state.step), {f"val/{k}": v for k, v in val.items()})
     if not evaluate:
       return {}
-    result = run_eval.evaluate(config, model, variables, mesh, workdir, int(state.step),
-                               writer=writer)
+    result = evaluation(variables, workdir, int(state.step), writer=writer)
     return {**{f"val/{k}": v for k, v in val.items()}, **result}
 
   report = periodic_actions.ReportProgress(num_train_steps=bounds[-1], writer=writer,

@@ -1,8 +1,10 @@
 import json
 import os
+import pickle
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 import pytest
 
 from maskrcnn_jax.data import categories
@@ -139,3 +141,100 @@ def test_predict_helpers(make_perfect_batch):
   assert image.shape == (40, 60, 3)
   overlay = evaluator_lib.draw_overlay(image, image_dets, cs, score_threshold=0.75)
   assert overlay.dtype == np.uint8 and overlay.ndim == 3 and overlay.std() > 5
+
+
+def _device_pasted(ev, dets, infos):
+  """`dets` plus the device's pasting (as the predict step of `run_eval` adds it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.evaluation import masks  # pylint: disable=g-import-not-at-top
+  frame = ev.frame_size()
+  keys = ("boxes", "scores", "classes", "masks", "valid")
+  out = jax.jit(lambda d, i: masks.paste_batch_device(
+      d, i, frame=frame, capacity=masks.RLE_CAPACITY_PER_SIDE * frame, threshold=0.5,
+      fill=ev.fill))({k: dets[k] for k in keys}, infos)
+  return {**dets, **jax.device_get(out)}
+
+
+def _fake_batches(gt_path, cs, num_images=6, batch=3):
+  """Random detections (blobs, one ragged mask per image) plus one per GT region."""
+  from maskrcnn_jax.evaluation import benchmark  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  benchmark.fake_ground_truth(gt_path, num_images, 45, 70, cs, rng)
+  gt = json.loads(open(gt_path).read())["annotations"]
+  out = []
+  for s in range(0, num_images, batch):
+    b, d = benchmark.fake_batch(range(s + 1, s + batch + 1), 45, 70, 1.3, 15,
+                                cs.num_classes, rng)
+    d["masks"][:, 0] = rng.uniform(size=d["masks"][:, 0].shape)
+    for i, image_id in enumerate(b["image_id"]):
+      regions = [a for a in gt if a["image_id"] == image_id]
+      for j, a in enumerate(regions, start=1):
+        x, y, w, h = mask_utils.toBbox(a["segmentation"])
+        d["boxes"][i, j] = np.array([x, y, x + w, y + h]) * 1.3
+        d["classes"][i, j] = cs.to_train_id(a["category_id"])
+        d["masks"][i, j] = benchmark.blob_masks(rng, ()) * 0.4 + 0.6
+    out.append((b, d))
+  return out
+
+
+def test_device_pasting_gives_the_host_numbers(tmp_path):
+  cs = categories.get_class_set("stuff")
+  batches = _fake_batches(str(tmp_path / "gt.json"), cs)
+  host = evaluator_lib.Evaluator([str(tmp_path / "gt.json")], cs, num_pictures=1)
+  device = evaluator_lib.Evaluator([str(tmp_path / "gt.json")], cs, num_pictures=1)
+  for batch, dets in batches:
+    host.add(batch, dets)
+    device.add(batch, _device_pasted(device, dets, batch["image_info"]))
+  expected, got = host.result(), device.result()
+  assert expected["segm/AP50"] > 0 and expected["stuff/mIoU"] > 0
+  for k, v in expected.items():
+    assert got[k] == pytest.approx(v, abs=1e-4, nan_ok=True), k
+  pixels = host.per_class()
+  for a, b in zip(pixels, device.per_class()):
+    assert abs(a["pred_pixels"] - b["pred_pixels"]) <= 0.001 * max(a["pred_pixels"], 100)
+
+
+def test_device_pasting_of_perfect_predictions(stuff_json, make_perfect_batch):
+  cs = categories.get_class_set("stuff")
+  ev = evaluator_lib.Evaluator([stuff_json], cs)
+  batch, dets = make_perfect_batch(cs)
+  ev.add(batch, _device_pasted(ev, dets, batch["image_info"]))
+  metrics = ev.result()
+  assert metrics["num_images"] == 2
+  for key in ("bbox/AP", "segm/AP", "stuff/mIoU", "per_image/recall"):
+    assert metrics[key] == pytest.approx(1.0), key
+
+
+def test_merged_shards_equal_one_evaluator(tmp_path):
+  cs = categories.get_class_set("stuff")
+  gt = str(tmp_path / "gt.json")
+  batches = _fake_batches(gt, cs)
+  one = evaluator_lib.Evaluator([gt], cs, num_pictures=0)
+  parts = [evaluator_lib.Evaluator([gt], cs, num_pictures=0) for _ in batches]
+  for part, (batch, dets) in zip(parts, batches):
+    one.add(batch, dets)
+    part.add(batch, dets)
+  merged = parts[0]
+  merged.merge([pickle.loads(pickle.dumps(p.state())) for p in parts[1:]])
+  assert merged.result() == pytest.approx(one.result(), rel=0, abs=0, nan_ok=True)
+  np.testing.assert_array_equal(merged.pictures()["confusion"], one.pictures()["confusion"])
+  with pytest.raises(ValueError, match="evaluated twice"):
+    merged.merge([parts[1].state()])
+  with pytest.raises(ValueError, match="after merge"):
+    merged.add(*batches[0])
+  for part in parts:  # faster_coco_eval: the merged results, scored here.
+    part.coco_backend = "faster_coco_eval"
+  fast = evaluator_lib.Evaluator([gt], cs, num_pictures=0, coco_backend="faster_coco_eval")
+  fast.add(*batches[0])
+  fast.merge([p.state() for p in parts[1:]])
+  assert fast.result() == pytest.approx(one.result(), rel=0, abs=1e-12, nan_ok=True)
+
+
+def test_scored_images_are_counted_against_the_ground_truth(stuff_json, make_perfect_batch):
+  cs = categories.get_class_set("stuff")
+  ev = evaluator_lib.Evaluator([stuff_json], cs)
+  batch, dets = make_perfect_batch(cs)
+  batch["image_valid"][1] = False
+  ev.add(batch, dets)
+  metrics = ev.result()
+  assert metrics["num_images"] == 1 and metrics["num_gt_images"] == 2

@@ -1,8 +1,12 @@
+import jax
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 import pytest
 
+from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import masks
+from maskrcnn_jax.evaluation import stuff_metrics
 
 
 def test_boxes_to_original_divides_by_scale_and_clips():
@@ -84,3 +88,91 @@ def test_paste_threshold_equals_thresholded_probabilities():
   binary = masks.paste_masks(probs, boxes, info, threshold=0.5)
   assert binary.dtype == bool
   np.testing.assert_array_equal(binary, masks.paste_masks(probs, boxes, info) >= 0.5)
+
+
+def _blobs(rng, n, m=28):
+  """[n, m, m] smooth mask probabilities: Gaussian blobs of random centre and width."""
+  g = np.linspace(-1, 1, m)
+  c = rng.uniform(-0.5, 0.5, (n, 2, 1, 1))
+  width = rng.uniform(0.1, 0.6, (n, 1, 1))
+  return np.exp(-((g[:, None] - c[:, 0]) ** 2 + (g[None] - c[:, 1]) ** 2) / width
+                ).astype(np.float32)
+
+
+def _device_batch(rng):
+  """Two images (37 × 53 at scale 1.7, 64 × 30 at 0.6) with 10 detections each."""
+  infos = np.array([[37, 53, 1.7, 63, 90], [64, 30, 0.6, 38, 18]], np.float32)
+  d = 10
+  boxes, probs = [], []
+  for h, w, scale, _, _ in infos:
+    xy = rng.uniform(-5, max(h, w), (d, 2))
+    boxes.append(np.concatenate([xy, xy + rng.uniform(1, 40, (d, 2))], 1) * scale)
+    probs.append(np.concatenate([_blobs(rng, d - 2), rng.uniform(size=(1, 28, 28)),
+                                 np.ones((1, 28, 28))]).astype(np.float32))
+  dets = dict(boxes=np.stack(boxes).astype(np.float32), masks=np.stack(probs),
+              scores=rng.uniform(size=(2, d)).astype(np.float32),
+              classes=rng.integers(1, 6, (2, d)).astype(np.int32), valid=np.ones((2, d), bool))
+  dets["scores"][0, 4] = dets["scores"][0, 5]  # A tie: the later detection wins.
+  dets["valid"][1, 3] = False
+  dets["boxes"][1, 6, 2] = np.nan  # Non-finite: not pasted.
+  return dets, infos
+
+
+def _near_boundary(mask: np.ndarray) -> np.ndarray:
+  """Pixels whose 3 × 3 neighbourhood holds both values."""
+  padded = np.pad(mask, 1, mode="edge")
+  shifts = [padded[1 + dy:1 + dy + mask.shape[0], 1 + dx:1 + dx + mask.shape[1]]
+            for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+  return np.any([s != mask for s in shifts], axis=0)
+
+
+def test_device_paste_equals_host_paste_within_a_boundary_pixel():
+  dets, infos = _device_batch(np.random.default_rng(0))
+  frame = masks.frame_size(infos[:, 0], infos[:, 1])
+  assert frame == 64
+  out = jax.device_get(jax.jit(lambda d, i: masks.paste_batch_device(
+      d, i, frame=frame, capacity=4 * frame, threshold=0.5, fill=7))(dets, infos))
+  assert out["label"].shape == (2, frame, frame)
+  assert out["rle_positions"].shape == (2, 10, 4 * frame)
+  for b, info in enumerate(infos):
+    h, w = int(info[0]), int(info[1])
+    valid = out["pasted_valid"][b]
+    assert valid.sum() == (10, 8)[b]  # Image 1: one invalid, one non-finite detection.
+    ref = masks.paste_masks(dets["masks"][b][valid], dets["boxes"][b][valid], info,
+                            threshold=0.5)
+    on = np.asarray(jax.jit(masks.paste_image_device, static_argnames=("frame", "threshold"))(
+        dets["masks"][b], np.nan_to_num(dets["boxes"][b]), info, valid, frame=frame,
+        threshold=0.5))[valid].transpose(0, 2, 1)
+    assert not on[:, h:].any() and not on[:, :, w:].any()
+    on = on[:, :h, :w]
+    for mine, theirs in zip(on, ref):
+      differ = mine != theirs
+      assert not (differ & ~_near_boundary(theirs)).any()
+      if theirs.sum() > 20:
+        assert (mine & theirs).sum() / (mine | theirs).sum() >= 0.99
+    label = stuff_metrics.paint_instances(ref, dets["classes"][b][valid],
+                                          dets["scores"][b][valid], fill=7)
+    assert (out["label"][b][:w, :h].T == label).mean() >= 0.999
+    # The RLE of each mask from its transitions equals pycocotools' encoding.
+    expected = coco_eval.encode_masks(on)
+    count = out["rle_count"][b][valid]
+    assert (count <= 4 * frame).all()
+    runs = masks.transitions_to_rle(out["rle_positions"][b][valid], count, h, w)
+    for counts, rle in zip(runs, expected):
+      assert sum(counts) == h * w
+      got = mask_utils.frPyObjects(dict(size=[h, w], counts=counts), h, w)
+      assert got["counts"].decode() == rle["counts"]
+    assert (out["rle_count"][b][~valid] == 0).all()
+
+
+def test_device_transitions_report_overflow():
+  on = np.zeros((1, 8, 8), bool)  # [d, x, y] in an 8 × 8 frame; the image is H 6 × W 5.
+  on[0, 1, 0:6:2] = True  # Column x = 1: three runs, six changes (flat x·H + y = 6..11).
+  on[0, 2, :6] = True  # Column x = 2 all on: on from 12, off again at 18 (x = 3, y = 0).
+  transitions = jax.jit(masks.transitions_device, static_argnames="capacity")
+  positions, count = jax.device_get(transitions(on, 6, 5, capacity=16))
+  assert count.tolist() == [8]
+  assert positions.tolist() == [[6, 7, 8, 9, 10, 11, 12, 18] + [-1] * 8]
+  assert masks.transitions_to_rle(positions, count, 6, 5) == [[6, 1, 1, 1, 1, 1, 1, 6, 12]]
+  positions, count = jax.device_get(transitions(on, 6, 5, capacity=4))
+  assert count.tolist() == [8] and positions.tolist() == [[6, 7, 8, 9]]  # The first C.

@@ -1,13 +1,22 @@
 """`--mode=eval` and `--mode=predict` on a checkpoint of the tiny config."""
 
 import json
+import os
 import pathlib
+import socket
+import subprocess
+import sys
 
 from PIL import Image
+import pytest
 
 from configs import default
 from configs import tiny
 from maskrcnn_jax import run
+from maskrcnn_jax.data import categories
+from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_eval_and_predict_modes(tmp_path):
@@ -18,8 +27,12 @@ def test_eval_and_predict_modes(tmp_path):
   run.run(config, str(workdir), "train")
   assert not (workdir / "eval").exists()  # --mode=train does not evaluate.
 
-  metrics = run.run(config, str(workdir), "eval")
+  metrics = run.run(config, str(workdir), "eval")  # On the CPU: pasted on the host.
   assert metrics["num_images"] == config.data.synthetic.num_val
+  config.eval.paste = "device"
+  on_device = run.run(config, str(workdir), "eval")
+  for k, v in metrics.items():
+    assert on_device[k] == pytest.approx(v, abs=1e-4, nan_ok=True), k
   written = json.loads((workdir / "eval" / "1" / "metrics.json").read_text())
   assert written["step"] == 1 and "segm/AP" in written
 
@@ -32,3 +45,31 @@ def test_eval_and_predict_modes(tmp_path):
   assert sorted(p.name for p in out.glob("img*.png")) == ["img0.png", "img1.png", "img2.png"]
   assert Image.open(out / "img0.png").size[0] > 0
   assert isinstance(json.loads((out / "coco_results.json").read_text()), list)
+
+
+def test_two_processes_with_uneven_shards(tmp_path):
+  """Same skip decisions on both processes, and the merged scores of both shards."""
+  import two_process_worker as worker  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+  procs = [subprocess.Popen([sys.executable, worker.__file__, "--process_id", str(i),
+                             "--port", str(port), "--dir", str(tmp_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  out = []
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    out.append(json.loads(stdout.strip().splitlines()[-1]))  # Gloo may print before it.
+  # Only batch 0 is full everywhere: the mean of x over its 4 images (0, 0, 1, 1).
+  assert out[0]["losses"] == out[1]["losses"] == {"x": 0.5}
+  cs = categories.get_class_set("stuff")
+  one = evaluator_lib.Evaluator([str(tmp_path / "gt.json")], cs, num_pictures=0)
+  for batch, dets in worker.data(str(tmp_path / "gt.json"), cs).values():
+    one.add(batch, dets)
+  expected = one.result()
+  assert expected["num_images"] == 5
+  assert out[0]["metrics"] == pytest.approx(expected, rel=0, abs=0, nan_ok=True)  # Exact.
+  assert not (tmp_path / "eval" / "process_states").exists()
