@@ -143,6 +143,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _fraction(config, "eval.mask_threshold", closed=False)
   _fraction(config, "eval.score_threshold")
   _positive(config, "eval.num_pictures", zero_ok=True)
+  _fraction(config, "eval.panoptic.overlap_threshold")
+  _positive(config, "eval.panoptic.stuff_area_threshold", zero_ok=True)
+  _fraction(config, "eval.panoptic.instances_score_threshold")
   _check(config.eval.num_images == -1 or config.eval.num_images > 0, "eval.num_images",
          config.eval.num_images, "must be -1 (all) or > 0")
   _fraction(config, "predict.score_threshold")

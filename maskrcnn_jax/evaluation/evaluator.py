@@ -21,7 +21,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.evaluation import coco_eval
+from maskrcnn_jax.evaluation import export
 from maskrcnn_jax.evaluation import masks as masks_lib
+from maskrcnn_jax.evaluation import panoptic as panoptic_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.evaluation import stuff_metrics
 
@@ -125,7 +127,8 @@ class Evaluator:
 
   def __init__(self, annotation_files: Sequence[str], class_set, *,
                mask_threshold: float = 0.5, num_pictures: int = 8,
-               score_threshold: float = 0.5, num_proposals: int = 50):
+               score_threshold: float = 0.5, num_proposals: int = 50,
+               panoptic: dict[str, Any] | None = None, official_export: bool = False):
     """Loads the ground truth.
 
     Args:
@@ -136,6 +139,8 @@ class Evaluator:
       score_threshold: minimum score of the detections counted in per-image
         precision/recall and prediction counts, and drawn in pictures.
       num_proposals: top proposals drawn per picture.
+      panoptic: `panoptic.combine` thresholds; used when the class set has things.
+      official_export: `write` also writes COCO-Stuff's official results (`export`).
     """
     self.class_set = class_set
     self.mask_threshold = mask_threshold
@@ -155,6 +160,9 @@ class Evaluator:
     self._per_image: list[dict[str, Any]] = []
     self._pictures: list[dict[str, Any]] = []
     self._scores: dict[str, Any] | None = None
+    self._panoptic = (panoptic_lib.PanopticEvaluator(self.coco_gt, class_set, **(panoptic or {}))
+                      if panoptic_lib.has_things(class_set) else None)
+    self._official = [] if official_export else None
 
   @property
   def num_images(self) -> int:
@@ -200,6 +208,11 @@ class Evaluator:
                                                fill=self._fill)
     self._confusion += stuff_metrics.confusion_matrix(gt_label, pred_label,
                                                       self.class_set.num_classes)
+    if self._panoptic is not None:
+      self._panoptic.add(image_id, dets)
+    if self._official is not None:
+      self._official += export.label_map_to_results(
+          export.to_coco_label_map(pred_label, self.class_set), image_id, stuff_start_id=1)
     gt_anns = [a for a in self.coco_gt.imgToAnns[image_id] if not a.get("iscrowd", 0)]
     gt_classes = np.array([self._to_train[a["category_id"]] for a in gt_anns], np.int32)
     np.add.at(self._gt_counts, gt_classes - 1, 1)
@@ -238,8 +251,9 @@ class Evaluator:
 
     Keys: `{bbox,segm}/{AP,AP50,...,ARl}` (`coco_eval.METRIC_NAMES`),
     `{stuff,stuff_supercat,stuff_no_other,stuff_no_other_supercat}/{mIoU,fwIoU,mAcc,pAcc}`,
-    `per_image/{precision,recall}` (means over the images where defined) and
-    `num_images`. NaN where undefined.
+    `per_image/{precision,recall}` (means over the images where defined),
+    `num_images` and, when the class set has things, `panoptic/{PQ,SQ,RQ}[_things|_stuff]`
+    (`panoptic.flat_metrics`). NaN where undefined.
     """
     scores = self._compute()
     out = {}
@@ -252,6 +266,8 @@ class Evaluator:
       out[f"per_image/{key}"] = (float(np.nanmean(values)) if (~np.isnan(values)).any()
                                  else float("nan"))
     out["num_images"] = float(len(self._image_ids))
+    if self._panoptic is not None:
+      out.update(self._panoptic.result())
     return out
 
   def per_class(self) -> list[dict[str, Any]]:
@@ -323,7 +339,9 @@ class Evaluator:
     """Writes the metrics, tables, COCO results and pictures into `out_dir`.
 
     Files: metrics.json, coco_results.json (scorable by any COCO tool), per_class.csv,
-    per_supercategory.csv, per_image.csv, confusion.csv and `pictures()` as PNG.
+    per_supercategory.csv, per_image.csv, confusion.csv and `pictures()` as PNG; with
+    things panoptic{,_gt}.json and panoptic{,_gt}/ (`PanopticEvaluator.write`); with
+    `official_export` stuff_results.json and stuff_results/ (`export.write_results`).
 
     Args:
       out_dir: created if missing.
@@ -349,6 +367,12 @@ class Evaluator:
     pictures.write_csv(os.path.join(out_dir, "confusion.csv"), [
         dict(ground_truth=header[g], **dict(zip(header, map(int, row))))
         for g, row in enumerate(self._confusion) if g])
+    if self._panoptic is not None:
+      self._panoptic.write(out_dir)
+    if self._official is not None:
+      export.write_results(out_dir, self._official, {
+          i: (self.coco_gt.imgs[i]["height"], self.coco_gt.imgs[i]["width"])
+          for i in self._image_ids})
     images = self.pictures()
     if log_dir:
       try:

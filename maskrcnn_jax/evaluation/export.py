@@ -202,26 +202,25 @@ def score(coco_gt, results: Sequence[dict[str, Any]], *, add_other: bool = True
   return stuff_metrics.summarize(confusion, class_set)
 
 
-_PNG_DIR = flags.DEFINE_string("png_dir", None, "Folder of label-map PNGs (pixel = COCO id).")
-_OUTPUT = flags.DEFINE_string("output", None, "Results JSON to write.")
-_GT_JSON = flags.DEFINE_string("gt_json", None, "Optional COCO-Stuff GT JSON to score against.")
-_NO_OTHER = flags.DEFINE_bool("no_other", False, "Score without `other` (addOther=False).")
-
-
 def main(argv):
   del argv
-  results = pngs_to_results(_PNG_DIR.value)
-  epath.Path(_OUTPUT.value).write_text(json.dumps(results))
-  print(f"{len(results)} results written to {_OUTPUT.value}")
-  if _GT_JSON.value:
-    add_other = not _NO_OTHER.value
+  f = flags.FLAGS
+  results = pngs_to_results(f.png_dir)
+  epath.Path(f.output).write_text(json.dumps(results))
+  print(f"{len(results)} results written to {f.output}")
+  if f.gt_json:
+    add_other = not f.no_other
     class_set = categories.get_class_set("stuff" if add_other else "stuff_no_other")
-    groups = score(coco_eval.load_ground_truth([_GT_JSON.value], class_set), results,
+    groups = score(coco_eval.load_ground_truth([f.gt_json], class_set), results,
                    add_other=add_other)
     for group, title in (("stuff", "leaves"), ("stuff_supercat", "supercategories")):
       print(f"{title}: " + ", ".join(f"{k} {groups[group][k]:.6f}" for k in STATS))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # Flags defined here only: the evaluator imports this module.
+  flags.DEFINE_string("png_dir", None, "Folder of label-map PNGs (pixel = COCO id).")
+  flags.DEFINE_string("output", None, "Results JSON to write.")
+  flags.DEFINE_string("gt_json", None, "Optional COCO-Stuff GT JSON to score against.")
+  flags.DEFINE_bool("no_other", False, "Score without `other` (addOther=False).")
   flags.mark_flags_as_required(["png_dir", "output"])
   app.run(main)

@@ -80,7 +80,8 @@ def evaluate(config: ml_collections.ConfigDict, model, variables, mesh: Mesh, wo
   evaluator = evaluator_lib.Evaluator(
       pipeline.annotation_files(config.data, "validation"), class_set,
       mask_threshold=config.eval.mask_threshold, num_pictures=config.eval.num_pictures,
-      score_threshold=config.eval.score_threshold)
+      score_threshold=config.eval.score_threshold, panoptic=config.eval.panoptic.to_dict(),
+      official_export=config.eval.official_export)
   num_batches = 0
   for _, batch in _eval_batches(config, sharding, num_images=config.eval.num_images):
     detections = _to_host(predict(variables, batch))
