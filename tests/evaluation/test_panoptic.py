@@ -261,50 +261,53 @@ def test_ground_truth_from_instances_and_stuff(stuff_json, instances_json):
   assert person["bbox"][:2] == [40, 0] and person["iscrowd"] == 0
 
 
-def _evaluator(stuff_json, instances_json, batch, dets):
-  cs = categories.get_class_set("things_and_stuff")
-  ev = evaluator_lib.Evaluator(
-      [stuff_json, instances_json], cs, num_pictures=0,
-      panoptic=dict(stuff_area_threshold=1, overlap_threshold=0.5,
-                    instances_score_threshold=0.5))
-  ev.add(batch, dets)
-  return ev
-
-
-def test_evaluator_reports_and_writes_panoptic(tmp_path, stuff_json, instances_json,
-                                               make_perfect_batch):
+def test_evaluator_reports_panoptic(stuff_json, instances_json, make_perfect_batch):
   cs = categories.get_class_set("things_and_stuff")
   batch, dets = make_perfect_batch(cs)
-  ev = _evaluator(stuff_json, instances_json, batch, dets)
+  thresholds = dict(stuff_area_threshold=1, overlap_threshold=0.5,
+                    instances_score_threshold=0.5)
+  ev = evaluator_lib.Evaluator([stuff_json, instances_json], cs, num_pictures=0,
+                               panoptic=thresholds)
+  ev.add(batch, dets)
   metrics = ev.result()
   # GT: road, sky, person (image 7), tree, road (image 9; the crowd car is ignored). The
   # detections are the stuff regions: the person is the one FN, every stuff segment a TP.
   assert metrics["panoptic/PQ"] == pytest.approx(3 / 4)
   assert metrics["panoptic/PQ_things"] == 0 and metrics["panoptic/PQ_stuff"] == 1
-  ev.write(str(tmp_path))
-  recheck = panoptic.pq_compute(tmp_path / "panoptic_gt.json", tmp_path / "panoptic.json",
-                                tmp_path / "panoptic_gt", tmp_path / "panoptic")
-  assert panoptic.flat_metrics(recheck) == pytest.approx(
-      {k: v for k, v in metrics.items() if k.startswith("panoptic/")})
-  assert json.loads((tmp_path / "metrics.json").read_text())["panoptic/PQ"] == 0.75
-  # The person detected as well: every segment a TP.
-  scale = batch["image_info"][0, 2]
+
+
+def test_panoptic_evaluator_files_recheck(tmp_path, stuff_json, instances_json,
+                                          make_perfect_batch):
+  cs = categories.get_class_set("things_and_stuff")
+  batch, dets = make_perfect_batch(cs)
+  scale = batch["image_info"][0, 2]  # The person of image 7 detected as well.
   dets["boxes"][0, 2] = np.array([40, 0, 60, 10], np.float32) * scale
   dets["scores"][0, 2], dets["classes"][0, 2] = 0.95, cs.to_train_id(1)
   dets["masks"][0, 2], dets["valid"][0, 2] = 1.0, True
-  metrics = _evaluator(stuff_json, instances_json, batch, dets).result()
-  assert metrics["panoptic/RQ"] == 1 and metrics["panoptic/PQ_stuff"] == 1
-  assert metrics["panoptic/SQ_things"] > 0.9  # The polygon's rasterised border.
+  coco_gt = coco_eval.load_ground_truth([stuff_json, instances_json], cs)
+  ev = panoptic.PanopticEvaluator(coco_gt, cs, stuff_area_threshold=1)
+  for b, image_id in enumerate(batch["image_id"][:2]):
+    ev.add(int(image_id), evaluator_lib.image_detections(dets, b, batch["image_info"][b]))
+  metrics = ev.result()
+  # The pasted rectangle equals the rasterised polygon: every segment a TP with IoU 1.
+  assert all(metrics[f"panoptic/{k}{g}"] == 1 for k in ("PQ", "SQ", "RQ")
+             for g in ("", "_things", "_stuff"))
+  ev.write(tmp_path)
+  recheck = panoptic.pq_compute(tmp_path / "panoptic_gt.json", tmp_path / "panoptic.json",
+                                tmp_path / "panoptic_gt", tmp_path / "panoptic")
+  assert panoptic.flat_metrics(recheck) == pytest.approx(metrics)
 
 
 def test_no_panoptic_without_things(tmp_path, stuff_json, make_perfect_batch):
   cs = categories.get_class_set("stuff")
   batch, dets = make_perfect_batch(cs)
+  dets["classes"][0, 0] = cs.to_train_id(157)  # The road of image 7 predicted as sky.
   ev = evaluator_lib.Evaluator([stuff_json], cs, num_pictures=0, official_export=True)
   ev.add(batch, dets)
   assert not any(k.startswith("panoptic/") for k in ev.result())
   ev.write(str(tmp_path))
   assert not (tmp_path / "panoptic.json").exists()
+  assert json.loads((tmp_path / "metrics.json").read_text())["stuff/mIoU"] < 1
   # The official results re-check the semantic metrics.
   from maskrcnn_jax.evaluation import export  # pylint: disable=g-import-not-at-top
   results = json.loads((tmp_path / "stuff_results.json").read_text())
