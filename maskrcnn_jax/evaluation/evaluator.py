@@ -140,7 +140,8 @@ class Evaluator:
         precision/recall and prediction counts, and drawn in pictures.
       num_proposals: top proposals drawn per picture.
       panoptic: `panoptic.combine` thresholds; used when the class set has things.
-      official_export: `write` also writes COCO-Stuff's official results (`export`).
+      official_export: `write` also writes COCO-Stuff's official results (`export`) and,
+        with things, the COCO panoptic predictions and ground truth.
     """
     self.class_set = class_set
     self.mask_threshold = mask_threshold
@@ -160,8 +161,10 @@ class Evaluator:
     self._per_image: list[dict[str, Any]] = []
     self._pictures: list[dict[str, Any]] = []
     self._scores: dict[str, Any] | None = None
-    self._panoptic = (panoptic_lib.PanopticEvaluator(self.coco_gt, class_set, **(panoptic or {}))
-                      if panoptic_lib.has_things(class_set) else None)
+    self._panoptic = None
+    if panoptic_lib.has_things(class_set):
+      self._panoptic = panoptic_lib.PanopticEvaluator(
+          self.coco_gt, class_set, keep_files=official_export, **(panoptic or {}))
     self._official = [] if official_export else None
 
   @property
@@ -340,8 +343,8 @@ class Evaluator:
 
     Files: metrics.json, coco_results.json (scorable by any COCO tool), per_class.csv,
     per_supercategory.csv, per_image.csv, confusion.csv and `pictures()` as PNG; with
-    things panoptic{,_gt}.json and panoptic{,_gt}/ (`PanopticEvaluator.write`); with
-    `official_export` stuff_results.json and stuff_results/ (`export.write_results`).
+    `official_export` also stuff_results.json + stuff_results/ (`export.write_results`)
+    and, with things, panoptic{,_gt}.json + panoptic{,_gt}/ (`PanopticEvaluator.write`).
 
     Args:
       out_dir: created if missing.
@@ -367,9 +370,9 @@ class Evaluator:
     pictures.write_csv(os.path.join(out_dir, "confusion.csv"), [
         dict(ground_truth=header[g], **dict(zip(header, map(int, row))))
         for g, row in enumerate(self._confusion) if g])
-    if self._panoptic is not None:
-      self._panoptic.write(out_dir)
     if self._official is not None:
+      if self._panoptic is not None:
+        self._panoptic.write(out_dir)
       export.write_results(out_dir, self._official, {
           i: (self.coco_gt.imgs[i]["height"], self.coco_gt.imgs[i]["width"])
           for i in self._image_ids})

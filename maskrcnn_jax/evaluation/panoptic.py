@@ -34,6 +34,7 @@ from absl import flags
 from etils import epath
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.data import categories as categories_lib
 from maskrcnn_jax.evaluation import stuff_metrics
@@ -79,14 +80,37 @@ def png_bytes(pan: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def segment_info(mask: np.ndarray, segment_id: int, category_id: int, iscrowd: int = 0
-                 ) -> dict[str, Any]:
-  """`segments_info` entry of a non-empty [H, W] bool mask; bbox as panopticapi computes it."""
-  cols, rows = np.nonzero(mask.any(0))[0], np.nonzero(mask.any(1))[0]
-  return dict(id=int(segment_id), category_id=int(category_id), area=int(mask.sum()),
-              bbox=[int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
-                    int(rows[-1] - rows[0] + 1)],
-              iscrowd=int(iscrowd))
+def segments_info(pan: np.ndarray, category_ids: Sequence[int],
+                  iscrowd: Sequence[int] | None = None) -> list[dict[str, Any]]:
+  """`segments_info` of the segments 1..n of a panoptic map, the empty ones left out.
+
+  Args:
+    pan: [H, W] int segment ids in [0, n].
+    category_ids: [n] category of segment i at index i − 1.
+    iscrowd: [n] crowd flags (default all 0).
+
+  Returns:
+    Per non-empty segment, ascending: `id`, `category_id`, `area` and `bbox` [x, y, w, h]
+    (the extent of its pixels, as panopticapi's converters compute it), `iscrowd`.
+  """
+  n = len(category_ids)
+  height, width = pan.shape
+  pan = np.asarray(pan, np.int64)
+  area = np.bincount(pan.ravel(), minlength=n + 1)
+  # Per segment, the rows and columns it occupies: one counting pass each.
+  rows = np.bincount((pan * height + np.arange(height)[:, None]).ravel(),
+                     minlength=(n + 1) * height).reshape(n + 1, height) > 0
+  cols = np.bincount((pan * width + np.arange(width)[None]).ravel(),
+                     minlength=(n + 1) * width).reshape(n + 1, width) > 0
+  iscrowd = [0] * n if iscrowd is None else iscrowd
+  out = []
+  for i in np.flatnonzero(area[1:]) + 1:
+    y0, y1 = rows[i].argmax(), height - rows[i, ::-1].argmax()
+    x0, x1 = cols[i].argmax(), width - cols[i, ::-1].argmax()
+    out.append(dict(id=int(i), category_id=int(category_ids[i - 1]), area=int(area[i]),
+                    bbox=[int(x0), int(y0), int(x1 - x0), int(y1 - y0)],
+                    iscrowd=int(iscrowd[i - 1])))
+  return out
 
 
 def is_thing_lut(class_set) -> np.ndarray:
@@ -125,30 +149,31 @@ def combine(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, class_se
                      f"{scores.shape} must be [N, H, W], [N], [N]")
   thing = is_thing_lut(class_set)[classes]
   pan = np.zeros(masks.shape[1:], np.int32)
-  segments = []
-  for i in np.nonzero(thing)[0][np.argsort(-scores[thing], kind="stable")]:
-    if scores[i] < instances_score_threshold:
-      break
-    mask = masks[i]
-    area = int(mask.sum())
-    if not area:
+  labels = []  # Training id of segment i at i − 1.
+  order = np.flatnonzero(thing)[np.argsort(-scores[thing], kind="stable")]
+  order = order[scores[order] >= instances_score_threshold]
+  rows, cols = masks[order].any(2), masks[order].any(1)  # [T, H], [T, W]: the extents.
+  for i, row, col in zip(order, rows, cols):
+    if not row.any():
       continue
-    taken = mask & (pan > 0)
-    if taken.sum() / area > overlap_threshold:
+    r, c = np.flatnonzero(row), np.flatnonzero(col)  # Work inside the extent only.
+    extent = slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1)
+    mask, region = masks[i][extent], pan[extent]
+    free = mask & (region == 0)
+    if (mask.sum() - free.sum()) / mask.sum() > overlap_threshold:
       continue
-    mask = mask & ~taken
-    pan[mask] = len(segments) + 1
-    segments.append(segment_info(mask, len(segments) + 1, class_set.to_coco_id(classes[i])))
+    labels.append(classes[i])
+    region[free] = len(labels)
   semantic = stuff_metrics.paint_instances(masks[~thing], classes[~thing], scores[~thing])
-  for label in np.unique(semantic):
-    if label == 0:
-      continue
-    mask = (semantic == label) & (pan == 0)
-    if mask.sum() < stuff_area_threshold:
-      continue
-    pan[mask] = len(segments) + 1
-    segments.append(segment_info(mask, len(segments) + 1, class_set.to_coco_id(label)))
-  return pan, segments
+  free = pan == 0
+  area = np.bincount(semantic[free], minlength=class_set.num_classes + 1)
+  area[0] = 0
+  kept = np.flatnonzero(area >= max(stuff_area_threshold, 1))
+  new_id = np.zeros(class_set.num_classes + 1, np.int32)
+  new_id[kept] = len(labels) + 1 + np.arange(len(kept))
+  pan[free] = new_id[semantic[free]]
+  labels += kept.tolist()
+  return pan, segments_info(pan, [class_set.to_coco_id(c) for c in labels])
 
 
 def ground_truth(coco_gt, image_id: int, class_set) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -166,13 +191,25 @@ def ground_truth(coco_gt, image_id: int, class_set) -> tuple[np.ndarray, list[di
   anns.sort(key=lambda a: not a.get("iscrowd", 0))  # Stable: crowd first, order kept.
   pan = np.zeros((image["height"], image["width"]), np.int32)
   for i, ann in enumerate(anns, start=1):
-    pan[coco_gt.annToMask(ann) > 0] = i
-  segments = []
-  for i, ann in enumerate(anns, start=1):
-    mask = pan == i
-    if mask.any():
-      segments.append(segment_info(mask, i, ann["category_id"], ann.get("iscrowd", 0)))
-  return pan, segments
+    rle = coco_gt.annToRLE(ann)
+    x, y, w, h = mask_utils.toBbox(rle)  # Paint inside the mask's box only.
+    extent = (slice(int(y), int(y + h)), slice(int(x), int(x + w)))
+    region = pan[extent]
+    region[mask_utils.decode(rle)[extent] > 0] = i
+  return pan, segments_info(pan, [a["category_id"] for a in anns],
+                            [a.get("iscrowd", 0) for a in anns])
+
+
+def _intersections(gt: np.ndarray, pred: np.ndarray) -> dict[tuple[int, int], int]:
+  """{(GT id, predicted id): pixels} of two [H, W] id maps (ids >= 0)."""
+  gt_max, pred_max = int(gt.max(initial=0)), int(pred.max(initial=0))
+  if (gt_max + 1) * (pred_max + 1) <= 1 << 22:  # Small ids (made here): count directly.
+    counts = np.bincount((gt * (pred_max + 1) + pred).ravel())
+    pairs = np.flatnonzero(counts)
+    return {(int(v // (pred_max + 1)), int(v % (pred_max + 1))): int(counts[v])
+            for v in pairs}
+  pairs, counts = np.unique(gt * OFFSET + pred, return_counts=True)
+  return {(int(v // OFFSET), int(v % OFFSET)): int(c) for v, c in zip(pairs, counts)}
 
 
 def pq_image(gt: np.ndarray, gt_segments: Sequence[dict], pred: np.ndarray,
@@ -194,15 +231,19 @@ def pq_image(gt: np.ndarray, gt_segments: Sequence[dict], pred: np.ndarray,
   gt, pred = np.asarray(gt, np.int64), np.asarray(pred, np.int64)
   if gt.shape != pred.shape:
     raise ValueError(f"image {image_id}: GT {gt.shape} and prediction {pred.shape} differ")
+  inter = _intersections(gt, pred)  # {(GT id, predicted id): pixels}.
+  pred_area = collections.Counter()
+  for (_, p), n in inter.items():
+    pred_area[p] += n
   gt_segs = {s["id"]: s for s in gt_segments}
   pred_segs = {s["id"]: dict(s) for s in pred_segments}
   unseen = set(pred_segs)
-  for label, count in zip(*np.unique(pred, return_counts=True)):
+  for label, count in sorted(pred_area.items()):
     if label not in pred_segs:
       if label == VOID:
         continue
       raise ValueError(f"image {image_id}: segment {label} is in the PNG but not in the JSON")
-    pred_segs[label]["area"] = int(count)
+    pred_segs[label]["area"] = count
     unseen.discard(label)
     if pred_segs[label]["category_id"] not in category_ids:
       raise ValueError(f"image {image_id}: segment {label} has unknown category_id "
@@ -210,8 +251,6 @@ def pq_image(gt: np.ndarray, gt_segments: Sequence[dict], pred: np.ndarray,
   if unseen:
     raise ValueError(f"image {image_id}: segments {sorted(unseen)} are in the JSON but not "
                      "in the PNG")
-  pairs, counts = np.unique(gt * OFFSET + pred, return_counts=True)
-  inter = {(int(p // OFFSET), int(p % OFFSET)): int(c) for p, c in zip(pairs, counts)}
   stats: Stats = collections.defaultdict(lambda: np.zeros(4))
   gt_matched, pred_matched = set(), set()
   for (g, p), n in inter.items():
@@ -357,12 +396,13 @@ class PanopticEvaluator:
   """Panoptic predictions and PQ of images, against a COCO instances + stuff ground truth.
 
   The GT panoptic map of an image is `ground_truth`; predictions are `combine`d from the
-  detections. `write` saves both in the COCO panoptic format, so that panopticapi (or this
-  module's CLI) can re-check the numbers.
+  detections. With `keep_files`, `write` saves both in the COCO panoptic format, so that
+  panopticapi (or this module's CLI) can re-check the numbers.
   """
 
   def __init__(self, coco_gt, class_set, *, overlap_threshold: float = 0.5,
-               stuff_area_threshold: int = 4096, instances_score_threshold: float = 0.5):
+               stuff_area_threshold: int = 4096, instances_score_threshold: float = 0.5,
+               keep_files: bool = False):
     self.coco_gt = coco_gt
     self.class_set = class_set
     self.thresholds = dict(overlap_threshold=overlap_threshold,
@@ -370,6 +410,7 @@ class PanopticEvaluator:
                            instances_score_threshold=instances_score_threshold)
     self.isthing = {c["id"]: bool(c["isthing"]) for c in coco_categories(class_set)}
     self.stats: Stats = {}
+    self.keep_files = keep_files
     self._predictions: list[tuple[dict[str, Any], bytes]] = []  # (annotation, PNG bytes).
 
   def add(self, image_id: int, dets: dict[str, np.ndarray]) -> None:
@@ -379,17 +420,19 @@ class PanopticEvaluator:
     gt, gt_segments = ground_truth(self.coco_gt, image_id, self.class_set)
     add_stats(self.stats, pq_image(gt, gt_segments, pan, segments, self.isthing,
                                    image_id=image_id))
-    self._predictions.append((dict(image_id=int(image_id), file_name=f"{image_id:012d}.png",
-                                   segments_info=segments), png_bytes(pan)))
+    if self.keep_files:
+      self._predictions.append((dict(image_id=int(image_id), file_name=f"{image_id:012d}.png",
+                                     segments_info=segments), png_bytes(pan)))
 
   def result(self) -> dict[str, float]:
     """`flat_metrics` of the images added."""
     return flat_metrics(summarize(self.stats, self.isthing))
 
   def write(self, out_dir) -> None:
-    """Writes panoptic.json + panoptic/ (predictions) and panoptic_gt.json + panoptic_gt/."""
+    """Writes panoptic.json + panoptic/ (predictions), panoptic_gt.json + panoptic_gt/."""
+    if not self.keep_files:
+      raise ValueError("PanopticEvaluator(keep_files=False) keeps no files to write")
     out_dir = epath.Path(out_dir)
-    cats = coco_categories(self.class_set)
     gt_anns = []
     for name in ("panoptic", "panoptic_gt"):
       (out_dir / name).mkdir(parents=True, exist_ok=True)
@@ -402,7 +445,7 @@ class PanopticEvaluator:
     for name, anns in (("panoptic", [a for a, _ in self._predictions]),
                        ("panoptic_gt", gt_anns)):
       (out_dir / f"{name}.json").write_text(json.dumps(
-          dict(images=images, annotations=anns, categories=cats)))
+          dict(images=images, annotations=anns, categories=coco_categories(self.class_set))))
 
 
 def main(argv):

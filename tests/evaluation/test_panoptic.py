@@ -285,7 +285,7 @@ def test_panoptic_evaluator_files_recheck(tmp_path, stuff_json, instances_json,
   dets["scores"][0, 2], dets["classes"][0, 2] = 0.95, cs.to_train_id(1)
   dets["masks"][0, 2], dets["valid"][0, 2] = 1.0, True
   coco_gt = coco_eval.load_ground_truth([stuff_json, instances_json], cs)
-  ev = panoptic.PanopticEvaluator(coco_gt, cs, stuff_area_threshold=1)
+  ev = panoptic.PanopticEvaluator(coco_gt, cs, stuff_area_threshold=1, keep_files=True)
   for b, image_id in enumerate(batch["image_id"][:2]):
     ev.add(int(image_id), evaluator_lib.image_detections(dets, b, batch["image_info"][b]))
   metrics = ev.result()
@@ -315,3 +315,23 @@ def test_no_panoptic_without_things(tmp_path, stuff_json, make_perfect_batch):
   assert [groups["stuff"][k] for k in export.STATS] == pytest.approx(
       [ev.result()[f"stuff/{k}"] for k in export.STATS])
   assert export.pngs_to_results(tmp_path / "stuff_results") == results
+
+
+@needs_samples
+def test_compact_ids_count_as_panopticapi_ids(gt):
+  """The direct count for small ids (maps made here) equals the sorted count of big ids."""
+  data, maps = gt
+  gt_map = maps[439180].copy()
+  _shrink(maps, 439180, HORSE, 3000)
+  segments = _segments(data, 439180)
+  ids = np.array(sorted({s["id"] for s in segments} | {0}))
+  compact = {i: k for k, i in enumerate(ids)}  # VOID stays 0.
+  small = [dict(s, id=compact[s["id"]]) for s in segments]
+  isthing = {c["id"]: c["isthing"] for c in data["categories"]}
+  big = panoptic.pq_image(gt_map, segments, maps[439180], segments, isthing)
+  ours = panoptic.pq_image(np.searchsorted(ids, gt_map), small,
+                           np.searchsorted(ids, maps[439180]), small, isthing)
+  assert ours.keys() == big.keys()
+  for category, stats in big.items():
+    np.testing.assert_array_equal(ours[category], stats)
+  assert big[19].tolist() == pytest.approx([10 + 3000 / 4363, 11, 0, 0])
