@@ -29,6 +29,8 @@ def test_shipped_configs_are_valid(get_config):
     ("train.momentum", 1.0, "config.train.momentum = 1.0: must be in [0, 1)"),
     ("init.scope", "head", "config.init.scope = 'head': must be one of backbone, full"),
     ("eval.mask_threshold", 1.0, "config.eval.mask_threshold = 1.0: must be in (0, 1)"),
+    ("eval.panoptic.overlap_threshold", 1.5, "overlap_threshold = 1.5: must be in [0, 1]"),
+    ("eval.panoptic.stuff_area_threshold", -1, "stuff_area_threshold = -1: must be >= 0"),
 ])
 def test_bad_values(key, value, message):
   config = default.get_config()
