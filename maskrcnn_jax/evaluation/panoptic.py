@@ -152,11 +152,11 @@ def combine(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, class_se
   labels = []  # Training id of segment i at i − 1.
   order = np.flatnonzero(thing)[np.argsort(-scores[thing], kind="stable")]
   order = order[scores[order] >= instances_score_threshold]
-  rows, cols = masks[order].any(2), masks[order].any(1)  # [T, H], [T, W]: the extents.
-  for i, row, col in zip(order, rows, cols):
-    if not row.any():
+  for i in order:
+    r = np.flatnonzero(masks[i].any(1))
+    if not len(r):
       continue
-    r, c = np.flatnonzero(row), np.flatnonzero(col)  # Work inside the extent only.
+    c = np.flatnonzero(masks[i].any(0))  # Work inside the mask's extent only.
     extent = slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1)
     mask, region = masks[i][extent], pan[extent]
     free = mask & (region == 0)
