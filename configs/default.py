@@ -119,6 +119,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.coco_backend = "pycocotools"
   # Where masks are pasted and painted: device | host | auto (the device unless on a CPU).
   config.eval.paste = "auto"
+  # Also write COCO-Stuff's official results (label-map PNGs + RLE JSON, evaluation/export.py).
+  config.eval.official_export = False
+  # Panoptic merge of `things_and_stuff` detections (detectron2's PanopticFPN defaults).
+  config.eval.panoptic = ml_collections.ConfigDict()
+  config.eval.panoptic.overlap_threshold = 0.5  # Most of a thing that may lie on others.
+  config.eval.panoptic.stuff_area_threshold = 4096  # Fewest pixels of a stuff segment.
+  config.eval.panoptic.instances_score_threshold = 0.5  # Lowest score of a thing segment.
 
   config.predict = ml_collections.ConfigDict()
   config.predict.input_dir = ""

@@ -149,6 +149,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from maskrcnn_jax.evaluation import coco_eval  # pylint: disable=g-import-not-at-top
   _in(config, "eval.coco_backend", coco_eval.BACKENDS)
   _in(config, "eval.paste", PASTE_PLACES)
+  _fraction(config, "eval.panoptic.overlap_threshold")
+  _positive(config, "eval.panoptic.stuff_area_threshold", zero_ok=True)
+  _fraction(config, "eval.panoptic.instances_score_threshold")
   _check(config.eval.num_images == -1 or config.eval.num_images > 0, "eval.num_images",
          config.eval.num_images, "must be -1 (all) or > 0")
   _fraction(config, "predict.score_threshold")
