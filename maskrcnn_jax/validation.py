@@ -90,6 +90,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0 <= model.freeze_at <= 5, "model.freeze_at", model.freeze_at,
          "must be in 0..5 (0: nothing, 1: stem, N: stem and res2..resN)")
   _positive(config, "model.fpn_channels")
+  _in(config, "model.input_format", ("RGB", "BGR"))
+  _positive(config, "model.rpn.min_size", zero_ok=True)
+  _positive(config, "model.roi_heads.min_size", zero_ok=True)
   _check(len(model.anchor_sizes) == 5 and all(s > 0 for s in model.anchor_sizes),
          "model.anchor_sizes", model.anchor_sizes, "must be 5 positive sizes (P2..P6)")
   _check(len(model.aspect_ratios) > 0 and all(r > 0 for r in model.aspect_ratios),

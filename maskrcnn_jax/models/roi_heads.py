@@ -183,6 +183,7 @@ class RoIHeads(nn.Module):
   mask_convs: int = 4
   mask_channels: int = 256
   score_threshold: float = 0.05
+  min_size: float = 1e-2  # Detections narrower or lower are dropped (torchvision; detectron2 0).
   nms_threshold: float = 0.5
   detections_per_image: int = 100
   dtype: Dtype = jnp.float32
@@ -272,7 +273,7 @@ class RoIHeads(nn.Module):
     boxes = box_ops.clip_boxes(boxes, image_hw[:, 0, None, None, None],
                                image_hw[:, 1, None, None, None])
     candidate = (rois_valid[..., None] & (scores > self.score_threshold)
-                 & ~box_ops.small_box_mask(boxes, 1e-2))
+                 & ~box_ops.small_box_mask(boxes, self.min_size))
     classes = jnp.broadcast_to(jnp.arange(1, self.num_classes, dtype=jnp.int32), scores.shape)
     b = rois.shape[0]
     boxes, scores = boxes.reshape(b, -1, 4), scores.reshape(b, -1)
