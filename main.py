@@ -44,7 +44,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
   try:
-    run.validate(FLAGS.config, FLAGS.mode)  # Before any distributed set-up or compile.
+    run.validate(FLAGS.config, FLAGS.mode, FLAGS.workdir)  # Before any set-up or compile.
     if run.is_multiprocess():
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only jobs.
       jax.distributed.initialize()

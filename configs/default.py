@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.root = ""  # ROOT/{train2017,val2017,annotations}: the COCO download layout.
   config.data.tfds_data_dir = ""  # Where the TFDS builder writes; default ROOT/tfds.
-  config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff
+  config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff | coco
   config.data.image_size = 1024  # Longest side resized to this, then padded to a square.
   config.data.max_instances = 100
   config.data.mask_size = 56  # GT masks stored cropped to their box at this size.
@@ -105,8 +105,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.profile_steps = 0  # >0: a profile of that many steps after the first log.
 
   config.init = ml_collections.ConfigDict()
-  config.init.checkpoint = ""  # Converted weights (maskrcnn_jax.weights.convert_torchvision).
-  config.init.scope = "backbone"  # backbone | full
+  # The study's start: detectron2's COCO Mask R-CNN R101-FPN 3x, converted once (README,
+  # "Pretrained weights"); a relative path is read from the directory main.py runs in.
+  # "random": start from random weights (tiny and demo configs). Not read on resume.
+  config.init.checkpoint = "weights/detectron2_mask_rcnn_R_101_FPN_3x"
+  # full: everything but the class layers, which keep their initialisation for classes the
+  # checkpoint lacks (all of them for stuff), as the study (matterport) loaded COCO weights.
+  config.init.scope = "full"  # backbone | full
 
   config.eval = ml_collections.ConfigDict()
   config.eval.checkpoint = ""  # Empty: the latest in the workdir.

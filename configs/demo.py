@@ -46,4 +46,5 @@ def get_config():
   config.train.eval_every_steps = 0
   config.train.val_loss_batches = 4
   config.eval.num_pictures = 4
+  config.init.checkpoint = "random"  # Synthetic data, no pretrained weights.
   return config

@@ -30,14 +30,24 @@ def is_multiprocess() -> bool:
   return False
 
 
-def validate(config: ml_collections.ConfigDict, mode: str) -> None:
-  """Raises ConfigError with one line naming the bad key; needs no devices."""
+def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None = None) -> None:
+  """Raises ConfigError with one line naming the bad key; needs no devices.
+
+  With `workdir`, also checks `init.checkpoint` when the run reads it (nothing to resume,
+  and for eval/predict no `eval.checkpoint`).
+  """
+  from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+
   if mode not in MODES:
     raise validation.ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
-  validation.validate(config)
+  validation.validate(config, needs_data=mode != "predict")
   if mode == "predict" and not config.predict.input_dir:
     raise validation.ConfigError(
         "config.predict.input_dir = '': --mode=predict needs a folder of images")
+  inference = mode in ("eval", "predict")
+  if workdir is not None and not checkpoint.has_checkpoint(workdir) and not (
+      inference and config.eval.checkpoint):
+    validation.validate_init_checkpoint(config, inference=inference)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -14,6 +14,7 @@ DEPTHS = (18, 34, 50, 101, 152)
 DTYPES = ("float32", "bfloat16")
 TRAINABLE_PRESETS = ("heads", "5+", "4+", "3+", "2+", "all")
 INIT_SCOPES = ("backbone", "full")
+RANDOM_INIT = "random"  # init.checkpoint of a run that starts from random weights.
 
 
 class ConfigError(ValueError):
@@ -66,8 +67,11 @@ def _check_trainable(key: str, trainable):
       _fail(key, pattern, f"not a valid regex ({e})")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError (one line: key, value, what is allowed) for an invalid config."""
+def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> None:
+  """Raises ConfigError (one line: key, value, what is allowed) for an invalid config.
+
+  `needs_data`: whether `data.root` must be set (not for `--mode=predict`).
+  """
   from maskrcnn_jax.data import categories  # pylint: disable=g-import-not-at-top
 
   _in(config, "data.class_set", categories.CLASS_SET_NAMES)
@@ -142,6 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "max_nonfinite_steps"):
     _positive(config, f"train.{key}")
 
+  _check(bool(config.init.checkpoint), "init.checkpoint", config.init.checkpoint,
+         f"must name converted weights (a directory) or be {RANDOM_INIT!r}")
   _in(config, "init.scope", INIT_SCOPES)
   _fraction(config, "eval.mask_threshold", closed=False)
   _fraction(config, "eval.score_threshold")
@@ -150,8 +156,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
          config.eval.num_images, "must be -1 (all) or > 0")
   _fraction(config, "predict.score_threshold")
   # Last: the study's default.py names no data, and a value error elsewhere comes first.
-  _check(bool(config.data.root), "data.root", config.data.root,
-         "must name the COCO-Stuff root (train2017/, val2017/, annotations/)")
+  if needs_data:
+    _check(bool(config.data.root), "data.root", config.data.root,
+           "must name the COCO-Stuff root (train2017/, val2017/, annotations/)")
+
+
+def validate_init_checkpoint(config: ml_collections.ConfigDict, *, inference: bool) -> None:
+  """`init.checkpoint` is what a run starts from: it must exist, or be 'random' to train.
+
+  Call it only when the run reads it: a fresh training run, or evaluation/prediction with
+  no checkpoint in the workdir and no `eval.checkpoint`.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  path = config.init.checkpoint
+  if path == RANDOM_INIT:
+    _check(not inference, "init.checkpoint", path, "evaluation and prediction need weights: a "
+           "checkpoint in the workdir, config.eval.checkpoint or converted weights")
+    return
+  _check(epath.Path(path).exists(), "init.checkpoint", path,
+         "no converted weights there; convert them once with `python -m "
+         "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl --output "
+         f"{path}` (README: Pretrained weights), or set {RANDOM_INIT!r} to start from random "
+         "weights")
 
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int) -> None:

@@ -36,6 +36,12 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
   return mngr.restore(step, args=args)["state"]
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints holds a completed step."""
+  path = epath.Path(workdir) / "checkpoints"
+  return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+
+
 def load_variables(path: str) -> dict[str, Any]:
   """Reads the `state` item of a checkpoint directory written by `save` as plain arrays.
 

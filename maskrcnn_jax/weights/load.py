@@ -86,6 +86,26 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
                layout=layout, class_set=class_set, require_classes=require_classes)
 
 
+def inference_variables(model, path: str, class_set: categories.ClassSet
+                        ) -> tuple[dict[str, Any], int]:
+  """(`params` and `frozen_bn` for `model`, training step or 0) from the checkpoint at `path`.
+
+  A training run's checkpoint or converted weights (mapped by their `classifier_layout`);
+  every class of `class_set` must come from the checkpoint. Leaves the checkpoint does not
+  fill (detectron2's unused background rows of box deltas and mask logits) are zero.
+  """
+  batch = {"image": np.zeros((1, 64, 64, 3), np.uint8),
+           "image_info": np.array([[64, 64, 1, 64, 64]], np.float32)}
+  shapes = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0), "sampling": jax.random.key(1)}, batch, train=False))
+  zeros = {c: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes[c]) for c in COLLECTIONS}
+  loaded = checkpoint.load_variables(path)
+  variables = merge(zeros, loaded, scope="full", source=path,
+                    layout=checkpoint.load_metadata(path).get("classifier_layout"),
+                    class_set=class_set, require_classes=True)
+  return {c: variables[c] for c in COLLECTIONS}, int(loaded.get("step", 0))
+
+
 def merge(variables: Mapping[str, Any], loaded: Mapping[str, Any], *, scope: str,
           source: str = "checkpoint", layout: str | None = None,
           class_set: categories.ClassSet | None = None,

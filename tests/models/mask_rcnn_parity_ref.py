@@ -2,7 +2,9 @@
 
   .venv-torch/bin/python tests/models/mask_rcnn_parity_ref.py SPEC_JSON OUT.npz
 
-A seeded ResNet-18 FPN Mask R-CNN on a seeded S x S image, eval mode. Writes `image`, the
+A seeded ResNet-18 FPN Mask R-CNN on a seeded H x W image (spec `height`, `width`, both
+at most S; default S x S), eval mode, its batch padded to S x S (`size_divisible` S: the
+padding our model sees) with the normalised value 0. Writes `image`, the
 state dict as `state/KEY`, FPN `features/I`, `proposals` and the
 detections `boxes`, `scores`, `labels`, `masks` [N, 28, 28].
 """
@@ -56,10 +58,12 @@ def build(s, num_classes, mean, std, sizes):
 
 def main(spec, out_path):
   s = spec["size"]
+  h, w = spec.get("height", s), spec.get("width", s)
   rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
-  image[20:70, 30:100] = (250, 30, 30)  # Some structure for the proposals to find.
+  image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  image[20:70, 30:90] = (250, 30, 30)  # Some structure for the proposals to find.
   model = build(s, spec["num_classes"], spec["mean"], spec["std"], spec["sizes"])
+  model.transform.size_divisible = s
   with torch.no_grad():
     images, _ = model.transform([torch.from_numpy(image).permute(2, 0, 1).float() / 255])
     features = model.backbone(images.tensors)

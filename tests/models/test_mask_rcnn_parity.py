@@ -1,7 +1,8 @@
 """The model against torchvision's Mask R-CNN with the same (converted) random weights.
 
-A ResNet-18 FPN Mask R-CNN at 128 px, eval mode: FPN features, RPN outputs, proposals,
-detections and 28x28 masks agree. torchvision runs in its own process
+A ResNet-18 FPN Mask R-CNN at 128 px, eval mode, on a square, a 4:3 and a 3:4 image padded
+to 128 x 128 (torchvision pads its normalised batch with 0, the mean colour; so does the
+model): FPN features, RPN outputs, proposals, detections and 28x28 masks agree. torchvision runs in its own process
 (mask_rcnn_parity_ref.py, the `torch_reference` fixture of tests/conftest.py).
 """
 
@@ -95,27 +96,32 @@ def _group(ref, prefix):
   return {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
 
 
-@pytest.fixture(scope="module")
-def reference(torch_reference):
-  return torch_reference(REF, size=S, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
-                         sizes=SIZES)
+@pytest.fixture(scope="module", params=[(S, S), (96, S), (S, 96)],
+                ids=["square", "4:3", "3:4"])
+def reference(torch_reference, request):
+  height, width = request.param
+  return torch_reference(REF, size=S, height=height, width=width, num_classes=NUM_CLASSES,
+                         mean=MEAN, std=STD, sizes=SIZES)
 
 
 @pytest.fixture(scope="module")
 def outputs(reference):
   image = reference["image"]
+  h, w = image.shape[:2]
   features = _group(reference, "features/")
   torch_out = {"features": [features[str(i)] for i in range(len(features))],
                "proposals": reference["proposals"],
                "detections": {k: reference[k] for k in ("boxes", "scores", "labels", "masks")}}
   model = _jax_model()
   variables = convert(_group(reference, "state/"))
-  batch = {"image": image[None], "image_info": np.array([[S, S, 1.0, S, S]], np.float32)}
+  padded = np.zeros((1, S, S, 3), np.uint8)  # Black: the model must make it the mean.
+  padded[0, :h, :w] = image
+  batch = {"image": padded, "image_info": np.array([[h, w, 1.0, h, w]], np.float32)}
   jax_out = jax.jit(lambda v, b: model.apply(v, b, train=False))(variables, batch)
+  x = np.zeros((1, S, S, 3), np.float32)
+  x[0, :h, :w] = (image - np.array(model.pixel_mean)) / np.array(model.pixel_std)
   jax_features = jax.jit(lambda v, x: model.apply(
-      v, x, method=lambda m, x: m.fpn(m.backbone(x))))(
-          variables, (image[None].astype(np.float32) - np.array(model.pixel_mean))
-          / np.array(model.pixel_std))
+      v, x, method=lambda m, x: m.fpn(m.backbone(x))))(variables, x)
   return torch_out, jax_out, jax_features
 
 
