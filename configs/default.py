@@ -74,7 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.roi_heads.positive_fraction = 0.25
   config.model.roi_heads.fg_iou = 0.5
   config.model.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)
-  config.model.roi_heads.sampling_ratio = 2
+  config.model.roi_heads.sampling_ratio = 2  # 0: adaptive, as detectron2 (roi_align.py).
+  config.model.roi_heads.max_sampling_ratio = 8  # Cap of adaptive samples per bin (counted).
   config.model.roi_heads.aligned = True
   config.model.roi_heads.fc_dim = 1024
   config.model.roi_heads.mask_convs = 4

@@ -52,6 +52,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int) -> MaskRCNN:
           num_classes=num_classes, rois_per_image=h.rois_per_image,
           positive_fraction=h.positive_fraction, fg_iou=h.fg_iou,
           box_weights=tuple(h.box_weights), sampling_ratio=h.sampling_ratio,
+          max_sampling_ratio=h.max_sampling_ratio,
           aligned=h.aligned, fc_dim=h.fc_dim, mask_convs=h.mask_convs,
           mask_channels=h.mask_channels, score_threshold=h.score_threshold,
           min_size=h.min_size,

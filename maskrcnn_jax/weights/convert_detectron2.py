@@ -6,6 +6,11 @@
       --input model_final_a3ec72.pkl --output /ckpt/d2_r101_fpn_coco   # mask_rcnn_R_101_FPN_3x
   python -m maskrcnn_jax.weights.convert_detectron2 --input R-101.pkl --output /ckpt/r101_msra
 
+The files (detectron2's MODEL_ZOO.md), https://dl.fbaipublicfiles.com/detectron2/ +
+  COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl
+  COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x/138205316/model_final_a3ec72.pkl
+  ImageNetPretrained/MSRA/R-50.pkl, ImageNetPretrained/MSRA/R-101.pkl
+
 Two kinds of file are read, both plain pickles of numpy arrays (no torch needed):
 
 - a detectron2 model: `{"model": {name: array}, "__author__": ...}` with detectron2's
@@ -36,11 +41,13 @@ the `config.model` value that reproduces it (configs/detectron2_r101_fpn.py):
   - Anchors are not rounded (DefaultAnchorGenerator, OFFSET 0): `round_anchors=False`.
   - RPN: proposals kept if width and height > 0 (MIN_SIZE 0; torchvision >= 1e-3):
     `rpn.min_size=1e-7` (float32 pixel coordinates have no width in (0, 1e-7) in practice).
+    Proposals are ranked by logit there and by sigmoid here: logits above ~17 tie at 1.0.
   - Box head: no small-box removal before NMS (torchvision drops width or height < 1e-2):
     `roi_heads.min_size=0`.
   - RoIAlign: POOLER_SAMPLING_RATIO 0, i.e. adaptive ceil(box side / bins) samples per bin
-    (torchvision 2, the model's default): `roi_heads.sampling_ratio=0` (models/roi_heads.py).
-    aligned=True (ROIAlignV2), as the model's default; torchvision False.
+    (torchvision 2, the model's default): `roi_heads.sampling_ratio=0`, static shapes cap
+    it at `roi_heads.max_sampling_ratio` (8; the detections count the capped boxes,
+    `num_capped_rois`). aligned=True (ROIAlignV2), as the model's default; torchvision False.
   - Background is the last class logit; no background box deltas or mask logits: the
     checkpoint's `classifier_layout`, mapped at load time.
   - The same: FPN sum fusion, nearest 2x top-down upsampling, P6 = max-pool(P5, 1, stride 2);
@@ -81,6 +88,7 @@ BN_EPS = 1e-5  # detectron2's FrozenBatchNorm2d.
 _SAFE_GLOBALS = frozenset([
     *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
       for n in ("_reconstruct", "scalar")),
+    *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),  # Protocol 5.
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # Protocol 2 writes bytes (the arrays' data) this way.

@@ -38,7 +38,7 @@ def random_value(key: str, shape, seed: int) -> np.ndarray:
   fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
   if re.search(r"\.deconv\.weight$", key):  # ConvTranspose2d [in, out, kh, kw].
     fan_in = shape[0]
-  layer = key.rsplit(".", 2)[-2]
+  layer = key.split(".")[-2] if "." in key else key
   std = np.sqrt(2.0 / fan_in) * _SCALE.get(layer, 1.0)
   return rng.normal(0.0, std, shape).astype(np.float32)
 
@@ -46,6 +46,26 @@ def random_value(key: str, shape, seed: int) -> np.ndarray:
 def random_state(shapes: dict, seed: int) -> dict:
   """{key: shape} -> {key: float32 array} (`random_value` of each)."""
   return {k: random_value(k, s, seed) for k, s in shapes.items()}
+
+
+def caffe2_resnet_shapes(blocks) -> dict:
+  """{Caffe2 blob name: shape} of an MSRA ImageNet ResNet (`R-50.pkl`), `blocks` per stage."""
+  shapes = {"conv1_w": (64, 3, 7, 7), "res_conv1_bn_s": (64,), "res_conv1_bn_b": (64,),
+            "fc1000_w": (1000, 2048), "fc1000_b": (1000,)}
+  cin = 64
+  for stage, count in enumerate(blocks, 2):
+    width = 64 * 2**(stage - 2)
+    for i in range(count):
+      prefix = f"res{stage}_{i}_"
+      convs = {"branch2a": (width, cin, 1, 1), "branch2b": (width, width, 3, 3),
+               "branch2c": (4 * width, width, 1, 1)}
+      if i == 0:
+        convs["branch1"] = (4 * width, cin, 1, 1)
+      for name, shape in convs.items():
+        shapes[f"{prefix}{name}_w"] = shape
+        shapes[f"{prefix}{name}_bn_s"] = shapes[f"{prefix}{name}_bn_b"] = shape[:1]
+      cin = 4 * width
+  return shapes
 
 
 def image(height: int, width: int, seed: int) -> np.ndarray:
