@@ -1,8 +1,8 @@
 """Regenerates tests/weights/goldens/detectron2_r50_fpn.npz with detectron2's own code.
 
-  python3 -m venv /tmp/d2venv   # torch + torchvision as requirements-torch.txt, plus
-  /tmp/d2venv/bin/pip install -r requirements-detectron2.txt
-  git clone https://github.com/facebookresearch/detectron2 /tmp/d2src  # at COMMIT below
+  python3 -m venv /tmp/d2venv && /tmp/d2venv/bin/pip install -r requirements-detectron2.txt
+  git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
+  git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The golden's.
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
       '{"depth": 50, "size": 320, "images": [[240, 320], [320, 240]], "seed": 0,
         "sampling_ratio": 0}' tests/weights/goldens/detectron2_r50_fpn.npz
