@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pixel_std = (58.395, 57.12, 57.375)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
+  # What detectron2's weights need (maskrcnn_jax/weights/convert_detectron2.py lists all).
+  config.model.input_format = "RGB"  # RGB | BGR: channels reversed before normalisation.
+  config.model.stride_in_1x1 = False  # Bottlenecks stride in the first 1x1 conv (MSRA).
+  config.model.round_anchors = True  # torchvision rounds base anchors; detectron2 does not.
   config.model.rpn = ml_collections.ConfigDict()
   config.model.rpn.fg_iou = 0.7
   config.model.rpn.bg_iou = 0.3
@@ -70,12 +74,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.roi_heads.positive_fraction = 0.25
   config.model.roi_heads.fg_iou = 0.5
   config.model.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)
-  config.model.roi_heads.sampling_ratio = 2
+  config.model.roi_heads.sampling_ratio = 2  # 0: adaptive, as detectron2 (roi_align.py).
+  config.model.roi_heads.max_sampling_ratio = 8  # Cap of adaptive samples per bin (counted).
   config.model.roi_heads.aligned = True
   config.model.roi_heads.fc_dim = 1024
   config.model.roi_heads.mask_convs = 4
   config.model.roi_heads.mask_channels = 256  # Channels of the mask convs and deconv.
   config.model.roi_heads.score_threshold = 0.05
+  config.model.roi_heads.min_size = 1e-2  # Smaller detections dropped (detectron2: 0).
   config.model.roi_heads.nms_threshold = 0.5
   config.model.roi_heads.detections_per_image = 100
 

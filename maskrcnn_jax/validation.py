@@ -94,6 +94,10 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
   _check(0 <= model.freeze_at <= 5, "model.freeze_at", model.freeze_at,
          "must be in 0..5 (0: nothing, 1: stem, N: stem and res2..resN)")
   _positive(config, "model.fpn_channels")
+  _in(config, "model.input_format", ("RGB", "BGR"))
+  _positive(config, "model.rpn.min_size", zero_ok=True)
+  _positive(config, "model.roi_heads.min_size", zero_ok=True)
+  _positive(config, "model.roi_heads.sampling_ratio", zero_ok=True)
   _check(len(model.anchor_sizes) == 5 and all(s > 0 for s in model.anchor_sizes),
          "model.anchor_sizes", model.anchor_sizes, "must be 5 positive sizes (P2..P6)")
   _check(len(model.aspect_ratios) > 0 and all(r > 0 for r in model.aspect_ratios),
@@ -108,7 +112,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
          f"must be <= model.rpn.fg_iou ({model.rpn.fg_iou})")
   for key in ("rpn.samples_per_image", "rpn.pre_nms_topk_train", "rpn.pre_nms_topk_test",
               "rpn.post_nms_topk_train", "rpn.post_nms_topk_test", "roi_heads.rois_per_image",
-              "roi_heads.sampling_ratio", "roi_heads.fc_dim", "roi_heads.mask_convs",
+              "roi_heads.max_sampling_ratio", "roi_heads.fc_dim", "roi_heads.mask_convs",
               "roi_heads.detections_per_image"):
     _positive(config, f"model.{key}")
   candidates = model.rpn.post_nms_topk_train + config.data.max_instances

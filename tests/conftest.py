@@ -37,17 +37,22 @@ def optimized(request):
 
 @pytest.fixture(scope="session")
 def torch_reference(tmp_path_factory):
-  """`run(script, **spec) -> {name: array}`: a reference script's output (torch_parity.py)."""
+  """`run(script, inputs=None, **spec) -> {name: array}`: a reference script's output.
+
+  `inputs` ({name: array}) reach the script as the npz file `spec["inputs"]`
+  (tests/torch_parity.py).
+  """
   python, why = torch_parity.torch_python()
   if python is None:
     pytest.skip(why)
 
-  def run(script, **spec):
+  def run(script, inputs=None, **spec):
     out = tmp_path_factory.mktemp("torch_reference") / "out.npz"
     try:
-      return torch_parity.run(python, script, spec, str(out))
-    finally:
-      out.unlink(missing_ok=True)  # Reference weights are large; the arrays are in memory.
+      return torch_parity.run(python, script, spec, str(out), inputs)
+    finally:  # Reference weights are large; the arrays are in memory.
+      out.unlink(missing_ok=True)
+      out.with_name(out.name + ".inputs.npz").unlink(missing_ok=True)
 
   return run
 

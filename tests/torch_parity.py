@@ -3,7 +3,8 @@
 tensorflow and torch in one process segfault, so no test process imports torch: a parity
 test runs a reference script (plain torch + numpy, no package import) with
 `.venv-torch/bin/python` (`make torch-venv`; another with MASKRCNN_JAX_TORCH_PYTHON) and
-reads the arrays it writes. The script's command line is `SCRIPT SPEC_JSON OUT_NPZ`.
+reads the arrays it writes. The script's command line is `SCRIPT SPEC_JSON OUT_NPZ`;
+input arrays, if any, are in the npz file `spec["inputs"]`.
 """
 
 import functools
@@ -32,8 +33,12 @@ def torch_python() -> tuple[str | None, str]:
   return python, ""
 
 
-def run(python: str, script: str, spec: dict, out_path: str) -> dict[str, np.ndarray]:
-  """Runs `script` (a path under the repository) with `spec`; its npz output as arrays."""
+def run(python: str, script: str, spec: dict, out_path: str,
+        inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  """Runs `script` (a path under the repository) with `spec` and `inputs`; its npz output."""
+  if inputs:
+    spec = {**spec, "inputs": out_path + ".inputs.npz"}
+    np.savez(spec["inputs"], **inputs)
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
   proc = subprocess.run([python, os.path.join(ROOT, script), json.dumps(spec), out_path],
                         capture_output=True, text=True, cwd=ROOT, env=env, check=False)

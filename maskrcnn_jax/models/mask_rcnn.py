@@ -26,9 +26,11 @@ class MaskRCNN(nn.Module):
 
   Attributes:
     backbone, fpn, rpn, roi_heads: the parts; their parameters live under those names.
-    pixel_mean, pixel_std: RGB normalisation of the uint8 image, in 0..255 units. The
-      padding (outside `image_info`'s valid size) is 0 after it, i.e. the mean colour, as
-      torchvision and detectron2 pad their normalised batches.
+    pixel_mean, pixel_std: normalisation of the uint8 image, in 0..255 units, in the
+      channel order of `input_format`. The padding (outside `image_info`'s valid size) is
+      0 after it, i.e. the mean colour, as torchvision and detectron2 pad their batches.
+    input_format: "RGB" (images as they come), or "BGR": the channels are reversed before
+      normalisation, for backbones trained on BGR images (detectron2's).
     dtype: compute dtype of the image fed to the backbone.
   """
   backbone: resnet.ResNet
@@ -37,6 +39,7 @@ class MaskRCNN(nn.Module):
   roi_heads: roi_heads_lib.RoIHeads
   pixel_mean: tuple[float, float, float] = (123.7, 116.8, 103.9)
   pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+  input_format: str = "RGB"
   dtype: Dtype = jnp.float32
 
   def __call__(self, batch: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
@@ -57,6 +60,10 @@ class MaskRCNN(nn.Module):
     image = batch["image"]
     if image.ndim != 4 or image.shape[-1] != 3:
       raise ValueError(f"batch['image'] must be [B, S, S, 3], got {image.shape}")
+    if self.input_format not in ("RGB", "BGR"):
+      raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
+    if self.input_format == "BGR":
+      image = image[..., ::-1]
     mean = jnp.asarray(self.pixel_mean, jnp.float32)
     std = jnp.asarray(self.pixel_std, jnp.float32)
     x = (image.astype(jnp.float32) - mean) / std
