@@ -103,6 +103,7 @@ def make_batch(batch: int, size: int, instances: int, mask_size: int, seed: int 
 def _config(depth: int, size: int):
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
+  default.torchvision_weights(config.model)  # torchvision's model is the peer.
   config.model.depth = depth
   config.data.image_size = size
   return config

@@ -50,6 +50,7 @@ def _peak_rss_mb() -> float:
 def _config(depth: int, size: int):
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
+  default.torchvision_weights(config.model)  # torchvision's model is the peer.
   config.model.depth = depth
   config.data.image_size = size
   return config

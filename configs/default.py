@@ -1,5 +1,10 @@
 """The study: Mask R-CNN R101-FPN on COCO-Stuff 2017 stuff classes, 3-stage fine-tuning.
 
+It starts from detectron2's COCO Mask R-CNN R101-FPN 3x, converted once to
+`init.checkpoint` (README, "Pretrained weights"), with the model options those weights
+need (`detectron2_weights`); `--config.init.checkpoint=random` starts from random weights
+(then `torchvision_weights` normalises the input better).
+
 Where the study is silent it ran matterport Mask_RCNN's defaults; those are the values
 below (1024² "square" input, 128 RoIs, gradient clip 5.0). The
 model code follows the canonical detectron2/torchvision numbers, so only config values
@@ -12,6 +17,27 @@ import ml_collections
 def stage(name: str, trainable, *, steps: int, lr: float) -> ml_collections.ConfigDict:
   """One fine-tuning stage: `trainable` is a preset (heads, 5+, 4+, 3+, all) or regexes."""
   return ml_collections.ConfigDict(dict(name=name, trainable=trainable, steps=steps, lr=lr))
+
+
+def detectron2_weights(model: ml_collections.ConfigDict) -> None:
+  """The `config.model` values detectron2's converted weights need to compute their features:
+  BGR input with its pixel mean and std 1, stride in the bottlenecks' first 1x1 conv, unrounded
+  anchors (maskrcnn_jax/weights/convert_detectron2.py lists every difference)."""
+  model.input_format = "BGR"  # RGB | BGR: channels reversed before normalisation.
+  model.pixel_mean = (103.530, 116.280, 123.675)  # In input_format order, 0..255 units.
+  model.pixel_std = (1.0, 1.0, 1.0)
+  model.stride_in_1x1 = True  # Bottlenecks stride in the first 1x1 conv (MSRA).
+  model.round_anchors = False  # torchvision rounds base anchors; detectron2 does not.
+
+
+def torchvision_weights(model: ml_collections.ConfigDict) -> None:
+  """The same values for torchvision's weights, and for random starts (whose input this
+  normalises): RGB, ImageNet mean and std, stride in the 3x3 conv, rounded anchors."""
+  model.input_format = "RGB"
+  model.pixel_mean = (123.675, 116.28, 103.53)
+  model.pixel_std = (58.395, 57.12, 57.375)
+  model.stride_in_1x1 = False
+  model.round_anchors = True
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -48,16 +74,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.freeze_at = 2  # Stem (1) and res2 (2) always frozen, as detectron2.
   config.model.remat = False
   config.model.fpn_channels = 256
-  # ImageNet statistics in 0..255 units, as the torchvision weights the backbone starts
-  # from expect. (matterport subtracted its MEAN_PIXEL only, matching its caffe weights.)
-  config.model.pixel_mean = (123.675, 116.28, 103.53)
-  config.model.pixel_std = (58.395, 57.12, 57.375)
+  # Input normalisation, bottleneck stride and anchor rounding follow the weights the run
+  # starts from (init.checkpoint): detectron2's here (matterport subtracted its MEAN_PIXEL
+  # only, as detectron2 does, for the same caffe-style weights); torchvision_weights() for
+  # torchvision's or a random start.
+  detectron2_weights(config.model)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
-  # What detectron2's weights need (maskrcnn_jax/weights/convert_detectron2.py lists all).
-  config.model.input_format = "RGB"  # RGB | BGR: channels reversed before normalisation.
-  config.model.stride_in_1x1 = False  # Bottlenecks stride in the first 1x1 conv (MSRA).
-  config.model.round_anchors = True  # torchvision rounds base anchors; detectron2 does not.
   config.model.rpn = ml_collections.ConfigDict()
   config.model.rpn.fg_iou = 0.7
   config.model.rpn.bg_iou = 0.3

@@ -31,8 +31,7 @@ def get_config():
   config.model.fpn_channels = 256
   # ImageNet mean / std x 255: torchvision normalises 0-1 images by (0.485, 0.456, 0.406)
   # and (0.229, 0.224, 0.225).
-  config.model.pixel_mean = (123.675, 116.28, 103.53)
-  config.model.pixel_std = (58.395, 57.12, 57.375)
+  default.torchvision_weights(config.model)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
 

@@ -4,13 +4,15 @@ import pytest
 
 from configs import default
 from configs import demo
+from configs import detectron2_r101_fpn
 from configs import tiny
 from configs import torchvision_r50_fpn
 from maskrcnn_jax import validation
 
 
 @pytest.mark.parametrize("get_config", [default.get_config, demo.get_config, tiny.get_config,
-                                        torchvision_r50_fpn.get_config])
+                                        torchvision_r50_fpn.get_config,
+                                        detectron2_r101_fpn.get_config])
 def test_shipped_configs_are_valid(get_config):
   config = get_config()
   config.data.root = config.data.root or "/data/coco"  # default.py names no data.

@@ -77,6 +77,7 @@ def convert(state_dict):
 
 def _jax_model():
   config = default.get_config().model
+  default.torchvision_weights(config)
   config.depth = 18
   config.fpn_channels = 256
   config.pixel_mean = tuple(255 * m for m in MEAN)
