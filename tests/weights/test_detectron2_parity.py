@@ -21,7 +21,7 @@ import json
 import os
 import pickle
 
-from configs import default
+from configs import detectron2_r101_fpn
 import jax
 import numpy as np
 import pytest
@@ -35,27 +35,6 @@ import detectron2_states
 
 pytestmark = pytest.mark.parity
 GOLDEN = os.path.join(os.path.dirname(__file__), "goldens", "detectron2_r50_fpn.npz")
-
-
-def detectron2_model_config(depth: int):
-  """config.model for detectron2's mask_rcnn_R_{depth}_FPN_3x (convert_detectron2's list)."""
-  config = default.get_config().model
-  config.depth = depth
-  config.input_format = "BGR"
-  config.pixel_mean = (103.530, 116.280, 123.675)
-  config.pixel_std = (1.0, 1.0, 1.0)
-  config.stride_in_1x1 = True
-  config.round_anchors = False
-  config.rpn.pre_nms_topk_test = config.rpn.post_nms_topk_test = 1000
-  config.rpn.nms_threshold = 0.7
-  config.rpn.min_size = 1e-7
-  heads = config.roi_heads
-  heads.sampling_ratio = 0
-  heads.max_sampling_ratio = 12  # Thin boxes of the test images need 12 (none capped).
-  heads.aligned = True
-  heads.min_size = 0.0
-  heads.score_threshold, heads.nms_threshold, heads.detections_per_image = 0.05, 0.5, 100
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +64,10 @@ def outputs(golden, tmp_path_factory):
   with open(pkl, "wb") as f:
     pickle.dump({"model": state, "__author__": "seeded random"}, f)
   conv.convert_file(pkl, str(tmp / "converted"))
-  config = detectron2_model_config(spec["depth"])
+  config = detectron2_r101_fpn.get_config().model
+  config.depth = spec["depth"]
   config.roi_heads.sampling_ratio = spec["sampling_ratio"]
+  config.roi_heads.max_sampling_ratio = 12  # Thin boxes of the test images need 12.
   coco = categories.get_class_set("coco")
   model = models.build(config, num_classes=len(coco.coco_ids) + 1)
   variables, _ = load.inference_variables(model, str(tmp / "converted"), coco)
