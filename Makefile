@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= /tmp/maskrcnn_jax_demo/workdir
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv torch-venv clean
 
 venv: $(VENV)/.installed
 
@@ -16,11 +16,28 @@ $(VENV)/.installed: requirements.lock setup.cfg pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
+# The torch reference venv for the parity tests and bench/ (torch is never imported next to
+# tensorflow: tests run its python in a subprocess). The stamp is written only after the
+# install and an import check succeeded; a venv without it, or whose torch no longer imports,
+# is repaired (or made afresh when its python or pip does not run).
+TORCH_VENV := .venv-torch
+TORCH_PY := $(TORCH_VENV)/bin/python
+
+torch-venv:
+	@$(TORCH_PY) -c "import torch, torchvision" 2>/dev/null || rm -f $(TORCH_VENV)/.installed
+	@$(MAKE) --no-print-directory $(TORCH_VENV)/.installed
+
+$(TORCH_VENV)/.installed: requirements-torch.txt
+	$(TORCH_PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(TORCH_VENV) && $(PYTHON) -m venv $(TORCH_VENV); }
+	$(TORCH_PY) -m pip install -q --disable-pip-version-check -r requirements-torch.txt
+	$(TORCH_PY) -c "import torch, torchvision"
+	touch $@
+
 demo: venv
 	$(PY) main.py --config configs/demo.py --workdir $(WORKDIR) --mode train_and_eval
 
-test: venv
+test: venv torch-venv
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(TORCH_VENV) *.egg-info

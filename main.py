@@ -64,7 +64,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
   try:
-    run.validate(FLAGS.config, FLAGS.mode)  # Before any distributed set-up or compile.
+    run.validate(FLAGS.config, FLAGS.mode, FLAGS.workdir)  # Before any set-up or compile.
     if FLAGS.mode in ("train", "train_and_eval"):
       run.check_resume(FLAGS.config, FLAGS.workdir)
     distributed.initialize(distributed.detect(), timeout_s=FLAGS.join_timeout)

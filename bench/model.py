@@ -1,7 +1,7 @@
 """Whole-model timings: one training step and one inference, JAX next to torchvision.
 
   python -m bench.model [--depths 50,101] [--sizes 512,1024] [--batches 1,2]
-                        [--torch_python /work/torchvenv/bin/python]
+                        [--torch_python .venv-torch/bin/python]
 
 Each (depth, image size, batch) runs in a fresh subprocess, so peak RSS is its own. The
 JAX side builds `models.build(configs/default.py model)` at that depth (RoI and proposal
@@ -103,6 +103,7 @@ def make_batch(batch: int, size: int, instances: int, mask_size: int, seed: int 
 def _config(depth: int, size: int):
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
+  default.torchvision_weights(config.model)  # torchvision's model is the peer.
   config.model.depth = depth
   config.data.image_size = size
   return config

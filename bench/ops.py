@@ -1,6 +1,6 @@
 """Timings of the detection ops next to torchvision's on the same data.
 
-  python -m bench.ops [--torch_python /work/torchvenv/bin/python] [--boxes 1000]
+  python -m bench.ops [--torch_python .venv-torch/bin/python] [--boxes 1000]
 
 RoIAlign: `--boxes` boxes pooled from P2-P5 of an `--image`² image with `--channels`
 channels, sampling ratio 2, outputs 7x7 and 14x14, forward and forward + backward
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bench
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import nms as nms_ops
@@ -191,7 +192,7 @@ def torch_rows(data, args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--torch_python", default="/work/torchvenv/bin/python")
+  parser.add_argument("--torch_python", default=bench.TORCH_PYTHON)
   parser.add_argument("--torch_threads", type=int, default=2)
   parser.add_argument("--image", type=int, default=1024)
   parser.add_argument("--channels", type=int, default=256)

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+import bench
 from bench import run as bench_run
 
 
@@ -116,7 +117,7 @@ def main():
   parser.add_argument("--size", type=int, default=512)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--num_classes", type=int, default=93)
-  parser.add_argument("--torch_python", default="/work/torchvenv/bin/python")
+  parser.add_argument("--torch_python", default=bench.TORCH_PYTHON)
   parser.add_argument("--torch_threads", type=int, default=2)
   parser.add_argument("--set", action="append", default=[], dest="raw_set")
   parser.add_argument("--single", default="", help=argparse.SUPPRESS)

@@ -2,7 +2,7 @@
 
   python -m bench.run --what train,infer,pipeline --depth 50,101 --size 512,800,1024
                       [--batch 1,2] [--infer_batch 1] [--steps 3] [--warmup 1]
-                      [--torch_python /work/torchvenv/bin/python]
+                      [--torch_python .venv-torch/bin/python]
 
 Every case (side, train|infer, depth, size, batch) runs in a fresh subprocess, so its
 peak RSS is its own. Both sides see the same synthetic batch (random pixels, a few random
@@ -23,8 +23,8 @@ Times are the median of `--steps` timed steps after `--warmup` untimed ones ("be
 the ratio of the fastest steps, less sensitive to other jobs on a shared machine); "compile"
 is JAX lowering + XLA compilation (torchvision: its first step). torchvision runs with
 `torch.set_num_threads(--torch_threads)`, JAX with XLA's CPU default (all cores). The
-ratio is torchvision time / ours: above 1 we are faster. If `--torch_python` is missing
-a venv is created there with torch and torchvision (never a package dependency).
+ratio is torchvision time / ours: above 1 we are faster. The default `--torch_python`,
+`.venv-torch` in the checkout, is made or repaired by `make torch-venv` first.
 """
 
 import argparse
@@ -40,10 +40,8 @@ from typing import Any
 
 import numpy as np
 
+import bench
 from bench import model as bench_model
-
-TORCH_VERSIONS = ("torch==2.14.1", "torchvision==0.29.1")
-
 
 def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -52,6 +50,7 @@ def _peak_rss_mb() -> float:
 def _config(depth: int, size: int):
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
+  default.torchvision_weights(config.model)  # torchvision's model is the peer.
   config.model.depth = depth
   config.data.image_size = size
   return config
@@ -316,14 +315,11 @@ def pipeline_rate(size: int, args) -> tuple[float, str]:
 
 
 def ensure_torch_python(path: str) -> str:
-  """`path` or, when it does not exist, a new venv's python with torch + torchvision."""
-  if os.path.exists(path):
-    return path
-  venv = os.path.dirname(os.path.dirname(path))
-  print(f"creating the torch venv {venv} ...", flush=True)
-  subprocess.run(["python3", "-m", "venv", venv], check=True)
-  subprocess.run([os.path.join(venv, "bin", "pip"), "install", *TORCH_VERSIONS, "numpy"],
-                 check=True)
+  """`path`; the default (the checkout's `.venv-torch`) is made or repaired first."""
+  if path == bench.TORCH_PYTHON:
+    subprocess.run(["make", "-C", bench.ROOT, "--no-print-directory", "torch-venv"], check=True)
+  elif not os.path.exists(path):
+    raise SystemExit(f"--torch_python {path} does not exist")
   return path
 
 
@@ -377,7 +373,7 @@ def main():
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
   parser.add_argument("--instances", type=int, default=8, help="GT boxes per image")
   parser.add_argument("--num_classes", type=int, default=93, help="with the background")
-  parser.add_argument("--torch_python", default="/work/torchvenv/bin/python")
+  parser.add_argument("--torch_python", default=bench.TORCH_PYTHON)
   parser.add_argument("--torch_threads", type=int, default=2)
   parser.add_argument("--pipeline_images", type=int, default=48)
   parser.add_argument("--pipeline_steps", type=int, default=10)

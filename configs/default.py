@@ -1,5 +1,10 @@
 """The study: Mask R-CNN R101-FPN on COCO-Stuff 2017 stuff classes, 3-stage fine-tuning.
 
+It starts from detectron2's COCO Mask R-CNN R101-FPN 3x, converted once to
+`init.checkpoint` (README, "Pretrained weights"), with the model options those weights
+need (`detectron2_weights`); `--config.init.checkpoint=random` starts from random weights
+(then `torchvision_weights` normalises the input better).
+
 Where the study is silent it ran matterport Mask_RCNN's defaults; those are the values
 below (1024² "square" input, 128 RoIs, gradient clip 5.0). The
 model code follows the canonical detectron2/torchvision numbers, so only config values
@@ -14,6 +19,27 @@ def stage(name: str, trainable, *, steps: int, lr: float) -> ml_collections.Conf
   return ml_collections.ConfigDict(dict(name=name, trainable=trainable, steps=steps, lr=lr))
 
 
+def detectron2_weights(model: ml_collections.ConfigDict) -> None:
+  """The `config.model` values detectron2's converted weights need to compute their features:
+  BGR input with its pixel mean and std 1, stride in the bottlenecks' first 1x1 conv, unrounded
+  anchors (maskrcnn_jax/weights/convert_detectron2.py lists every difference)."""
+  model.input_format = "BGR"  # RGB | BGR: channels reversed before normalisation.
+  model.pixel_mean = (103.530, 116.280, 123.675)  # In input_format order, 0..255 units.
+  model.pixel_std = (1.0, 1.0, 1.0)
+  model.stride_in_1x1 = True  # Bottlenecks stride in the first 1x1 conv (MSRA).
+  model.round_anchors = False  # torchvision rounds base anchors; detectron2 does not.
+
+
+def torchvision_weights(model: ml_collections.ConfigDict) -> None:
+  """The same values for torchvision's weights, and for random starts (whose input this
+  normalises): RGB, ImageNet mean and std, stride in the 3x3 conv, rounded anchors."""
+  model.input_format = "RGB"
+  model.pixel_mean = (123.675, 116.28, 103.53)
+  model.pixel_std = (58.395, 57.12, 57.375)
+  model.stride_in_1x1 = False
+  model.round_anchors = True
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -21,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.root = ""  # ROOT/{train2017,val2017,annotations}: the COCO download layout.
   config.data.tfds_data_dir = ""  # Where the TFDS builder writes; default ROOT/tfds.
-  config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff
+  config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff | coco
   config.data.image_size = 1024  # Longest side resized to this, then padded to a square.
   config.data.max_instances = 100
   config.data.mask_size = 56  # GT masks stored cropped to their box at this size.
@@ -50,10 +76,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.freeze_at = 2  # Stem (1) and res2 (2) always frozen, as detectron2.
   config.model.remat = False
   config.model.fpn_channels = 256
-  # ImageNet statistics in 0..255 units, as the torchvision weights the backbone starts
-  # from expect. (matterport subtracted its MEAN_PIXEL only, matching its caffe weights.)
-  config.model.pixel_mean = (123.675, 116.28, 103.53)
-  config.model.pixel_std = (58.395, 57.12, 57.375)
+  # Input normalisation, bottleneck stride and anchor rounding follow the weights the run
+  # starts from (init.checkpoint): detectron2's here (matterport subtracted its MEAN_PIXEL
+  # only, as detectron2 does, for the same caffe-style weights); torchvision_weights() for
+  # torchvision's or a random start.
+  detectron2_weights(config.model)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
   config.model.rpn = ml_collections.ConfigDict()
@@ -72,12 +99,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.roi_heads.positive_fraction = 0.25
   config.model.roi_heads.fg_iou = 0.5
   config.model.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)
-  config.model.roi_heads.sampling_ratio = 2
+  config.model.roi_heads.sampling_ratio = 2  # 0: adaptive, as detectron2 (roi_align.py).
+  config.model.roi_heads.max_sampling_ratio = 8  # Cap of adaptive samples per bin (counted).
   config.model.roi_heads.aligned = True
   config.model.roi_heads.fc_dim = 1024
   config.model.roi_heads.mask_convs = 4
   config.model.roi_heads.mask_channels = 256  # Channels of the mask convs and deconv.
   config.model.roi_heads.score_threshold = 0.05
+  config.model.roi_heads.min_size = 1e-2  # Smaller detections dropped (detectron2: 0).
   config.model.roi_heads.nms_threshold = 0.5
   config.model.roi_heads.detections_per_image = 100
 
@@ -103,8 +132,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.allow_config_change = False  # Resume despite a changed data order or schedule.
 
   config.init = ml_collections.ConfigDict()
-  config.init.checkpoint = ""  # Converted weights (maskrcnn_jax.weights.convert_torchvision).
-  config.init.scope = "backbone"  # backbone | full
+  # The study's start: detectron2's COCO Mask R-CNN R101-FPN 3x, converted once (README,
+  # "Pretrained weights"); a relative path is read from the directory main.py runs in.
+  # "random": start from random weights (tiny and demo configs). Not read on resume.
+  config.init.checkpoint = "weights/detectron2_mask_rcnn_R_101_FPN_3x"
+  # full: everything but the class layers, which keep their initialisation for classes the
+  # checkpoint lacks (all of them for stuff), as the study (matterport) loaded COCO weights.
+  config.init.scope = "full"  # backbone | full
 
   config.eval = ml_collections.ConfigDict()
   config.eval.checkpoint = ""  # Empty: the latest in the workdir.

@@ -45,4 +45,6 @@ def get_config():
   config.train.eval_every_steps = 0
   config.train.val_loss_batches = 4
   config.eval.num_pictures = 4
+  config.init.checkpoint = "random"  # Synthetic data, no pretrained weights.
+  default.torchvision_weights(config.model)  # Normalised input for the random start.
   return config

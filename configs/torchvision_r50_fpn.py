@@ -1,15 +1,18 @@
 """torchvision's `maskrcnn_resnet50_fpn` (v1) inference settings, for its converted weights.
 
   python -m maskrcnn_jax.weights.convert_torchvision \
-      --input maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --output /ckpt/tv_r50_fpn
-  python main.py --config configs/torchvision_r50_fpn.py --workdir DIR \
-      --config.init.checkpoint=/ckpt/tv_r50_fpn
+      --input maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth \
+      --output weights/torchvision_maskrcnn_resnet50_fpn_coco
+  python main.py --config configs/torchvision_r50_fpn.py --mode=predict --workdir DIR \
+      --config.predict.input_dir=IMAGES
+  python main.py --config configs/torchvision_r50_fpn.py --mode=eval --workdir DIR \
+      --config.data.root=COCO   # COCO/val2017/, COCO/annotations/instances_val2017.json
 
 torchvision's classifier has 91 outputs: background and COCO ids 1-90 (the unannotated
-ids included), output i = COCO id i. The parity tests build the model with
-`models.build(config.model, num_classes=91)`; training on a class set of this repository
-with `init.scope = "full"` keeps every converted weight except the three class-sized
-layers, which start afresh.
+ids included), output i = COCO id i (`classifier_layout` torchvision91). With the class
+set `coco` those rows are mapped onto its 80 classes at load time, so predictions and
+COCO AP use the converted classifier; other class sets keep the rows of the COCO classes
+they share and initialise the rest (`maskrcnn_jax.weights.load`).
 
 torchvision resizes the shorter side to 800 (longer side <= 1333) and pads to a multiple
 of 32; here the longer side is resized and the image padded to a square that is a
@@ -28,8 +31,7 @@ def get_config():
   config.model.fpn_channels = 256
   # ImageNet mean / std x 255: torchvision normalises 0-1 images by (0.485, 0.456, 0.406)
   # and (0.229, 0.224, 0.225).
-  config.model.pixel_mean = (123.675, 116.28, 103.53)
-  config.model.pixel_std = (58.395, 57.12, 57.375)
+  default.torchvision_weights(config.model)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
 
@@ -52,6 +54,7 @@ def get_config():
   heads.nms_threshold = 0.5
   heads.detections_per_image = 100
 
-  config.init.checkpoint = ""  # A converted torchvision Mask R-CNN checkpoint.
+  config.data.class_set = "coco"  # torchvision91 rows are mapped onto it at load time.
+  config.init.checkpoint = "weights/torchvision_maskrcnn_resnet50_fpn_coco"
   config.init.scope = "full"
   return config

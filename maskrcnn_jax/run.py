@@ -15,11 +15,17 @@ from maskrcnn_jax import validation
 
 MODES = ("train", "eval", "train_and_eval", "predict")
 
-def validate(config: ml_collections.ConfigDict, mode: str) -> None:
-  """Raises ConfigError with one line naming the bad key; needs no devices."""
+def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None = None) -> None:
+  """Raises ConfigError with one line naming the bad key; needs no devices.
+
+  With `workdir`, also checks `init.checkpoint` when the run reads it (nothing to resume,
+  and for eval/predict no `eval.checkpoint`).
+  """
+  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
+
   if mode not in MODES:
     raise validation.ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
-  validation.validate(config)
+  validation.validate(config, needs_data=mode != "predict")
   if mode == "predict" and not config.predict.input_dir:
     raise validation.ConfigError(
         "config.predict.input_dir = '': --mode=predict needs a folder of images")
@@ -28,6 +34,10 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
       raise validation.ConfigError(
           f"config.data.root = {config.data.root!r}: no such directory (the COCO-Stuff root: "
           "train2017/, val2017/, annotations/)")
+  inference = mode in ("eval", "predict")
+  if workdir is not None and not checkpoint.has_checkpoint(workdir) and not (
+      inference and config.eval.checkpoint):
+    validation.validate_init_checkpoint(config, inference=inference)
   if mode in ("train", "train_and_eval"):
     check_trainable(config)
 

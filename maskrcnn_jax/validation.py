@@ -16,6 +16,7 @@ DTYPES = ("float32", "bfloat16")
 TRAINABLE_PRESETS = ("heads", "5+", "4+", "3+", "2+", "all")
 INIT_SCOPES = ("backbone", "full")
 PASTE_PLACES = ("auto", "device", "host")
+RANDOM_INIT = "random"  # init.checkpoint of a run that starts from random weights.
 
 
 class ConfigError(ValueError):
@@ -68,8 +69,11 @@ def _check_trainable(key: str, trainable):
       _fail(key, pattern, f"not a valid regex ({e})")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError (one line: key, value, what is allowed) for an invalid config."""
+def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> None:
+  """Raises ConfigError (one line: key, value, what is allowed) for an invalid config.
+
+  `needs_data`: whether `data.root` must be set (not for `--mode=predict`).
+  """
   from maskrcnn_jax.data import categories  # pylint: disable=g-import-not-at-top
 
   _in(config, "data.class_set", categories.CLASS_SET_NAMES)
@@ -93,6 +97,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0 <= model.freeze_at <= 5, "model.freeze_at", model.freeze_at,
          "must be in 0..5 (0: nothing, 1: stem, N: stem and res2..resN)")
   _positive(config, "model.fpn_channels")
+  _in(config, "model.input_format", ("RGB", "BGR"))
+  _positive(config, "model.rpn.min_size", zero_ok=True)
+  _positive(config, "model.roi_heads.min_size", zero_ok=True)
+  _positive(config, "model.roi_heads.sampling_ratio", zero_ok=True)
   _check(len(model.anchor_sizes) == 5 and all(s > 0 for s in model.anchor_sizes),
          "model.anchor_sizes", model.anchor_sizes, "must be 5 positive sizes (P2..P6)")
   _check(len(model.aspect_ratios) > 0 and all(r > 0 for r in model.aspect_ratios),
@@ -107,7 +115,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"must be <= model.rpn.fg_iou ({model.rpn.fg_iou})")
   for key in ("rpn.samples_per_image", "rpn.pre_nms_topk_train", "rpn.pre_nms_topk_test",
               "rpn.post_nms_topk_train", "rpn.post_nms_topk_test", "roi_heads.rois_per_image",
-              "roi_heads.sampling_ratio", "roi_heads.fc_dim", "roi_heads.mask_convs",
+              "roi_heads.max_sampling_ratio", "roi_heads.fc_dim", "roi_heads.mask_convs",
               "roi_heads.detections_per_image"):
     _positive(config, f"model.{key}")
   candidates = model.rpn.post_nms_topk_train + config.data.max_instances
@@ -142,6 +150,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "max_nonfinite_steps"):
     _positive(config, f"train.{key}")
 
+  _check(bool(config.init.checkpoint), "init.checkpoint", config.init.checkpoint,
+         f"must name converted weights (a directory) or be {RANDOM_INIT!r}")
   _in(config, "init.scope", INIT_SCOPES)
   _fraction(config, "eval.mask_threshold", closed=False)
   _fraction(config, "eval.score_threshold")
@@ -156,8 +166,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
          config.eval.num_images, "must be -1 (all) or > 0")
   _fraction(config, "predict.score_threshold")
   # Last: the study's default.py names no data, and a value error elsewhere comes first.
-  _check(bool(config.data.root), "data.root", config.data.root,
-         "must name the COCO-Stuff root (train2017/, val2017/, annotations/)")
+  if needs_data:
+    _check(bool(config.data.root), "data.root", config.data.root,
+           "must name the COCO-Stuff root (train2017/, val2017/, annotations/)")
+
+
+def validate_init_checkpoint(config: ml_collections.ConfigDict, *, inference: bool) -> None:
+  """`init.checkpoint` is what a run starts from: it must exist, or be 'random' to train.
+
+  Call it only when the run reads it: a fresh training run, or evaluation/prediction with
+  no checkpoint in the workdir and no `eval.checkpoint`.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  path = config.init.checkpoint
+  if path == RANDOM_INIT:
+    _check(not inference, "init.checkpoint", path, "evaluation and prediction need weights: a "
+           "checkpoint in the workdir, config.eval.checkpoint or converted weights")
+    return
+  _check(epath.Path(path).exists(), "init.checkpoint", path,
+         "no converted weights there; convert them once with `python -m "
+         "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl --output "
+         f"{path}` (README: Pretrained weights), or set {RANDOM_INIT!r} to start from random "
+         "weights")
 
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int) -> None:

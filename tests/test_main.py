@@ -74,3 +74,15 @@ def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(f"Invalid config: resuming {workdir} would change the data order")
   assert "seed (0 -> 1)" in last
+
+
+def test_missing_pretrained_weights_name_the_converter(tmp_path):
+  result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path / "run"),
+                    "--config.data.root=/data",
+                    f"--config.init.checkpoint={tmp_path}/weights/d2_r101")
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"Invalid config: config.init.checkpoint = '{tmp_path}/weights/d2_r101'"
+                         ": no converted weights there; convert them once with `python -m "
+                         "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl")
+  assert not (tmp_path / "run" / "config.json").exists()

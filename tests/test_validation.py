@@ -4,13 +4,15 @@ import pytest
 
 from configs import default
 from configs import demo
+from configs import detectron2_r101_fpn
 from configs import tiny
 from configs import torchvision_r50_fpn
 from maskrcnn_jax import validation
 
 
 @pytest.mark.parametrize("get_config", [default.get_config, demo.get_config, tiny.get_config,
-                                        torchvision_r50_fpn.get_config])
+                                        torchvision_r50_fpn.get_config,
+                                        detectron2_r101_fpn.get_config])
 def test_shipped_configs_are_valid(get_config):
   config = get_config()
   config.data.root = config.data.root or "/data/coco"  # default.py names no data.
@@ -21,13 +23,15 @@ def test_shipped_configs_are_valid(get_config):
     ("model.depth", 77, "config.model.depth = 77: must be one of 18, 34, 50, 101, 152"),
     ("model.dtype", "float16", "config.model.dtype = 'float16': must be one of float32"),
     ("data.image_size", 1000, "config.data.image_size = 1000: must be a positive multiple of 64"),
-    ("data.class_set", "stuf", "config.data.class_set = 'stuf': must be one of stuff"),
+    ("data.class_set", "stuf", "config.data.class_set = 'stuf': must be one of coco, stuff"),
     ("data.root", "", "config.data.root = '': must name the COCO-Stuff root"),
     ("model.rpn.bg_iou", 0.8, "config.model.rpn.bg_iou = 0.8: must be <= model.rpn.fg_iou"),
     ("model.roi_heads.positive_fraction", 1.5, "must be in [0, 1]"),
     ("model.roi_heads.rois_per_image", 0, "config.model.roi_heads.rois_per_image = 0: must be > 0"),
     ("train.momentum", 1.0, "config.train.momentum = 1.0: must be in [0, 1)"),
     ("init.scope", "head", "config.init.scope = 'head': must be one of backbone, full"),
+    ("init.checkpoint", "", "config.init.checkpoint = '': must name converted weights (a "
+     "directory) or be 'random'"),
     ("eval.mask_threshold", 1.0, "config.eval.mask_threshold = 1.0: must be in (0, 1)"),
     ("eval.coco_backend", "fast", "config.eval.coco_backend = 'fast': must be one of pycoco"),
     ("eval.paste", "gpu", "config.eval.paste = 'gpu': must be one of auto, device, host"),
@@ -105,3 +109,28 @@ def test_override_errors(override, message):
     assert error is None
   else:
     assert error.startswith(message) and "\n" not in error and "\\" not in error
+
+
+def test_predict_needs_no_data_root():
+  config = default.get_config()
+  validation.validate(config, needs_data=False)
+  with pytest.raises(validation.ConfigError, match="config.data.root = ''"):
+    validation.validate(config)
+
+
+def test_init_checkpoint_must_exist_or_be_random(tmp_path):
+  config = default.get_config()
+  config.init.checkpoint = str(tmp_path / "d2_r101")
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_init_checkpoint(config, inference=False)
+  assert str(e.value) == (
+      f"config.init.checkpoint = '{tmp_path}/d2_r101': no converted weights there; convert "
+      "them once with `python -m maskrcnn_jax.weights.convert_detectron2 --input "
+      f"model_final_*.pkl --output {tmp_path}/d2_r101` (README: Pretrained weights), or set "
+      "'random' to start from random weights")
+  (tmp_path / "d2_r101").mkdir()
+  validation.validate_init_checkpoint(config, inference=True)
+  config.init.checkpoint = "random"
+  validation.validate_init_checkpoint(config, inference=False)
+  with pytest.raises(validation.ConfigError, match="evaluation and prediction need weights"):
+    validation.validate_init_checkpoint(config, inference=True)

@@ -95,8 +95,20 @@ class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
+    """The splits whose annotation files all exist (e.g. only `validation` for a COCO root
+    holding val2017 alone)."""
     root = dl_manager.manual_dir
-    return {split: self._generate_examples(root, split) for split in coco_reader.SPLIT_DIRS}
+    kinds = coco_reader.annotation_kinds(categories.get_class_set(self.builder_config.class_set))
+    paths = {split: [coco_reader.annotation_path(root, split, k) for k in kinds]
+             for split in coco_reader.SPLIT_DIRS}
+    present = [split for split, files in paths.items() if all(f.is_file() for f in files)]
+    if not present:
+      raise FileNotFoundError(f"{root} holds no split: none of "
+                              f"{', '.join(str(f) for fs in paths.values() for f in fs)} exists")
+    for split in paths.keys() - present:
+      logging.warning("%s: no split %s (%s missing)", root, split,
+                      ", ".join(str(f) for f in paths[split] if not f.is_file()))
+    return {split: self._generate_examples(root, split) for split in present}
 
   def _generate_examples(self, root, split):
     config = self.builder_config

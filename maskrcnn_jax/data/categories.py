@@ -264,6 +264,7 @@ def _class_set(name: str, coco_ids) -> ClassSet:
 
 
 _CLASS_SETS = {
+    "coco": THING_IDS,
     "stuff": STUFF_IDS + (OTHER_ID,),
     "stuff_no_other": STUFF_IDS,
     "things_and_stuff": THING_IDS + STUFF_IDS,
@@ -272,7 +273,8 @@ CLASS_SET_NAMES = tuple(_CLASS_SETS)
 
 
 def get_class_set(name: str) -> ClassSet:
-  """The class set `name`: stuff (92-183), stuff_no_other (92-182), things_and_stuff."""
+  """The class set `name`: coco (the 80 things, ids 1-90), stuff (92-183), stuff_no_other
+  (92-182), things_and_stuff (the 80 things, then 92-182)."""
   if name not in _CLASS_SETS:
     raise ValueError(f"unknown class set {name!r}; allowed: {', '.join(CLASS_SET_NAMES)}")
   return _class_set(name, _CLASS_SETS[name])

@@ -2,7 +2,9 @@
 
   ROOT/{train2017,val2017}/*.jpg
   ROOT/annotations/stuff_{train,val}2017.json       RLE, one annotation per (image, stuff class)
-  ROOT/annotations/instances_{train,val}2017.json   things (polygons or RLE); things_and_stuff only
+  ROOT/annotations/instances_{train,val}2017.json   things (polygons or RLE); things_and_stuff, coco
+
+Class set `coco` reads the instances files only: a plain COCO 2017 root.
 
 N instances of one image, Sm the mask side. Boxes come from the decoded masks (tight, in
 original pixels, (x1, y1, x2, y2) with x2 = last column + 1), never from the JSON `bbox`.
@@ -63,10 +65,11 @@ def annotation_path(root, split: str, kind: str) -> epath.Path:
 
 
 def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
-  """The annotation files a class set reads: stuff, plus instances when it has things."""
-  if any(cid < categories.FIRST_STUFF_ID for cid in class_set.coco_ids):
-    return ("stuff", "instances")
-  return ("stuff",)
+  """The annotation files a class set reads: stuff when it has stuff classes, instances
+  when it has things (`coco`: a plain COCO 2017 root, no stuff file needed)."""
+  things = any(cid < categories.FIRST_STUFF_ID for cid in class_set.coco_ids)
+  stuff = any(cid >= categories.FIRST_STUFF_ID for cid in class_set.coco_ids)
+  return ("stuff",) * stuff + ("instances",) * things
 
 
 def _load_json(path: epath.Path) -> dict:

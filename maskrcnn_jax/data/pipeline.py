@@ -44,6 +44,7 @@ import jax
 import ml_collections
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -106,7 +107,7 @@ def prepare(data_config: ml_collections.ConfigDict, *,
       raise FileNotFoundError(f"data root {root} does not exist (and data.synthetic is off)")
     builder = builder_lib.build(root, data_dir(data_config), class_set=data_config.class_set,
                                 mask_size=data_config.mask_size, num_workers=num_workers)
-    for split in coco_reader.SPLIT_DIRS:
+    for split in builder.info.splits:
       _warn_over_cap(_records(builder, split), split, data_config.max_instances)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -569,7 +570,8 @@ def create_eval_dataset(
 
 def load_images(paths: list[str], data_config: ml_collections.ConfigDict, *,
                 batch_size: int) -> dict:
-  """Image files (JPEG, PNG, any mode) -> one evaluation-style batch for prediction.
+  """Image files (JPEG, PNG, any mode; EXIF orientation applied) -> one evaluation-style
+  batch for prediction.
 
   Returns image [B, S, S, 3] uint8, image_id [B] int32 (position in `paths`), image_info
   [B, 5] float32, image_valid [B] bool (false past len(paths)), and `original`: a list of
@@ -584,7 +586,7 @@ def load_images(paths: list[str], data_config: ml_collections.ConfigDict, *,
          "image_valid": np.zeros((batch_size,), bool), "original": []}
   for i, path in enumerate(paths):
     with Image.open(io.BytesIO(epath.Path(path).read_bytes())) as image:
-      original = np.asarray(image.convert("RGB"))
+      original = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))  # As viewers show it.
     height, width = original.shape[:2]
     scale = size / max(height, width)
     new_h, new_w = max(round(height * scale), 1), max(round(width * scale), 1)

@@ -27,6 +27,7 @@ from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import pictures
+from maskrcnn_jax.weights import load
 
 AXIS = "data"
 
@@ -198,11 +199,26 @@ def evaluate(config: ml_collections.ConfigDict, model, variables, mesh: Mesh, wo
   return Evaluation(config, model, mesh)(variables, workdir, step, writer=writer)
 
 
-def _load_variables(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
+def checkpoint_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """What `--mode=eval` / `predict` read: `eval.checkpoint`, else the workdir's latest
+  checkpoint, else `init.checkpoint` (converted weights)."""
   from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
-  path = config.eval.checkpoint or workdir
-  state = checkpoint.load_variables(path)
-  return {"params": state["params"], "frozen_bn": state["frozen_bn"]}, int(state["step"])
+  if config.eval.checkpoint:
+    return config.eval.checkpoint
+  if checkpoint.has_checkpoint(workdir):
+    return workdir
+  if config.init.checkpoint == "random":
+    raise ValueError(f"nothing to evaluate: {workdir} has no checkpoint, config.eval.checkpoint "
+                     "is empty and config.init.checkpoint is 'random'")
+  return config.init.checkpoint
+
+
+def _load_variables(config: ml_collections.ConfigDict, workdir: str, model, class_set,
+                    mesh: Mesh) -> tuple[dict, int]:
+  path = checkpoint_path(config, workdir)
+  logging.info("Variables from %s", path)
+  variables, step = load.inference_variables(model, path, class_set)
+  return jax.device_put(variables, NamedSharding(mesh, P())), step
 
 
 def _build(config: ml_collections.ConfigDict):
@@ -215,9 +231,8 @@ def _build(config: ml_collections.ConfigDict):
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """`--mode=eval`: the latest checkpoint in `workdir` (or `config.eval.checkpoint`)."""
   pipeline.prepare(config.data)
-  _, model, mesh = _build(config)
-  variables, step = _load_variables(config, workdir)
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  class_set, model, mesh = _build(config)
+  variables, step = _load_variables(config, workdir, model, class_set, mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   metrics = evaluate(config, model, variables, mesh, workdir, step, writer=writer)
   writer.flush()
@@ -227,13 +242,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
   """`--mode=predict`: overlays and a COCO results JSON for a folder of images.
 
-  Returns the output directory, WORKDIR/predict. Runs in a single process.
+  Needs no data root. Image ids in coco_results.json are the file names' numbers when
+  all of them are distinct numbers (COCO's 000000142238.jpg is image 142238, so the
+  results score against COCO's JSON), else positions in name order; image_ids.json maps
+  them to the files. Category ids are COCO ids. Returns the output directory,
+  WORKDIR/predict. Runs in a single process.
   """
   if jax.process_count() > 1:
     raise ValueError("--mode=predict runs in one process; start it without a cluster")
   class_set, model, mesh = _build(config)
-  variables, _ = _load_variables(config, workdir)
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  variables, _ = _load_variables(config, workdir, model, class_set, mesh)
   predict_step = make_predict_step(mesh, model)
   sharding = NamedSharding(mesh, P(AXIS))
   out_dir = epath.Path(workdir) / "predict"
@@ -242,6 +260,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
                  if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
   if not files:
     raise FileNotFoundError(f"no .jpg/.jpeg/.png images in {config.predict.input_dir}")
+  numbers = {int(p.stem) for p in files if p.stem.isdigit()}
+  ids = ([int(p.stem) for p in files] if len(numbers) == len(files)
+         else list(range(len(files))))
   batch_size = config.data.eval_batch_size
   results = []
   for start in range(0, len(files), batch_size):
@@ -256,9 +277,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
       overlay = evaluator_lib.draw_overlay(local["original"][i], dets, class_set,
                                            config.predict.score_threshold)
       pictures.save_png(str(out_dir / f"{path.stem}.png"), overlay)
-      results += evaluator_lib.detections_to_coco(start + i, dets, class_set)
+      results += evaluator_lib.detections_to_coco(ids[start + i], dets, class_set)
     logging.info("Predicted %d / %d images.", min(start + batch_size, len(files)), len(files))
-  index = {start: str(p) for start, p in enumerate(files)}
+  index = {image_id: str(p) for image_id, p in zip(ids, files)}
   (out_dir / "coco_results.json").write_text(json.dumps(results))
   (out_dir / "image_ids.json").write_text(json.dumps(index, indent=1))
   return str(out_dir)

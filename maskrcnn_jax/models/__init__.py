@@ -39,7 +39,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int) -> MaskRCNN:
   r, h = config.rpn, config.roi_heads
   return MaskRCNN(
       backbone=resnet.ResNet(depth=config.depth, freeze_at=config.freeze_at, dtype=dtype,
-                             remat=config.remat),
+                             remat=config.remat, stride_in_1x1=config.stride_in_1x1),
       fpn=fpn.FPN(channels=config.fpn_channels, dtype=dtype),
       rpn=rpn.RPN(
           anchor_sizes=tuple(config.anchor_sizes), aspect_ratios=tuple(config.aspect_ratios),
@@ -47,15 +47,18 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int) -> MaskRCNN:
           positive_fraction=r.positive_fraction, pre_nms_topk_train=r.pre_nms_topk_train,
           pre_nms_topk_test=r.pre_nms_topk_test, post_nms_topk_train=r.post_nms_topk_train,
           post_nms_topk_test=r.post_nms_topk_test, nms_threshold=r.nms_threshold,
-          min_size=r.min_size, dtype=dtype),
+          min_size=r.min_size, round_anchors=config.round_anchors, dtype=dtype),
       roi_heads=roi_heads.RoIHeads(
           num_classes=num_classes, rois_per_image=h.rois_per_image,
           positive_fraction=h.positive_fraction, fg_iou=h.fg_iou,
           box_weights=tuple(h.box_weights), sampling_ratio=h.sampling_ratio,
+          max_sampling_ratio=h.max_sampling_ratio,
           aligned=h.aligned, fc_dim=h.fc_dim, mask_convs=h.mask_convs,
           mask_channels=h.mask_channels, score_threshold=h.score_threshold,
+          min_size=h.min_size,
           nms_threshold=h.nms_threshold, detections_per_image=h.detections_per_image,
           dtype=dtype),
       pixel_mean=tuple(config.pixel_mean),
       pixel_std=tuple(config.pixel_std),
+      input_format=config.input_format,
       dtype=dtype)

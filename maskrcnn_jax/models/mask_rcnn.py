@@ -14,12 +14,23 @@ from maskrcnn_jax.models import rpn as rpn_lib
 Dtype = Any
 
 
+def _inside(image_hw: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """[B, H, W] bool: the pixels inside each image's valid (height, width) `image_hw` [B, 2]."""
+  rows = jnp.arange(shape[0], dtype=jnp.float32)[None, :, None] < image_hw[:, 0, None, None]
+  cols = jnp.arange(shape[1], dtype=jnp.float32)[None, None, :] < image_hw[:, 1, None, None]
+  return rows & cols
+
+
 class MaskRCNN(nn.Module):
   """The whole detector on a batch (docs/design.md, "A batch").
 
   Attributes:
     backbone, fpn, rpn, roi_heads: the parts; their parameters live under those names.
-    pixel_mean, pixel_std: RGB normalisation of the uint8 image, in 0..255 units.
+    pixel_mean, pixel_std: normalisation of the uint8 image, in 0..255 units, in the
+      channel order of `input_format`. The padding (outside `image_info`'s valid size) is
+      0 after it, i.e. the mean colour, as torchvision and detectron2 pad their batches.
+    input_format: "RGB" (images as they come), or "BGR": the channels are reversed before
+      normalisation, for backbones trained on BGR images (detectron2's).
     dtype: compute dtype of the image fed to the backbone.
   """
   backbone: resnet.ResNet
@@ -28,6 +39,7 @@ class MaskRCNN(nn.Module):
   roi_heads: roi_heads_lib.RoIHeads
   pixel_mean: tuple[float, float, float] = (123.7, 116.8, 103.9)
   pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+  input_format: str = "RGB"
   dtype: Dtype = jnp.float32
 
   def __call__(self, batch: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
@@ -48,11 +60,16 @@ class MaskRCNN(nn.Module):
     image = batch["image"]
     if image.ndim != 4 or image.shape[-1] != 3:
       raise ValueError(f"batch['image'] must be [B, S, S, 3], got {image.shape}")
+    if self.input_format not in ("RGB", "BGR"):
+      raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
+    if self.input_format == "BGR":
+      image = image[..., ::-1]
     mean = jnp.asarray(self.pixel_mean, jnp.float32)
     std = jnp.asarray(self.pixel_std, jnp.float32)
-    x = ((image.astype(jnp.float32) - mean) / std).astype(self.dtype)
-    features = self.fpn(self.backbone(x))
+    x = (image.astype(jnp.float32) - mean) / std
     image_hw = batch["image_info"][:, 3:5].astype(jnp.float32)
+    x = jnp.where(_inside(image_hw, x.shape[1:3])[..., None], x, 0.0).astype(self.dtype)
+    features = self.fpn(self.backbone(x))
     if not train:
       proposals, _ = self.rpn(features, image_hw, train=False)
       detections = self.roi_heads(features[:4], proposals, image_hw, train=False)

@@ -65,20 +65,24 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-  """1x1 -> 3x3 (strided, as torchvision "ResNet v1.5") -> 1x1 x4 (ResNet-50/101/152).
+  """1x1 -> 3x3 -> 1x1 x4 (ResNet-50/101/152).
 
+  The 3x3 conv strides (torchvision's "ResNet v1.5"), or with `stride_in_1x1` the first
+  1x1 conv (the MSRA / Caffe2 ResNets of detectron2, STRIDE_IN_1X1).
   x: [B, H, W, Cin] -> [B, H/stride, W/stride, 4 * features].
   """
   features: int
   stride: int = 1
   dtype: Dtype = jnp.float32
+  stride_in_1x1: bool = False
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     bn = functools.partial(FrozenBatchNorm, dtype=self.dtype)
-    y = nn.relu(bn(name="bn1")(_conv(self.features, 1, 1, "conv1", self.dtype)(x)))
-    y = nn.relu(bn(name="bn2")(_conv(self.features, 3, self.stride, "conv2", self.dtype)(y)))
+    s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+    y = nn.relu(bn(name="bn1")(_conv(self.features, 1, s1, "conv1", self.dtype)(x)))
+    y = nn.relu(bn(name="bn2")(_conv(self.features, 3, s3, "conv2", self.dtype)(y)))
     out = self.features * self.expansion
     y = bn(name="bn3")(_conv(out, 1, 1, "conv3", self.dtype)(y))
     return nn.relu(y + _shortcut(x, out, self.stride, self.dtype))
@@ -150,11 +154,13 @@ class ResNet(nn.Module):
       Frozen parts sit behind a stop_gradient, so no backward pass runs through them.
     dtype: compute dtype; parameters and BN statistics stay float32.
     remat: rematerialise each stage in the backward pass (memory for compute).
+    stride_in_1x1: bottlenecks stride in their first 1x1 conv (detectron2's MSRA weights).
   """
   depth: int = 50
   freeze_at: int = 2
   dtype: Dtype = jnp.float32
   remat: bool = False
+  stride_in_1x1: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
@@ -162,6 +168,10 @@ class ResNet(nn.Module):
     if not 0 <= self.freeze_at <= 5:
       raise ValueError(f"freeze_at must be in [0, 5], got {self.freeze_at}")
     block, counts = _spec(self.depth)
+    if self.stride_in_1x1:
+      if block is not Bottleneck:
+        raise ValueError(f"stride_in_1x1 needs bottleneck blocks, not ResNet-{self.depth}")
+      block = functools.partial(Bottleneck, stride_in_1x1=True)
     stage_cls = nn.remat(Stage) if self.remat else Stage
     x = Stem(dtype=self.dtype, name="stem")(x.astype(self.dtype))
     if self.freeze_at >= 1:

@@ -177,12 +177,14 @@ class RoIHeads(nn.Module):
   positive_fraction: float = 0.25
   fg_iou: float = 0.5
   box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
-  sampling_ratio: int = 2
+  sampling_ratio: int = 2  # 0: adaptive (detectron2), at most max_sampling_ratio.
+  max_sampling_ratio: int = 8
   aligned: bool = True
   fc_dim: int = 1024
   mask_convs: int = 4
   mask_channels: int = 256
   score_threshold: float = 0.05
+  min_size: float = 1e-2  # Detections narrower or lower are dropped (torchvision; detectron2 0).
   nms_threshold: float = 0.5
   detections_per_image: int = 100
   dtype: Dtype = jnp.float32
@@ -195,7 +197,8 @@ class RoIHeads(nn.Module):
   def _pool(self, features, boxes, size):
     return roi_ops.multilevel_roi_align(features, boxes, output_size=size,
                                         sampling_ratio=self.sampling_ratio,
-                                        aligned=self.aligned)
+                                        aligned=self.aligned,
+                                        max_sampling_ratio=self.max_sampling_ratio)
 
   def __call__(self, features: Sequence[jax.Array], proposals: dict[str, jax.Array],
                image_hw: jax.Array, gt: dict[str, jax.Array] | None = None, *,
@@ -215,7 +218,9 @@ class RoIHeads(nn.Module):
       `num_fg_rois`, `num_bg_rois` (per-image means). Otherwise detections `boxes`
       [B, D, 4], `scores` [B, D], `classes` [B, D] int32, `masks` [B, D, 28, 28]
       probabilities of the detected class, `valid` [B, D], `num_detections` [B] int32;
-      padded rows are zero.
+      padded rows are zero. With adaptive sampling (`sampling_ratio` 0) also
+      `num_capped_rois` [B] int32: proposals and detections pooled with fewer samples
+      than torchvision's adaptive count (`max_sampling_ratio`).
     """
     if len(features) != 4:
       raise ValueError(f"RoIHeads take P2..P5 (4 maps), got {len(features)}")
@@ -272,7 +277,7 @@ class RoIHeads(nn.Module):
     boxes = box_ops.clip_boxes(boxes, image_hw[:, 0, None, None, None],
                                image_hw[:, 1, None, None, None])
     candidate = (rois_valid[..., None] & (scores > self.score_threshold)
-                 & ~box_ops.small_box_mask(boxes, 1e-2))
+                 & ~box_ops.small_box_mask(boxes, self.min_size))
     classes = jnp.broadcast_to(jnp.arange(1, self.num_classes, dtype=jnp.int32), scores.shape)
     b = rois.shape[0]
     boxes, scores = boxes.reshape(b, -1, 4), scores.reshape(b, -1)
@@ -285,7 +290,14 @@ class RoIHeads(nn.Module):
     classes = jnp.where(valid, take(classes), 0)
     mask_logits = self.mask_head(self._pool(features, boxes, MASK_SIZE // 2))
     masks = jnp.take_along_axis(mask_logits, classes[:, :, None, None, None], axis=-1)[..., 0]
+    extra = {}
+    if self.sampling_ratio == 0:
+      capped = functools.partial(roi_ops.adaptive_overflow, aligned=self.aligned,
+                                 max_sampling_ratio=self.max_sampling_ratio)
+      extra["num_capped_rois"] = (capped(rois, output_size=7)
+                                  + capped(boxes, output_size=MASK_SIZE // 2))
     return {
+        **extra,
         "boxes": boxes,
         "scores": jnp.where(valid, take(scores), 0.0),
         "classes": classes,

@@ -160,6 +160,7 @@ class RPN(nn.Module):
   post_nms_topk_test: int = 1000
   nms_threshold: float = 0.7
   min_size: float = 1e-3
+  round_anchors: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -180,7 +181,8 @@ class RPN(nn.Module):
     height, width = features[0].shape[1] * STRIDES[0], features[0].shape[2] * STRIDES[0]
     anchors = anchor_ops.generate_anchors((height, width), strides=STRIDES,
                                           sizes=self.anchor_sizes,
-                                          aspect_ratios=self.aspect_ratios)
+                                          aspect_ratios=self.aspect_ratios,
+                                          rounded=self.round_anchors)
     num_anchors = len(self.aspect_ratios)
     for level, (x, a) in enumerate(zip(features, anchors)):
       if x.shape[1] * x.shape[2] * num_anchors != a.shape[0]:

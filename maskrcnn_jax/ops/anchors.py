@@ -1,4 +1,5 @@
-"""FPN anchors, identical to torchvision's `AnchorGenerator` for the same strides.
+"""FPN anchors, identical to torchvision's `AnchorGenerator` for the same strides, or
+unrounded as detectron2's `DefaultAnchorGenerator` (offset 0).
 
 A anchors per location (sizes x aspect ratios of a level). Anchors depend on static shapes
 only, so they are NumPy constants computed at trace time.
@@ -17,11 +18,20 @@ def _per_level(name, values, num_levels):
   return values
 
 
-def base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.ndarray:
+def base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float],
+                 rounded: bool = True) -> np.ndarray:
   """`[len(aspect_ratios) * len(sizes), 4]` float32 anchors centred on 0, ratio-major.
 
-  Aspect ratio is height / width; corners are rounded half-to-even like `torch.round`.
+  Aspect ratio is height / width. `rounded`: corners rounded half-to-even like
+  torchvision's `torch.round`; else detectron2's w = sqrt(size^2 / ratio), h = ratio * w
+  in float64, then float32 (for one size per level its order is the same).
   """
+  if not rounded:
+    ratios = np.asarray(aspect_ratios, np.float64)[:, None]
+    ws = np.sqrt(np.asarray(sizes, np.float64)[None, :]**2 / ratios)
+    hs = ratios * ws
+    ws, hs = ws.reshape(-1), hs.reshape(-1)
+    return (np.stack([-ws, -hs, ws, hs], axis=1) / 2).astype(np.float32)
   scales = np.asarray(sizes, np.float32)
   h_ratios = np.sqrt(np.asarray(aspect_ratios, np.float32))
   w_ratios = np.float32(1) / h_ratios
@@ -32,7 +42,8 @@ def base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.n
 
 def generate_anchors(image_size, *, strides: Sequence[int] = (4, 8, 16, 32, 64),
                      sizes: Sequence = (32, 64, 128, 256, 512),
-                     aspect_ratios: Sequence = (0.5, 1.0, 2.0)) -> list[np.ndarray]:
+                     aspect_ratios: Sequence = (0.5, 1.0, 2.0),
+                     rounded: bool = True) -> list[np.ndarray]:
   """Anchors of every level for a padded image.
 
   Args:
@@ -40,6 +51,7 @@ def generate_anchors(image_size, *, strides: Sequence[int] = (4, 8, 16, 32, 64),
     strides: level strides; level l's map is `ceil(H / stride) x ceil(W / stride)`.
     sizes: one size (or tuple of sizes) per level.
     aspect_ratios: height / width ratios, shared by all levels or one tuple per level.
+    rounded: round the base anchors (torchvision) or not (detectron2).
 
   Returns:
     One `[H_l * W_l * A, 4]` float32 array per level, ordered by location (row-major)
@@ -58,7 +70,7 @@ def generate_anchors(image_size, *, strides: Sequence[int] = (4, 8, 16, 32, 64),
     shift_y = np.arange(grid_h, dtype=np.float32) * np.float32(stride)
     sy, sx = np.meshgrid(shift_y, shift_x, indexing="ij")
     shifts = np.stack([sx, sy, sx, sy], axis=-1).reshape(-1, 1, 4)
-    cell = base_anchors(level_sizes, level_ratios)
+    cell = base_anchors(level_sizes, level_ratios, rounded)
     anchors.append((shifts + cell[None]).reshape(-1, 4))
   return anchors
 

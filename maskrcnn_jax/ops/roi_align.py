@@ -6,8 +6,10 @@ maps them onto the feature map. Each output bin averages sr x sr bilinear sample
 as `torchvision.ops.roi_align` places them: with `aligned` pixel centres sit at +0.5
 (the box is shifted by -0.5 map pixels), without it boxes are at least 1 x 1 map pixel;
 a sample more than one pixel outside the map (y < -1 or y > H) contributes 0, otherwise
-its coordinates are clamped into the map. Only fixed sr > 0 is supported (static shapes),
-so unlike torchvision's adaptive default an empty box samples a point, not zeros.
+its coordinates are clamped into the map. sr > 0 is fixed (an empty box samples a point);
+sr = 0 is torchvision's adaptive default (detectron2's POOLER_SAMPLING_RATIO 0):
+ceil(box side / bins) samples per bin along each axis, an empty box gives zeros. Static
+shapes bound it by `max_sampling_ratio`; `adaptive_overflow` counts the boxes it caps.
 
 Bilinear sampling is separable: each output row is a weighted sum of 2 sr map rows and
 each output column of 2 sr map columns. Two implementations:
@@ -48,36 +50,56 @@ def _check(features, boxes, sampling_ratio, impl):
     if f.ndim != 4 or f.shape[0] != boxes.shape[0]:
       raise ValueError(f"features must be [B, H, W, C] with B = {boxes.shape[0]} "
                        f"(the boxes' batch), got {f.shape}")
-  if sampling_ratio <= 0:
-    raise ValueError(f"sampling_ratio must be a positive int (static shapes), got {sampling_ratio}")
+  if sampling_ratio < 0:
+    raise ValueError(f"sampling_ratio must be >= 0 (0: adaptive), got {sampling_ratio}")
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
 
 
-def _axis_samples(lo, hi, size, num_bins: int, sr: int, aligned: bool):
-  """Map rows (or columns) and weights of one axis of every bin.
-
-  Args:
-    lo, hi: `[B, N]` box edges in map coordinates.
-    size: `[B, N]` or scalar map extent along the axis (float).
-    num_bins, sr, aligned: output bins, samples per bin, pixel-centre convention.
-
-  Returns:
-    `index [B, N, num_bins, 2 sr]` int32 and `weight [B, N, num_bins, 2 sr]` float32
-    (bilinear weights of the low and high neighbour of each sample, divided by sr).
-  """
+def _extent(lo, hi, aligned: bool):
+  """Start and length of a box axis in torchvision's convention (map coordinates)."""
   offset = 0.5 if aligned else 0.0
   start = lo - offset
   length = (hi - offset) - start
   if not aligned:
     length = jnp.maximum(length, 1.0)
+  return start, length
+
+
+def _adaptive_count(length, num_bins: int):
+  """torchvision's adaptive samples per bin, ceil(length / bins), as float32 (>= 0)."""
+  return jnp.maximum(jnp.ceil(length / num_bins), 0.0)
+
+
+def _axis_samples(lo, hi, size, num_bins: int, sr: int, aligned: bool, max_sr: int = 0):
+  """Map rows (or columns) and weights of one axis of every bin.
+
+  Args:
+    lo, hi: `[B, N]` box edges in map coordinates.
+    size: `[B, N]` or scalar map extent along the axis (float).
+    num_bins, sr, aligned: output bins, samples per bin (0: adaptive), pixel-centre convention.
+    max_sr: the most samples per bin when adaptive (the static sample count).
+
+  Returns:
+    `index [B, N, num_bins, 2 k]` int32 and `weight [B, N, num_bins, 2 k]` float32
+    (bilinear weights of the low and high neighbour of each sample, divided by the box's
+    samples per bin), k = sr, or max_sr when adaptive (unused samples weigh 0).
+  """
+  start, length = _extent(lo, hi, aligned)
   bin_size = (length / num_bins)[..., None, None]
   bins = jnp.arange(num_bins, dtype=jnp.float32)[:, None]
-  steps = (jnp.arange(sr, dtype=jnp.float32) + 0.5)[None, :]
+  if sr > 0:
+    count, slots = jnp.float32(sr), sr
+  else:
+    count = jnp.minimum(_adaptive_count(length, num_bins), max_sr)[..., None, None]
+    slots = max_sr
+  steps = (jnp.arange(slots, dtype=jnp.float32) + 0.5)[None, :]
   # Same evaluation order as torchvision's kernel: start + p * bin + (s + .5) * bin / sr.
-  y = (start[..., None, None] + bins * bin_size) + steps * bin_size / sr
+  y = (start[..., None, None] + bins * bin_size) + steps * bin_size / jnp.maximum(count, 1.0)
   size = jnp.asarray(size, jnp.float32)[..., None, None]
   inside = (y >= -1.0) & (y <= size)
+  if sr == 0:
+    inside &= steps < count
   y = jnp.maximum(y, 0.0)
   low = jnp.floor(y)
   at_edge = low >= size - 1
@@ -85,9 +107,11 @@ def _axis_samples(lo, hi, size, num_bins: int, sr: int, aligned: bool):
   high = jnp.where(at_edge, low, low + 1)
   frac = jnp.where(at_edge, 0.0, y - low)
   index = jnp.stack([low, high], axis=-1).astype(jnp.int32)
-  weight = jnp.stack([1.0 - frac, frac], axis=-1) * (inside[..., None] / sr)
+  weight = jnp.stack([1.0 - frac, frac], axis=-1) * (inside[..., None]
+                                                     / jnp.maximum(count, 1.0)[..., None])
   b, n = index.shape[:2]
-  return index.reshape(b, n, num_bins, 2 * sr), weight.reshape(b, n, num_bins, 2 * sr)
+  return (index.reshape(b, n, num_bins, 2 * slots),
+          weight.reshape(b, n, num_bins, 2 * slots))
 
 
 def _slots(base, row_len, iy, wy, ix, wx):
@@ -147,7 +171,8 @@ def _einsum_pool(features, iy, wy, ix, wx):
 
 
 def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, *, output_size, spatial_scale: float,
-              sampling_ratio: int, aligned: bool, impl: str = "gather") -> jnp.ndarray:
+              sampling_ratio: int, aligned: bool, impl: str = "gather",
+              max_sampling_ratio: int = 8) -> jnp.ndarray:
   """RoIAlign of one map, equal to `torchvision.ops.roi_align` (NCHW there).
 
   Args:
@@ -155,9 +180,11 @@ def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, *, output_size, spatial
     boxes: `[B, N, 4]` float32 boxes in input-image pixels.
     output_size: `(h, w)` or an int.
     spatial_scale: map pixels per input pixel (1 / stride).
-    sampling_ratio: sr > 0 samples per bin along each axis.
+    sampling_ratio: sr > 0 samples per bin along each axis; 0: adaptive.
     aligned: pixel-centre convention (True: detectron2 / `ROIAlignV2`).
     impl: "gather" or "einsum" (same values; see the module docstring).
+    max_sampling_ratio: adaptive samples per bin are capped here (`adaptive_overflow`);
+      the work per bin grows with its square.
 
   Returns:
     `[B, N, h, w, C]` float32.
@@ -167,8 +194,10 @@ def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, *, output_size, spatial
   h, w = _pair(output_size)
   b, height, width, c = features.shape
   scaled = boxes.astype(jnp.float32) * spatial_scale
-  iy, wy = _axis_samples(scaled[..., 1], scaled[..., 3], float(height), h, sampling_ratio, aligned)
-  ix, wx = _axis_samples(scaled[..., 0], scaled[..., 2], float(width), w, sampling_ratio, aligned)
+  iy, wy = _axis_samples(scaled[..., 1], scaled[..., 3], float(height), h, sampling_ratio,
+                         aligned, max_sampling_ratio)
+  ix, wx = _axis_samples(scaled[..., 0], scaled[..., 2], float(width), w, sampling_ratio,
+                         aligned, max_sampling_ratio)
   if impl == "einsum":
     return _einsum_pool(features, iy, wy, ix, wx)
   flat = features.astype(jnp.float32).reshape(b * height * width, c)
@@ -200,14 +229,14 @@ def assign_levels(boxes: jnp.ndarray, *, min_level: int, max_level: int,
 def multilevel_roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, *, output_size,
                          sampling_ratio: int, aligned: bool, min_level: int = 2,
                          canonical_box_size: float = 224.0, canonical_level: int = 4,
-                         impl: str = "gather") -> jnp.ndarray:
+                         impl: str = "gather", max_sampling_ratio: int = 8) -> jnp.ndarray:
   """RoIAlign of each box on its FPN level (torchvision `MultiScaleRoIAlign` with aligned=False).
 
   Args:
     features: L maps `[B, H_l, W_l, C]` for levels `min_level .. min_level + L - 1`,
       level l of stride `2**l` (P2-P5 of a padded image: H_l = ceil(S / 2**l)).
     boxes: `[B, N, 4]` float32 boxes in input-image pixels.
-    output_size, sampling_ratio, aligned, impl: as in `roi_align`.
+    output_size, sampling_ratio, aligned, impl, max_sampling_ratio: as in `roi_align`.
     min_level, canonical_box_size, canonical_level: as in `assign_levels`.
 
   Returns:
@@ -230,8 +259,10 @@ def multilevel_roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, *,
   height = jnp.asarray(heights, jnp.float32)[level]
   width = jnp.asarray(widths, jnp.float32)[level]
   scaled = boxes.astype(jnp.float32) * scale[..., None]
-  iy, wy = _axis_samples(scaled[..., 1], scaled[..., 3], height, h, sampling_ratio, aligned)
-  ix, wx = _axis_samples(scaled[..., 0], scaled[..., 2], width, w, sampling_ratio, aligned)
+  iy, wy = _axis_samples(scaled[..., 1], scaled[..., 3], height, h, sampling_ratio, aligned,
+                         max_sampling_ratio)
+  ix, wx = _axis_samples(scaled[..., 0], scaled[..., 2], width, w, sampling_ratio, aligned,
+                         max_sampling_ratio)
   if impl == "einsum":
     out = 0.0
     for i, f in enumerate(features):
@@ -248,3 +279,23 @@ def multilevel_roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, *,
   base = jnp.arange(b, dtype=jnp.int32)[:, None] * per_image + offsets[level]
   row_len = jnp.asarray(widths, jnp.int32)[level]
   return _gather_pool(flat, base, row_len, iy, wy, ix, wx)
+
+
+def adaptive_overflow(boxes: jnp.ndarray, *, output_size, aligned: bool,
+                      max_sampling_ratio: int, min_level: int = 2, num_levels: int = 4,
+                      canonical_box_size: float = 224.0, canonical_level: int = 4) -> jnp.ndarray:
+  """`[B]` int32: boxes whose adaptive samples per bin exceed `max_sampling_ratio`.
+
+  For `multilevel_roi_align(..., sampling_ratio=0)` with the same arguments: those boxes
+  are sampled `max_sampling_ratio` times per bin along the capped axis, not as torchvision.
+  Boxes `[B, N, 4]` in input-image pixels; padded rows (zeros) never overflow.
+  """
+  h, w = _pair(output_size)
+  level = assign_levels(boxes, min_level=min_level, max_level=min_level + num_levels - 1,
+                        canonical_box_size=canonical_box_size, canonical_level=canonical_level)
+  scaled = boxes.astype(jnp.float32) * jnp.exp2(-level.astype(jnp.float32))[..., None]
+  over = jnp.zeros(boxes.shape[:2], bool)
+  for axis, bins in ((1, h), (0, w)):
+    _, length = _extent(scaled[..., axis], scaled[..., axis + 2], aligned)
+    over |= _adaptive_count(length, bins) > max_sampling_ratio
+  return over.sum(-1, dtype=jnp.int32)

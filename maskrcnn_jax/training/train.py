@@ -25,6 +25,7 @@ import optax
 
 from maskrcnn_jax import distributed
 from maskrcnn_jax import models
+from maskrcnn_jax import validation
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import run_eval
@@ -192,18 +193,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
 
+  latest = mngr.latest_step()
   rng = jax.random.key(config.seed)
   init_rng, step_rng, val_rng = jax.random.split(rng, 3)
   variables = init_variables(model, config.data, init_rng, replicated)
-  if config.init.checkpoint:
+  if config.init.checkpoint != validation.RANDOM_INIT and latest is None:
     from maskrcnn_jax.weights import load  # pylint: disable=g-import-not-at-top
     variables = load.init_from_checkpoint(variables, config.init.checkpoint,
-                                          scope=config.init.scope)
+                                          scope=config.init.scope, class_set=class_set)
   masks = [optimizer.trainable_mask(variables["params"], s.trainable,
                                     freeze_at=config.model.freeze_at) for s in stages]
   txs = [optimizer.make_optimizer(config.train, s) for s in stages]
 
-  latest = mngr.latest_step()
   if latest is None:
     opt_stage = 0
     state = create_state(variables, txs[0], masks[0], replicated)

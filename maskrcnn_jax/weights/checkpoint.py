@@ -4,6 +4,7 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 killed run never leaves a half-written checkpoint behind as the latest one.
 """
 
+import json
 from typing import Any
 
 from etils import epath
@@ -37,6 +38,12 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
   return mngr.restore(step, args=args)["state"]
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether WORKDIR/checkpoints holds a completed step."""
+  path = epath.Path(workdir) / "checkpoints"
+  return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
+
+
 def load_variables(path: str) -> dict[str, Any]:
   """Reads the `state` item of a checkpoint directory written by `save` as numpy arrays.
 
@@ -58,7 +65,24 @@ def load_variables(path: str) -> dict[str, Any]:
         path / "state", jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree))
 
 
-def save_variables(path: str, variables: dict[str, Any]) -> None:
-  """Writes `variables` (e.g. converted weights) as PATH/state, which `load_variables` reads."""
+METADATA = "metadata.json"
+
+
+def save_variables(path: str, variables: dict[str, Any],
+                   metadata: dict[str, Any] | None = None) -> None:
+  """Writes `variables` (e.g. converted weights) as PATH/state, which `load_variables` reads.
+
+  `metadata` (JSON data, e.g. `classifier_layout`, see `maskrcnn_jax.weights.load`) goes
+  to PATH/metadata.json, which `load_metadata` reads.
+  """
+  path = epath.Path(path).resolve()
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(epath.Path(path).resolve() / "state", variables)
+    checkpointer.save(path / "state", variables)
+  if metadata:
+    (path / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+
+
+def load_metadata(path: str) -> dict[str, Any]:
+  """PATH/metadata.json of converted weights; {} when there is none (e.g. a workdir)."""
+  file = epath.Path(path) / METADATA
+  return json.loads(file.read_text()) if file.exists() else {}

@@ -15,7 +15,9 @@ Every key must be used: anything left over fails the conversion.
 
 The result is `{"params": ..., "frozen_bn": ...}` with the module paths of
 `maskrcnn_jax.models` (its docstring), written so that
-`maskrcnn_jax.weights.checkpoint.load_variables(OUTPUT)` reads it back. torch is needed
+`maskrcnn_jax.weights.checkpoint.load_variables(OUTPUT)` reads it back, and
+OUTPUT/metadata.json (`metadata`): a 91-way classifier is torchvision's COCO layout, which
+`maskrcnn_jax.weights.load` maps onto a class set such as `coco`. torch is needed
 only to read `.pth` files (`pip install -e .[torch]`); `.npz` files of the same keys are
 read without it.
 """
@@ -234,10 +236,20 @@ def summary(variables: Variables) -> str:
   return f"{count / 1e6:.2f}M parameters in {', '.join(params)}"
 
 
+def metadata(variables: Variables, input_path: str) -> dict[str, str]:
+  """What OUTPUT/metadata.json records: the source file and, for torchvision's 91-way
+  COCO classifier, `classifier_layout` `torchvision91` (`maskrcnn_jax.weights.load`)."""
+  out = {"converted_from": input_path, "converter": "convert_torchvision"}
+  heads = variables["params"].get("roi_heads")
+  if heads is not None and heads["box_head"]["cls_score"]["bias"].shape == (91,):
+    out["classifier_layout"] = "torchvision91"
+  return out
+
+
 def convert_file(input_path: str, output_dir: str, *, depth: int | None = None) -> Variables:
   """Converts the state dict at `input_path` and writes it as a checkpoint `output_dir`."""
   variables = convert(read_state_dict(input_path), depth=depth)
-  checkpoint.save_variables(output_dir, variables)
+  checkpoint.save_variables(output_dir, variables, metadata(variables, input_path))
   logging.info("wrote %s (%s)", output_dir, summary(variables))
   return variables
 

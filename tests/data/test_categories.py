@@ -19,6 +19,7 @@ def test_table_shape():
 
 
 @pytest.mark.parametrize("name, first, last, k", [
+    ("coco", 1, 90, 80),
     ("stuff", 92, 183, 92),
     ("stuff_no_other", 92, 182, 91),
     ("things_and_stuff", 1, 182, 171),
@@ -46,5 +47,5 @@ def test_out_of_set_ids_raise():
     cs.to_train_id(183)
   with pytest.raises(ValueError):
     cs.to_coco_id(0)
-  with pytest.raises(ValueError, match="stuff, stuff_no_other, things_and_stuff"):
+  with pytest.raises(ValueError, match="coco, stuff, stuff_no_other, things_and_stuff"):
     categories.get_class_set("things")

@@ -50,8 +50,7 @@ def test_scale_pad_round_trip_recovers_mask():
   assert iou >= 0.9, iou
 
 
-def test_paste_matches_grid_sample():
-  torch = pytest.importorskip("torch")
+def test_paste_matches_grid_sample(torch_reference):
   rng = np.random.default_rng(0)
   probs = rng.uniform(size=(5, 28, 28)).astype(np.float32)
   xy = rng.uniform(0, 40, size=(5, 2))
@@ -59,12 +58,9 @@ def test_paste_matches_grid_sample():
   h, w = 50, 70
   ours = masks.paste_masks(probs, boxes, (h, w, 1.0, h, w))
   # detectron2 `_do_paste_mask`: pixel centres normalised to the box, grid_sample.
-  b = torch.from_numpy(boxes)
-  gx = ((torch.arange(w) + 0.5)[None] - b[:, 0:1]) / (b[:, 2:3] - b[:, 0:1]) * 2 - 1
-  gy = ((torch.arange(h) + 0.5)[None] - b[:, 1:2]) / (b[:, 3:4] - b[:, 1:2]) * 2 - 1
-  grid = torch.stack([gx[:, None, :].expand(5, h, w), gy[:, :, None].expand(5, h, w)], -1)
-  ref = torch.nn.functional.grid_sample(torch.from_numpy(probs)[:, None], grid,
-                                        align_corners=False)[:, 0].numpy()
+  ref = torch_reference("tests/ops/torchvision_ops_ref.py",
+                        inputs={"boxes": boxes, "probs": probs}, op="paste", height=h,
+                        width=w)["pasted"]
   np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 

@@ -7,14 +7,20 @@ import socket
 import subprocess
 import sys
 
+import jax
+import numpy as np
 from PIL import Image
+from pycocotools import coco as coco_lib
+from pycocotools import cocoeval
 import pytest
 
 from configs import default
 from configs import tiny
+from maskrcnn_jax import models
 from maskrcnn_jax import run
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
+from maskrcnn_jax.weights import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -73,3 +79,71 @@ def test_two_processes_with_uneven_shards(tmp_path):
   assert expected["num_images"] == 5
   assert out[0]["metrics"] == pytest.approx(expected, rel=0, abs=0, nan_ok=True)  # Exact.
   assert not (tmp_path / "eval" / "process_states").exists()
+
+
+SAMPLES = pathlib.Path(__file__).parents[2].parent / "shared" / "coco_samples" / "panoptic_val2017"
+
+
+@pytest.fixture
+def coco_root(tmp_path):
+  """A COCO 2017 root (val2017/ + annotations/instances_val2017.json, no stuff file) made of
+  the two real val2017 images of the shared samples and their 43 thing annotations."""
+  if not SAMPLES.is_dir():
+    pytest.skip(f"{SAMPLES} (real COCO samples) not present")
+  root = tmp_path / "coco"
+  (root / "annotations").mkdir(parents=True)
+  (root / "val2017").symlink_to(SAMPLES / "images" / "val2017")
+  (root / "annotations" / "instances_val2017.json").symlink_to(
+      SAMPLES / "annotations" / "instances_val2017_from_panoptic.json")
+  return root
+
+
+def torchvision_layout_weights(config, path):
+  """Random weights of the tiny model with torchvision's 91-way COCO classifier."""
+  model = models.build(config.model, num_classes=91)
+  batch = {"image": np.zeros((1, 64, 64, 3), np.uint8),
+           "image_info": np.array([[64, 64, 1, 64, 64]], np.float32)}
+  variables = model.init({"params": jax.random.key(0), "sampling": jax.random.key(1)}, batch,
+                         train=False)
+  checkpoint.save_variables(str(path), jax.device_get(variables),
+                            {"classifier_layout": "torchvision91"})
+
+
+def test_eval_and_predict_on_a_coco_root(coco_root, tmp_path):
+  """Class set `coco` from converted weights: COCO AP on real val2017 images, and predict
+  on their folder without a data root; results carry COCO image and category ids."""
+  config = tiny.get_config()
+  config.data.class_set = "coco"
+  config.data.root = str(coco_root)
+  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  config.data.image_size = 128
+  config.model.roi_heads.detections_per_image = 50
+  config.model.roi_heads.score_threshold = 0.0  # Random weights: keep what they find.
+  config.init.checkpoint = str(tmp_path / "tv")
+  torchvision_layout_weights(config, tmp_path / "tv")
+  workdir = tmp_path / "run"
+  run.validate(config, "eval", str(workdir))
+  metrics = run.run(config, str(workdir), "eval")
+  assert metrics["num_images"] == 2
+  results = json.loads((workdir / "eval" / "0" / "coco_results.json").read_text())
+  assert {r["image_id"] for r in results} == {142238, 439180}
+  assert {r["category_id"] for r in results} <= set(categories.THING_IDS)
+
+  # The written results score the same against the instances JSON with plain pycocotools.
+  gt = coco_lib.COCO(str(coco_root / "annotations" / "instances_val2017.json"))
+  for iou_type in ("bbox", "segm"):
+    ev = cocoeval.COCOeval(gt, gt.loadRes(results), iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert metrics[f"{iou_type}/AP"] == pytest.approx(max(ev.stats[0], 0.0), abs=1e-9)
+
+  config.data.root = ""
+  config.predict.input_dir = str(coco_root / "val2017")
+  run.validate(config, "predict", str(workdir / "predict_run"))
+  out = pathlib.Path(run.run(config, str(workdir / "predict_run"), "predict"))
+  assert sorted(p.name for p in out.glob("*.png")) == ["000000142238.png", "000000439180.png"]
+  predicted = json.loads((out / "coco_results.json").read_text())
+  assert {r["image_id"] for r in predicted} == {142238, 439180}
+  assert {r["category_id"] for r in predicted} <= set(categories.THING_IDS)
+  assert len(predicted) == len(results)

@@ -19,6 +19,7 @@ LOSSES = ("rpn_objectness_loss", "rpn_box_loss", "rcnn_class_loss", "rcnn_box_lo
 
 def tiny_config(**overrides):
   config = default.get_config().model
+  default.torchvision_weights(config)
   config.depth = 18
   config.freeze_at = 0
   config.fpn_channels = 32

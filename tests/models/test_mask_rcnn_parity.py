@@ -1,29 +1,23 @@
 """The model against torchvision's Mask R-CNN with the same (converted) random weights.
 
-A ResNet-18 FPN Mask R-CNN at 128 px, eval mode: FPN features, RPN outputs, proposals,
-detections and 28x28 masks agree. Runs only where torch and torchvision import (see
-tests/conftest.py, TORCH_SITE).
+A ResNet-18 FPN Mask R-CNN at 128 px, eval mode, on a square, a 4:3 and a 3:4 image padded
+to 128 x 128 (torchvision pads its normalised batch with 0, the mean colour; so does the
+model): FPN features, RPN outputs, proposals, detections and 28x28 masks agree. torchvision runs in its own process
+(mask_rcnn_parity_ref.py, the `torch_reference` fixture of tests/conftest.py).
 """
 
 import re
 
+from configs import default
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+from maskrcnn_jax import models
 
-from configs import default  # pylint: disable=g-import-not-at-top
-from flax import traverse_util  # pylint: disable=g-import-not-at-top
-from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
-
-from torchvision.models.detection import backbone_utils  # pylint: disable=g-import-not-at-top
-from torchvision.models.detection import faster_rcnn  # pylint: disable=g-import-not-at-top
-from torchvision.models.detection import mask_rcnn  # pylint: disable=g-import-not-at-top
-from torchvision.models.detection import anchor_utils  # pylint: disable=g-import-not-at-top
-from torchvision.ops import misc  # pylint: disable=g-import-not-at-top
+REF = "tests/models/mask_rcnn_parity_ref.py"
 
 S = 128
 NUM_CLASSES = 4  # With the background.
@@ -59,7 +53,6 @@ def convert(state_dict):
   """torchvision MaskRCNN state_dict -> {"params", "frozen_bn"}."""
   params, frozen = {}, {}
   for key, value in state_dict.items():
-    value = value.detach().numpy()
     for pattern, repl in _RULES:
       if re.fullmatch(pattern, key):
         path = re.sub(pattern, repl, key)
@@ -82,44 +75,9 @@ def convert(state_dict):
   return {"params": unflat(params), "frozen_bn": unflat(frozen)}
 
 
-def _torch_model():
-  torch.manual_seed(0)
-  backbone = backbone_utils.resnet_fpn_backbone(
-      backbone_name="resnet18", weights=None, norm_layer=misc.FrozenBatchNorm2d,
-      trainable_layers=3, returned_layers=[1, 2, 3, 4])
-  channels = backbone.out_channels
-  model = mask_rcnn.MaskRCNN(
-      backbone, num_classes=None, min_size=S, max_size=S, image_mean=MEAN,
-      image_std=STD,
-      rpn_anchor_generator=anchor_utils.AnchorGenerator(tuple((s,) for s in SIZES),
-                                                        ((0.5, 1.0, 2.0),) * 5),
-      rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-      box_head=faster_rcnn.TwoMLPHead(channels * 49, 64),
-      box_predictor=faster_rcnn.FastRCNNPredictor(64, NUM_CLASSES),
-      box_detections_per_img=20,
-      mask_head=mask_rcnn.MaskRCNNHeads(channels, (32, 32), 1),
-      mask_predictor=mask_rcnn.MaskRCNNPredictor(32, 32, NUM_CLASSES))
-  gen = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for name, buf in model.named_buffers():
-      if name.endswith("running_mean"):
-        buf.copy_(0.1 * torch.randn(buf.shape, generator=gen))
-      elif name.endswith("running_var"):
-        buf.copy_(0.5 + torch.rand(buf.shape, generator=gen))
-      elif name.endswith("bn1.weight") or name.endswith("bn2.weight"):
-        buf.copy_(0.5 + 0.5 * torch.rand(buf.shape, generator=gen))
-    # Spread the near-constant initial scores so that rankings are not float ties.
-    for head in (model.rpn.head.cls_logits, model.roi_heads.box_predictor.bbox_pred,
-                 model.rpn.head.bbox_pred):
-      head.weight.normal_(0.0, 0.05, generator=gen)
-    model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 1.0, generator=gen)
-    for p in model.roi_heads.mask_predictor.parameters():
-      p.normal_(0.0, 0.05, generator=gen)
-  return model.eval()
-
-
 def _jax_model():
   config = default.get_config().model
+  default.torchvision_weights(config)
   config.depth = 18
   config.fpn_channels = 256
   config.pixel_mean = tuple(255 * m for m in MEAN)
@@ -135,40 +93,45 @@ def _jax_model():
   return models.build(config, num_classes=NUM_CLASSES)
 
 
-@pytest.fixture(scope="module")
-def outputs():
-  rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
-  image[20:70, 30:100] = (250, 30, 30)  # Some structure for the proposals to find.
-  tmodel = _torch_model()
-  with torch.no_grad():
-    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
-    images, _ = tmodel.transform([x])
-    features = tmodel.backbone(images.tensors)
-    objectness, deltas = tmodel.rpn.head(list(features.values()))
-    proposals, _ = tmodel.rpn(images, features)
-    detections, _ = tmodel.roi_heads(features, proposals, images.image_sizes)
-  torch_out = {"features": [f.permute(0, 2, 3, 1).numpy() for f in features.values()],
-               "objectness": [o.permute(0, 2, 3, 1).numpy() for o in objectness],
-               "proposals": proposals[0].numpy(), "detections": detections[0]}
+def _group(ref, prefix):
+  return {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
 
+
+@pytest.fixture(scope="module", params=[(S, S), (96, S), (S, 96)],
+                ids=["square", "4:3", "3:4"])
+def reference(torch_reference, request):
+  height, width = request.param
+  return torch_reference(REF, size=S, height=height, width=width, num_classes=NUM_CLASSES,
+                         mean=MEAN, std=STD, sizes=SIZES)
+
+
+@pytest.fixture(scope="module")
+def outputs(reference):
+  image = reference["image"]
+  h, w = image.shape[:2]
+  features = _group(reference, "features/")
+  torch_out = {"features": [features[str(i)] for i in range(len(features))],
+               "proposals": reference["proposals"],
+               "detections": {k: reference[k] for k in ("boxes", "scores", "labels", "masks")}}
   model = _jax_model()
-  variables = convert(tmodel.state_dict())
-  batch = {"image": image[None], "image_info": np.array([[S, S, 1.0, S, S]], np.float32)}
+  variables = convert(_group(reference, "state/"))
+  padded = np.zeros((1, S, S, 3), np.uint8)  # Black: the model must make it the mean.
+  padded[0, :h, :w] = image
+  batch = {"image": padded, "image_info": np.array([[h, w, 1.0, h, w]], np.float32)}
   jax_out = jax.jit(lambda v, b: model.apply(v, b, train=False))(variables, batch)
+  x = np.zeros((1, S, S, 3), np.float32)
+  x[0, :h, :w] = (image - np.array(model.pixel_mean)) / np.array(model.pixel_std)
   jax_features = jax.jit(lambda v, x: model.apply(
-      v, x, method=lambda m, x: m.fpn(m.backbone(x))))(
-          variables, (image[None].astype(np.float32) - np.array(model.pixel_mean))
-          / np.array(model.pixel_std))
+      v, x, method=lambda m, x: m.fpn(m.backbone(x))))(variables, x)
   return torch_out, jax_out, jax_features
 
 
-def test_converted_variables_match_init_structure():
+def test_converted_variables_match_init_structure(reference):
   model = _jax_model()
   batch = {"image": np.zeros((1, S, S, 3), np.uint8),
            "image_info": np.array([[S, S, 1.0, S, S]], np.float32)}
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
-  converted = jax.eval_shape(lambda: convert(_torch_model().state_dict()))
+  converted = jax.eval_shape(lambda: convert(_group(reference, "state/")))
   assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, converted)
 
 
@@ -191,7 +154,7 @@ def test_detections(outputs):
   want = torch_out["detections"]
   n = int(jax_out["num_detections"][0])
   assert n == len(want["boxes"]) > 0
-  np.testing.assert_allclose(jax_out["boxes"][0, :n], want["boxes"].numpy(), atol=1e-2)
-  np.testing.assert_allclose(jax_out["scores"][0, :n], want["scores"].numpy(), atol=1e-4)
-  np.testing.assert_array_equal(jax_out["classes"][0, :n], want["labels"].numpy())
-  np.testing.assert_allclose(jax_out["masks"][0, :n], want["masks"][:, 0].numpy(), atol=1e-3)
+  np.testing.assert_allclose(jax_out["boxes"][0, :n], want["boxes"], atol=1e-2)
+  np.testing.assert_allclose(jax_out["scores"][0, :n], want["scores"], atol=1e-4)
+  np.testing.assert_array_equal(jax_out["classes"][0, :n], want["labels"])
+  np.testing.assert_allclose(jax_out["masks"][0, :n], want["masks"], atol=1e-3)

@@ -5,6 +5,9 @@ import pytest
 
 from maskrcnn_jax.ops import anchors
 
+REF = "tests/ops/torchvision_ops_ref.py"  # torchvision in its own process (tests/conftest.py).
+
+
 # Size 32, ratios (0.5, 1, 2): sqrt(.5) h-ratio gives 45.25 x 22.63 -> halves rounded 23, 11.
 FIRST_CELL = np.array([[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]], np.float32)
 
@@ -35,15 +38,8 @@ def test_several_sizes_per_level():
 
 
 @pytest.mark.parametrize("image", [256, 320])
-def test_matches_torchvision(image):
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("torchvision")
-  # pylint: disable-next=g-import-not-at-top
-  from torchvision.models.detection import anchor_utils, image_list
+def test_matches_torchvision(image, torch_reference):
   sizes, ratios = (32, 64, 128, 256, 512), (0.5, 1.0, 2.0)
-  gen = anchor_utils.AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
-  images = image_list.ImageList(torch.zeros(1, 3, image, image), [(image, image)])
-  maps = [torch.zeros(1, 1, image // s, image // s) for s in (4, 8, 16, 32, 64)]
-  ref = gen(images, maps)[0].numpy()
+  ref = torch_reference(REF, op="anchors", image=image, sizes=sizes, ratios=ratios)["anchors"]
   np.testing.assert_array_equal(anchors.generate_anchors_concat(image, sizes=sizes,
                                                                 aspect_ratios=ratios), ref)

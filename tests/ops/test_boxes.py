@@ -10,6 +10,9 @@ import pytest
 
 from maskrcnn_jax.ops import boxes as box_ops
 
+REF = "tests/ops/torchvision_ops_ref.py"  # torchvision in its own process (tests/conftest.py).
+
+
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 
@@ -57,32 +60,20 @@ def test_round_trip_and_clamp():
   np.testing.assert_allclose(big, [1 - 62.5, 0, 1 + 62.5, 2], rtol=1e-5)
 
 
-def torch_modules():
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip("torchvision")
-  return torch, torchvision
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_torchvision(seed):
-  torch, torchvision = torch_modules()
-  # pylint: disable-next=g-import-not-at-top
-  from torchvision.models.detection import _utils as det_utils
+def test_matches_torchvision(seed, torch_reference):
   rng = np.random.default_rng(seed)
   xy = rng.uniform(-20, 300, (200, 2))
   a = np.concatenate([xy, xy + rng.uniform(0.5, 200, (200, 2))], -1).astype(np.float32)
   xy = rng.uniform(-20, 300, (200, 2))
   b = np.concatenate([xy, xy + rng.uniform(0.5, 200, (200, 2))], -1).astype(np.float32)
-  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-  np.testing.assert_allclose(box_ops.box_iou(a, b), torchvision.ops.box_iou(ta, tb).numpy(),
-                             atol=1e-6)
-  np.testing.assert_array_equal(box_ops.clip_boxes(a, 200, 150),
-                                torchvision.ops.clip_boxes_to_image(ta, (200, 150)).numpy())
-  keep = torchvision.ops.remove_small_boxes(ta, 5.0).numpy()
-  np.testing.assert_array_equal(np.flatnonzero(~np.asarray(box_ops.small_box_mask(a, 5.0))), keep)
-  coder = det_utils.BoxCoder(WEIGHTS)
-  deltas = coder.encode_single(ta, tb).numpy()
-  np.testing.assert_allclose(box_ops.encode(a, b, WEIGHTS), deltas, atol=1e-5)
   wild = rng.normal(scale=3.0, size=(200, 4)).astype(np.float32) * WEIGHTS  # Some get clamped.
-  ref = coder.decode_single(torch.from_numpy(wild), tb).numpy()
-  np.testing.assert_allclose(box_ops.decode(wild, b, WEIGHTS), ref, rtol=1e-5, atol=1e-3)
+  ref = torch_reference(REF, inputs={"a": a, "b": b, "wild": wild}, op="boxes",
+                        weights=WEIGHTS, clip_hw=(200, 150), min_size=5.0)
+  np.testing.assert_allclose(box_ops.box_iou(a, b), ref["iou"], atol=1e-6)
+  np.testing.assert_array_equal(box_ops.clip_boxes(a, 200, 150), ref["clip"])
+  np.testing.assert_array_equal(np.flatnonzero(~np.asarray(box_ops.small_box_mask(a, 5.0))),
+                                ref["keep"])
+  np.testing.assert_allclose(box_ops.encode(a, b, WEIGHTS), ref["encode"], atol=1e-5)
+  np.testing.assert_allclose(box_ops.decode(wild, b, WEIGHTS), ref["decode"], rtol=1e-5,
+                             atol=1e-3)

@@ -9,6 +9,9 @@ import pytest
 
 from maskrcnn_jax.ops import nms as nms_ops
 
+REF = "tests/ops/torchvision_ops_ref.py"  # torchvision in its own process (tests/conftest.py).
+
+
 # Box 1 overlaps box 0 with IoU 81 / 119 = 0.68; box 3 duplicates box 0 at the same score.
 BOXES = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10],
                   [21, 21, 31, 31]], np.float32)
@@ -123,29 +126,22 @@ def test_bad_input_raises():
     nms_ops.nms(BOXES, SCORES[:3], iou_threshold=0.5, max_outputs=2)
 
 
-def torch_modules():
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip("torchvision")
-  return torch, torchvision
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("iou_threshold", [0.5, 0.7])
-def test_matches_torchvision(seed, iou_threshold):
-  torch, torchvision = torch_modules()
+def test_matches_torchvision(seed, iou_threshold, torch_reference):
   rng = np.random.default_rng(seed)
   n = 2000
   boxes = random_boxes(rng, n, size=600.0)
   boxes[:50] = boxes[50:100]  # Duplicates ...
   scores = rng.uniform(size=n).astype(np.float32)
   scores[:300] = np.round(scores[:300], 1)  # ... and many tied scores.
-  ref = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou_threshold)
-  ref = ref.numpy().tolist()
+  groups = rng.integers(0, 5, n)
+  refs = torch_reference(REF, inputs={"boxes": boxes, "scores": scores, "groups": groups},
+                         op="nms", iou_threshold=iou_threshold)
+  ref = refs["keep"].tolist()
   assert run_nms(boxes, scores, iou_threshold=iou_threshold, max_outputs=n) == ref
   assert run_nms(boxes, scores, iou_threshold=iou_threshold, max_outputs=100) == ref[:100]
-  groups = rng.integers(0, 5, n)
-  ref = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
-                                    torch.from_numpy(groups), iou_threshold).numpy().tolist()
+  ref = refs["batched_keep"].tolist()
   kept = run_nms(boxes, scores, iou_threshold=iou_threshold, max_outputs=n, groups=groups)
   # torchvision merges the groups with an unstable sort: equal scores may come in any order.
   assert sorted(kept) == sorted(ref)

@@ -150,20 +150,16 @@ def test_bad_input_raises():
     ra.roi_align(RAMP, np.zeros((1, 4)), output_size=2, spatial_scale=1.0, sampling_ratio=2,
                  aligned=True)
   with pytest.raises(ValueError, match="sampling_ratio"):
-    ra.roi_align(RAMP, np.zeros((1, 1, 4)), output_size=2, spatial_scale=1.0, sampling_ratio=0,
+    ra.roi_align(RAMP, np.zeros((1, 1, 4)), output_size=2, spatial_scale=1.0, sampling_ratio=-1,
                  aligned=True)
   with pytest.raises(ValueError, match="features must be"):
     ra.roi_align(RAMP[0], np.zeros((1, 1, 4)), output_size=2, spatial_scale=1.0,
                  sampling_ratio=2, aligned=True)
 
 
-# --- Parity with torchvision (skipped without torch). ---
+# --- Parity with torchvision (in its own process, tests/conftest.py). ---
 
-
-def torch_modules():
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip("torchvision")
-  return torch, torchvision
+REF = "tests/ops/torchvision_ops_ref.py"
 
 
 def hostile_boxes(rng, b, n, size):
@@ -176,40 +172,30 @@ def hostile_boxes(rng, b, n, size):
   return boxes
 
 
-def torch_rois(torch, boxes):
-  b, n, _ = boxes.shape
-  ids = np.repeat(np.arange(b, dtype=np.float32), n)[:, None]
-  return torch.from_numpy(np.concatenate([ids, boxes.reshape(-1, 4)], 1))
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("aligned", [False, True])
-def test_roi_align_matches_torchvision(seed, aligned):
-  torch, torchvision = torch_modules()
+@pytest.mark.parametrize("sr", [2, 0])  # 0: adaptive (up to 6 samples per bin here).
+def test_roi_align_matches_torchvision(seed, aligned, sr, torch_reference):
   rng = np.random.default_rng(seed)
   b, h, w, c, n = 2, 13, 17, 3, 24
   features = rng.normal(size=(b, h, w, c)).astype(np.float32)
   boxes = hostile_boxes(rng, b, n, 4.0 * w)
-  size, scale, sr = (5, 4), 0.25, 2
-  out = align(features, boxes, output_size=size, spatial_scale=scale, sampling_ratio=sr,
-              aligned=aligned)
+  size, scale = (5, 4), 0.25
+  pool = functools.partial(align, output_size=size, spatial_scale=scale, sampling_ratio=sr,
+                           aligned=aligned, max_sampling_ratio=6)
+  out = pool(features, boxes)
   cotangent = rng.normal(size=out.shape).astype(np.float32)
-  grad = jax.grad(lambda x: jnp.sum(align(x, boxes, output_size=size, spatial_scale=scale,
-                                          sampling_ratio=sr, aligned=aligned) * cotangent))(
-                                              jnp.asarray(features))
-
-  x = torch.from_numpy(features.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
-  ref = torchvision.ops.roi_align(x, torch_rois(torch, boxes), output_size=size,
-                                  spatial_scale=scale, sampling_ratio=sr, aligned=aligned)
-  ref.backward(torch.from_numpy(cotangent.reshape(b * n, *size, c).transpose(0, 3, 1, 2).copy()))
-  ref = ref.detach().numpy().transpose(0, 2, 3, 1).reshape(out.shape)
-  np.testing.assert_allclose(out, ref, atol=1e-5)
-  np.testing.assert_allclose(grad, x.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+  grad = jax.grad(lambda x: jnp.sum(pool(x, boxes) * cotangent))(jnp.asarray(features))
+  ref = torch_reference(REF, inputs={"features": features, "boxes": boxes,
+                                     "cotangent": cotangent.reshape(b * n, *size, c)},
+                        op="roi_align", output_size=size, spatial_scale=scale,
+                        sampling_ratio=sr, aligned=aligned)
+  np.testing.assert_allclose(out, ref["out"].reshape(out.shape), atol=1e-5)
+  np.testing.assert_allclose(grad, ref["grad"], atol=1e-4)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_multilevel_matches_torchvision(seed):
-  torch, torchvision = torch_modules()
+def test_multilevel_matches_torchvision(seed, torch_reference):
   rng = np.random.default_rng(seed)
   b, image, c, n = 2, 256, 4, 40
   levels = [rng.normal(size=(b, image // 2**l, image // 2**l, c)).astype(np.float32)
@@ -218,11 +204,48 @@ def test_multilevel_matches_torchvision(seed):
   boxes[:, 8:16] = random_boxes(rng, b, 8, image, min_side=1.0, max_side=12.0)  # Level 2.
   out = jax.jit(functools.partial(ra.multilevel_roi_align, output_size=7, sampling_ratio=2,
                                   aligned=False))(levels, boxes)
-  pool = torchvision.ops.MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, 2)
-  maps = {f"p{l + 2}": torch.from_numpy(f.transpose(0, 3, 1, 2).copy())
-          for l, f in enumerate(levels)}
-  ref = pool(maps, [torch.from_numpy(x) for x in boxes], [(image, image)] * b)
-  ref = ref.numpy().transpose(0, 2, 3, 1).reshape(out.shape)
+  ref = torch_reference(REF, inputs={"boxes": boxes, **{f"level{l}": f for l, f in
+                                                          enumerate(levels)}},
+                        op="multiscale_roi_align", output_size=7, sampling_ratio=2,
+                        image=image)["out"].reshape(out.shape)
   # Sample coordinates up to 64 map pixels carry float32 rounding of ~4e-6 pixel, which
   # XLA's fused arithmetic rounds differently from torchvision's kernel.
   np.testing.assert_allclose(out, ref, atol=5e-5)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_adaptive_equals_fixed_ratio_of_the_same_count(aligned):
+  """sampling_ratio=0 takes ceil(side / bins) samples per bin, per box and axis."""
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(1, 24, 24, 2)).astype(np.float32)
+  # 4 bins: side 7.5 -> 2 samples per bin (rows), 13 -> 4 (columns); an empty box gives
+  # zeros when aligned (unaligned boxes are at least 1 x 1: one sample).
+  boxes = np.array([[[2.0, 3.0, 15.0, 10.5], [5.0, 5.0, 5.0, 5.0]]], np.float32)
+  out = align(features, boxes, output_size=4, sampling_ratio=0, aligned=aligned,
+              max_sampling_ratio=6)
+  y0, x0 = (boxes[0, 0, 1] - 0.5 * aligned), (boxes[0, 0, 0] - 0.5 * aligned)
+  hb, wb = (boxes[0, 0, 3] - boxes[0, 0, 1]) / 4, (boxes[0, 0, 2] - boxes[0, 0, 0]) / 4
+  def bilinear(y, x):
+    y0_, x0_ = int(np.floor(y)), int(np.floor(x))
+    fy, fx = y - y0_, x - x0_
+    f = features[0]
+    return ((1 - fy) * (1 - fx) * f[y0_, x0_] + (1 - fy) * fx * f[y0_, x0_ + 1]
+            + fy * (1 - fx) * f[y0_ + 1, x0_] + fy * fx * f[y0_ + 1, x0_ + 1])
+  want = np.zeros((4, 4, 2), np.float32)
+  for p in range(4):
+    for q in range(4):
+      want[p, q] = np.mean([bilinear(y0 + p * hb + (i + 0.5) * hb / 2,
+                                     x0 + q * wb + (j + 0.5) * wb / 4)
+                            for i in range(2) for j in range(4)], axis=0)
+  np.testing.assert_allclose(out[0, 0], want, atol=1e-5)
+  if aligned:
+    np.testing.assert_array_equal(out[0, 1], 0.0)
+
+
+def test_adaptive_overflow_counts_capped_boxes():
+  boxes = np.array([[[0, 0, 64, 8], [0, 0, 200, 8], [0, 0, 0, 0]]], np.float32)
+  # Level 2 (sqrt(area) < 112): 200 / 4 / 7 bins -> 8 samples > 6; 64 / 4 / 7 -> 3.
+  count = ra.adaptive_overflow(boxes, output_size=7, aligned=True, max_sampling_ratio=6)
+  np.testing.assert_array_equal(count, [1])
+  count = ra.adaptive_overflow(boxes, output_size=7, aligned=True, max_sampling_ratio=8)
+  np.testing.assert_array_equal(count, [0])

@@ -10,6 +10,9 @@ import pytest
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import sampling
 
+REF = "tests/ops/torchvision_ops_ref.py"  # torchvision in its own process (tests/conftest.py).
+
+
 # 3 GT (the last one padded) x 6 predictions.
 QUALITY = np.array([[0.9, 0.5, 0.1, 0.0, 0.2, 0.1],
                     [0.2, 0.6, 0.65, 0.1, 0.25, 0.1],
@@ -113,19 +116,16 @@ def test_bad_input_raises():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("allow_low_quality_matches", [False, True])
-def test_match_matches_torchvision(seed, allow_low_quality_matches):
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("torchvision")
-  # pylint: disable-next=g-import-not-at-top
-  from torchvision.models.detection import _utils as det_utils
+def test_match_matches_torchvision(seed, allow_low_quality_matches, torch_reference):
   rng = np.random.default_rng(seed)
   def boxes(n):
     xy = rng.uniform(0, 200, (n, 2))
     return np.concatenate([xy, xy + rng.uniform(5, 80, (n, 2))], -1).astype(np.float32)
   gt, anchors = boxes(7), boxes(500)
   iou = np.array(box_ops.box_iou(gt, anchors))
-  matcher = det_utils.Matcher(0.7, 0.3, allow_low_quality_matches)
-  ref = matcher(torch.from_numpy(iou[:5])).numpy()  # Rows 5, 6 act as padding below.
+  ref = torch_reference(REF, inputs={"iou": iou[:5]}, op="match", high=0.7, low=0.3,
+                        allow_low_quality_matches=allow_low_quality_matches)["matches"]
+  # Rows 5, 6 act as padding below.
   idx, labels = run_match(iou, np.arange(7) < 5, allow_low_quality_matches)
   np.testing.assert_array_equal(labels, np.where(ref >= 0, 1, np.where(ref == -1, 0, -1)))
   np.testing.assert_array_equal(np.asarray(idx)[ref >= 0], ref[ref >= 0])

@@ -1,11 +1,14 @@
-"""Converted torchvision models compute what torchvision computes (needs torch + torchvision).
+"""Converted torchvision models compute what torchvision computes.
 
-Run with `TORCH_SITE=/work/torchvenv/lib/python3.11/site-packages`; skipped without torch.
-Weights are random (seeded); BatchNorm statistics are set to the batch statistics of the
-test image, then perturbed, so that the network stays well-scaled and BN is exercised.
+torchvision runs in its own process (converted_parity_ref.py through the `torch_reference`
+fixture of tests/conftest.py): seeded random weights, BatchNorm statistics calibrated on the
+input. Its outputs and state dict come back as arrays; here they are converted and run.
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,35 +16,13 @@ import pytest
 
 from maskrcnn_jax.models import resnet
 from maskrcnn_jax.weights import convert_torchvision as conv
+import torch_parity
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
-
-
-def calibrate_bn(module, x, seed):
-  """BN running stats := the statistics of `x` (one train-mode pass), affine randomised."""
-  gen = torch.Generator().manual_seed(seed)
-  bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  for bn in bns:
-    bn.momentum = 1.0
-  module.train()
-  with torch.no_grad():
-    module(x)
-    for bn in bns:
-      n = bn.num_features
-      bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-      bn.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-      bn.running_mean.add_(torch.randn(n, generator=gen) * 0.05)
-      bn.running_var.mul_(torch.rand(n, generator=gen) * 0.5 + 0.75)
-  module.eval()
+REF = "tests/weights/converted_parity_ref.py"
 
 
-def state_numpy(module):
-  return {k: v.detach().numpy() for k, v in module.state_dict().items()}
-
-
-def nhwc(x):
-  return np.asarray(x.detach().numpy()).transpose(0, 2, 3, 1)
+def state_of(ref):
+  return {k[len("state/"):]: v for k, v in ref.items() if k.startswith("state/")}
 
 
 def max_rel_err(ours, theirs):
@@ -50,20 +31,13 @@ def max_rel_err(ours, theirs):
 
 
 @pytest.mark.parametrize("depth", [50, 101])
-def test_imagenet_resnet_c2_to_c5(depth):
-  torch.manual_seed(depth)
-  net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-  x = torch.randn(2, 3, 64, 96)
-  calibrate_bn(net, x, seed=depth)
-  body = torchvision.models._utils.IntermediateLayerGetter(
-      net, {f"layer{i}": f"c{i + 1}" for i in range(1, 5)})
-  with torch.no_grad():
-    expected = body(x)
-  variables = conv.convert(state_numpy(net), depth=depth)
+def test_imagenet_resnet_c2_to_c5(depth, torch_reference):
+  ref = torch_reference(REF, kind="resnet", depth=depth)
+  variables = conv.convert(state_of(ref), depth=depth)
   variables = {c: v["backbone"] for c, v in variables.items()}
-  outputs = resnet.ResNet(depth=depth).apply(variables, nhwc(x))
+  outputs = resnet.ResNet(depth=depth).apply(variables, ref["x"])
   for level, ours in zip(range(2, 6), outputs):
-    err = max_rel_err(ours, nhwc(expected[f"c{level}"]))
+    err = max_rel_err(ours, ref[f"c{level}"])
     print(f"resnet{depth} C{level} max abs err / max abs: {err:.2e}")
     assert err < 1e-4, level
 
@@ -71,47 +45,20 @@ def test_imagenet_resnet_c2_to_c5(depth):
 SIZE = 320  # Square, a multiple of 64; torchvision's transform is told not to resize it.
 
 
-def _image():
-  """Rectangles of random colour on noise: [SIZE, SIZE, 3] uint8."""
-  rng = np.random.default_rng(0)
-  image = rng.uniform(0, 60, (SIZE, SIZE, 3))
-  for _ in range(12):
-    x, y = rng.integers(0, SIZE - 40, 2)
-    w, h = rng.integers(20, SIZE // 2, 2)
-    image[y:y + h, x:x + w] += rng.uniform(0, 190, 3)
-  return np.clip(image, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
-def mask_rcnn_outputs():
+def mask_rcnn_outputs(torch_reference):
   """torchvision's maskrcnn_resnet50_fpn and the converted model on one image."""
   from configs import torchvision_r50_fpn  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
 
-  torch.manual_seed(0)
-  tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
-      weights=None, weights_backbone=None, num_classes=91, min_size=SIZE, max_size=SIZE)
-  tv.eval()
-  image = _image()
-  images, _ = tv.transform([torch.from_numpy(image).permute(2, 0, 1).float() / 255])
-  assert images.image_sizes == [(SIZE, SIZE)] and images.tensors.shape == (1, 3, SIZE, SIZE)
-  calibrate_bn(tv.backbone.body, images.tensors, seed=0)
-  with torch.no_grad():
-    # Small random box deltas keep boxes near their anchors / proposals: sensible sizes.
-    tv.rpn.head.bbox_pred.weight.mul_(0.1)
-    tv.roi_heads.box_predictor.bbox_pred.weight.mul_(0.1)
-    features = tv.backbone(images.tensors)
-    proposals, _ = tv.rpn(images, features)
-    detections, _ = tv.roi_heads(features, proposals, images.image_sizes)
-  theirs = {k: v.numpy() for k, v in detections[0].items()}
-  theirs["masks"] = theirs["masks"][:, 0]
-  theirs["proposals"] = proposals[0].numpy()
-  theirs["features"] = [nhwc(features[k]) for k in ("0", "1", "2", "3", "pool")]
-  theirs["input"] = nhwc(images.tensors)
+  ref = torch_reference(REF, kind="mask_rcnn", size=SIZE)
+  image = ref["image"]
+  theirs = {k: ref[k] for k in ("boxes", "scores", "labels", "masks", "proposals", "input")}
+  theirs["features"] = [ref[f"features/{i}"] for i in range(5)]
 
   config = torchvision_r50_fpn.get_config().model
   model = models.build(config, num_classes=91)
-  variables = conv.convert(state_numpy(tv), depth=50)
+  variables = conv.convert(state_of(ref), depth=50)
   batch = {"image": image[None],
            "image_info": np.array([[SIZE, SIZE, 1.0, SIZE, SIZE]], np.float32)}
   ours = jax.jit(functools.partial(model.apply, train=False))(variables, batch)
@@ -178,24 +125,35 @@ def test_mask_rcnn_detections_and_masks(mask_rcnn_outputs):
   assert iou.mean() > 0.99 and iou.min() > 0.97
 
 
-def test_pth_file_with_frozen_batchnorm(tmp_path):
-  """A .pth read through torch.load; FrozenBatchNorm2d has no num_batches_tracked."""
+def convert_pth(pth, output, *args):
+  """The converter's CLI on a .pth, in a process of its own that imports torch."""
+  python, _ = torch_parity.torch_python()
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [torch_parity.ROOT, torch_parity.site_packages(python)])}  # Ours first.
+  return subprocess.run([sys.executable, "-m", "maskrcnn_jax.weights.convert_torchvision",
+                         f"--input={pth}", f"--output={output}", *args],
+                        env=env, capture_output=True, text=True, check=False)
+
+
+def test_pth_file_with_frozen_batchnorm(tmp_path, torch_reference):
+  """A .pth read through torch.load (weights only)."""
   from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
 
-  torch.manual_seed(1)
-  net = torchvision.models.resnet18(norm_layer=torchvision.ops.FrozenBatchNorm2d)
-  with torch.no_grad():
-    for name, value in net.state_dict().items():
-      if "running_var" in name:
-        value.uniform_(0.5, 1.5)
-  torch.save(net.state_dict(), tmp_path / "r18.pth")
-  conv.convert_file(str(tmp_path / "r18.pth"), str(tmp_path / "r18"), depth=18)
+  pth = tmp_path / "r18.pth"
+  ref = torch_reference(REF, kind="pth", pth=str(pth))  # FrozenBatchNorm2d: no num_batches_tracked.
+  proc = convert_pth(pth, tmp_path / "r18", "--depth=18")
+  assert proc.returncode == 0, proc.stderr[-2000:]
   loaded = checkpoint.load_variables(str(tmp_path / "r18"))
-  expected = conv.convert(state_numpy(net))
+  expected = conv.convert(state_of(ref))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, expected)
-  x = torch.randn(1, 3, 64, 64)
-  with torch.no_grad():
-    c5 = torch.nn.Sequential(*list(net.children())[:-2])(x)
   variables = {c: v["backbone"] for c, v in loaded.items()}
-  ours = resnet.ResNet(depth=18).apply(variables, nhwc(x))[-1]
-  assert max_rel_err(ours, nhwc(c5)) < 1e-4
+  ours = resnet.ResNet(depth=18).apply(variables, ref["x"])[-1]
+  assert max_rel_err(ours, ref["c5"]) < 1e-4
+
+
+def test_pth_that_runs_code_is_refused(tmp_path, torch_reference):
+  pth, marker = tmp_path / "evil.pth", tmp_path / "ran"
+  torch_reference(REF, kind="evil_pth", pth=str(pth), marker=str(marker))
+  proc = convert_pth(pth, tmp_path / "out")
+  assert proc.returncode != 0 and "Weights only load failed" in proc.stderr, proc.stderr[-2000:]
+  assert not marker.exists()

@@ -9,6 +9,7 @@ import pytest
 
 from configs import tiny
 from maskrcnn_jax import models
+from maskrcnn_jax.data import categories
 from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import convert_torchvision as conv
 from maskrcnn_jax.weights import load
@@ -130,3 +131,123 @@ def test_converted_mask_rcnn_into_a_model_with_other_classes(tmp_path):
                                             train=False), rngs, batch)
   with pytest.raises(ValueError, match=r"missing \(\d+\): params/backbone/res2/block2/conv1"):
     load.init_from_checkpoint(deeper, str(tmp_path / "tv"), scope="backbone")
+
+
+def class_rows(num_rows, group, fc=8, start=0.0):
+  """cls/box/mask leaves whose row r (of `group` outputs) holds start + r everywhere."""
+  rows = np.repeat(start + np.arange(num_rows, dtype=np.float32), group)
+  return {"kernel": np.tile(rows, (fc, 1)), "bias": rows.copy()}
+
+
+def with_class_layers(variables, cls, box, mask, fc=8):
+  """`variables` with class layers of cls / box / mask rows (values = source row index)."""
+  heads = variables["params"]["roi_heads"]
+  heads["box_head"]["cls_score"] = class_rows(cls, 1, fc)
+  heads["box_head"]["bbox_pred"] = class_rows(box, 4, fc)
+  logits = class_rows(mask, 1, 2)
+  heads["mask_head"]["mask_logits"] = {"kernel": logits["kernel"][None, None],
+                                       "bias": logits["bias"]}
+  return variables
+
+
+COCO = categories.get_class_set("coco")
+
+
+@pytest.mark.parametrize("layout, cls, box, mask", [
+    ("torchvision91", 91, 91, 91), ("detectron2_81", 81, 80, 80), ("coco", 81, 81, 81)])
+def test_layouts_map_onto_the_coco_class_set(layout, cls, box, mask):
+  """Row j of the model (class set `coco`) comes from the checkpoint row of its COCO id."""
+  model = tree(-1.0, num_classes=81)
+  loaded = with_class_layers(tree(1.0, num_classes=81), cls, box, mask)
+  out = load.merge(model, loaded, scope="full", layout=layout, class_set=COCO,
+                   require_classes=True)
+  heads = out["params"]["roi_heads"]
+  ids = np.array((0,) + COCO.coco_ids)
+  if layout == "torchvision91":
+    want = {"cls": ids, "box": ids, "mask": ids}  # Row i is COCO id i.
+  elif layout == "detectron2_81":
+    contiguous = np.arange(-1, 80)  # Thing k (0-based) at row k, background at 80 / none.
+    want = {"cls": np.where(contiguous < 0, 80, contiguous),
+            "box": np.where(contiguous < 0, -1, contiguous),  # -1: the model's own row.
+            "mask": np.where(contiguous < 0, -1, contiguous)}
+  else:
+    want = {k: np.arange(81) for k in ("cls", "box", "mask")}
+  np.testing.assert_array_equal(heads["box_head"]["cls_score"]["bias"], want["cls"])
+  np.testing.assert_array_equal(heads["box_head"]["cls_score"]["kernel"][3], want["cls"])
+  np.testing.assert_array_equal(heads["box_head"]["bbox_pred"]["bias"].reshape(81, 4),
+                                np.repeat(want["box"][:, None], 4, 1))
+  np.testing.assert_array_equal(heads["box_head"]["bbox_pred"]["kernel"][5].reshape(81, 4)[:, 2],
+                                want["box"])
+  np.testing.assert_array_equal(heads["mask_head"]["mask_logits"]["kernel"][0, 0, 1],
+                                want["mask"])
+  np.testing.assert_array_equal(heads["mask_head"]["mask_logits"]["bias"], want["mask"])
+  assert (leaf(out, "params/fpn/lateral2/kernel") == 1).all()
+
+
+def test_detectron2_scores_survive_the_permutation():
+  """Softmax over detectron2's 81 logits, permuted to background first: the same scores."""
+  rng = np.random.default_rng(0)
+  loaded = tree(1.0, num_classes=81)
+  cls = {"kernel": rng.normal(size=(8, 81)).astype(np.float32),
+         "bias": rng.normal(size=81).astype(np.float32)}
+  loaded = with_class_layers(loaded, 81, 80, 80)
+  loaded["params"]["roi_heads"]["box_head"]["cls_score"] = cls
+  out = load.merge(tree(0.0, num_classes=81), loaded, scope="full", layout="detectron2_81",
+                   class_set=COCO)
+  x = rng.normal(size=(3, 8)).astype(np.float32)
+  softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(
+      z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  theirs = softmax(x @ cls["kernel"] + cls["bias"])
+  ours_cls = out["params"]["roi_heads"]["box_head"]["cls_score"]
+  ours = softmax(x @ ours_cls["kernel"] + ours_cls["bias"])
+  np.testing.assert_allclose(ours[:, 0], theirs[:, 80], rtol=1e-6)
+  np.testing.assert_allclose(ours[:, 1:], theirs[:, :80], rtol=1e-6)
+
+
+def test_things_and_stuff_takes_things_and_keeps_stuff_rows():
+  cs = categories.get_class_set("things_and_stuff")
+  model = tree(-1.0, num_classes=cs.num_classes + 1)
+  loaded = with_class_layers(tree(1.0, num_classes=91), 91, 91, 91)
+  out = load.merge(model, loaded, scope="full", layout="torchvision91", class_set=cs)
+  bias = out["params"]["roi_heads"]["box_head"]["cls_score"]["bias"]
+  np.testing.assert_array_equal(bias[:81], (0,) + categories.THING_IDS)
+  assert (bias[81:] == -1).all()
+  with pytest.raises(ValueError, match=r"lacks 91 of the 171 classes.*banner"):
+    load.merge(model, loaded, scope="full", layout="torchvision91", class_set=cs,
+               require_classes=True)
+
+
+def test_no_shared_class_keeps_the_model_layers():
+  cs = categories.get_class_set("stuff")
+  model = tree(-1.0, num_classes=cs.num_classes + 1)
+  loaded = with_class_layers(tree(1.0, num_classes=91), 91, 91, 91)
+  out = load.merge(model, loaded, scope="full", layout="torchvision91", class_set=cs)
+  assert (leaf(out, "params/roi_heads/box_head/cls_score/bias") == -1).all()
+  assert (leaf(out, "params/roi_heads/mask_head/mask_logits/kernel") == -1).all()
+  assert (leaf(out, "params/fpn/lateral2/kernel") == 1).all()
+  with pytest.raises(ValueError, match="has none of the classes of 'stuff'"):
+    load.merge(model, loaded, scope="full", layout="torchvision91", class_set=cs,
+               require_classes=True)
+  with pytest.raises(ValueError, match="no classifier_layout maps them"):
+    load.merge(model, loaded, scope="full", class_set=cs, require_classes=True)
+
+
+def test_layout_shape_mismatch_and_unknown_layout_fail():
+  loaded = with_class_layers(tree(1.0, num_classes=81), 81, 81, 81)
+  with pytest.raises(ValueError, match=r"bbox_pred/kernel has shape \(8, 324\), "
+                                       r"classifier_layout detectron2_81 needs \(\.\.\., 320\)"):
+    load.merge(tree(0.0, num_classes=81), loaded, scope="full", layout="detectron2_81",
+               class_set=COCO)
+  with pytest.raises(ValueError, match="unknown classifier_layout 'd2'"):
+    load.merge(tree(0.0, num_classes=81), loaded, scope="full", layout="d2", class_set=COCO)
+
+
+def test_converted_torchvision_records_its_layout(tmp_path):
+  state = torchvision_states.mask_rcnn_state(
+      18, np.random.default_rng(3), channels=16, fc_dim=32, mask_convs=1, mask_channels=16,
+      num_classes=91)
+  np.savez(tmp_path / "tv.npz", **state)
+  conv.convert_file(str(tmp_path / "tv.npz"), str(tmp_path / "tv"))
+  meta = checkpoint.load_metadata(str(tmp_path / "tv"))
+  assert meta["classifier_layout"] == "torchvision91"
+  assert meta["converted_from"] == str(tmp_path / "tv.npz")

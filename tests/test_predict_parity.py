@@ -1,0 +1,86 @@
+"""Done means: a converted torchvision R50-FPN through `main.py --mode=predict` detects what
+torchvision detects on the same images.
+
+torchvision's `maskrcnn_resnet50_fpn` with seeded random weights (calibrated FrozenBN;
+predict_parity_ref.py, in the torch venv) is saved as a state dict, converted with
+`maskrcnn_jax.weights.convert_torchvision` and run by main.py with
+configs/torchvision_r50_fpn.py and the class set `coco`, on a folder of the real val2017
+images of the shared samples at 320 px (the longest side: neither side resizes them),
+both padded to 320 x 320 with the mean colour. Every one of torchvision's top 20
+detections per image must have a match among ours of the same class with box IoU >= 0.9
+and a score within 1e-3 (measured: IoU >= 0.9994, scores within 4e-5).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from maskrcnn_jax.weights import convert_torchvision
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REF = "tests/predict_parity_ref.py"
+SAMPLES = ROOT.parent / "shared" / "coco_samples" / "panoptic_val2017" / "images" / "val2017"
+S = 320
+TOP = 20
+
+
+def iou(a, b):
+  """IoU of xywh box a [4] with xywh boxes b [N, 4]."""
+  lo = np.maximum(a[:2], b[:, :2])
+  hi = np.minimum(a[:2] + a[2:], b[:, :2] + b[:, 2:])
+  inter = np.prod(np.clip(hi - lo, 0, None), -1)
+  return inter / (np.prod(a[2:]) + np.prod(b[:, 2:], -1) - inter)
+
+
+@pytest.fixture
+def images(tmp_path):
+  if not SAMPLES.is_dir():
+    pytest.skip(f"{SAMPLES} (real COCO samples) not present")
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for path in sorted(SAMPLES.glob("*.jpg")):
+    with Image.open(path) as image:
+      scale = S / max(image.size)
+      image.resize((round(image.width * scale), round(image.height * scale)),
+                   Image.Resampling.BILINEAR).save(folder / f"{path.stem}.png")
+  return sorted(folder.glob("*.png"))
+
+
+def test_predict_matches_torchvision(images, tmp_path, torch_reference):
+  ref = torch_reference(REF, seed=0, min_size=S, max_size=S, size_divisible=S,
+                        images=[str(p) for p in images])
+  np.savez(tmp_path / "tv.npz", **{k[6:]: v for k, v in ref.items() if k.startswith("state/")})
+  convert_torchvision.convert_file(str(tmp_path / "tv.npz"), str(tmp_path / "tv"))
+  workdir = tmp_path / "run"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  subprocess.run([sys.executable, "main.py", "--config", "configs/torchvision_r50_fpn.py",
+                  "--mode=predict", f"--workdir={workdir}",
+                  f"--config.predict.input_dir={images[0].parent}",
+                  f"--config.init.checkpoint={tmp_path / 'tv'}",
+                  f"--config.data.image_size={S}"],
+                 cwd=ROOT, env=env, check=True, capture_output=True, timeout=1200)
+  results = json.loads((workdir / "predict" / "coco_results.json").read_text())
+  for i, path in enumerate(images):
+    ours = sorted((r for r in results if r["image_id"] == int(path.stem)),
+                  key=lambda r: -r["score"])
+    boxes = np.array([r["bbox"] for r in ours])
+    scores = np.array([r["score"] for r in ours])
+    classes = np.array([r["category_id"] for r in ours])
+    theirs = ref[f"{i}/boxes"][:TOP]
+    theirs = np.concatenate([theirs[:, :2], theirs[:, 2:] - theirs[:, :2]], -1)  # xywh
+    worst_iou, worst_score = 1.0, 0.0
+    for box, score, label in zip(theirs, ref[f"{i}/scores"][:TOP], ref[f"{i}/labels"][:TOP]):
+      overlap = iou(box, boxes)
+      match = (classes == label) & (overlap >= 0.9) & (np.abs(scores - score) <= 1e-3)
+      assert match.any(), (path.name, label, score, box)
+      best = np.flatnonzero(match)[np.argmax(overlap[match])]
+      worst_iou = min(worst_iou, overlap[best])
+      worst_score = max(worst_score, abs(scores[best] - score))
+    print(f"{path.name}: top {TOP} matched, min IoU {worst_iou:.4f}, "
+          f"max score diff {worst_score:.2e}")

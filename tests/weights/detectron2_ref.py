@@ -1,0 +1,149 @@
+"""Regenerates tests/weights/goldens/detectron2_r50_fpn.npz with detectron2's own code.
+
+  python3 -m venv /tmp/d2venv && /tmp/d2venv/bin/pip install -r requirements-detectron2.txt
+  git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
+  git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The golden's.
+  PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
+      '{"depth": 50, "size": 320, "images": [[240, 320], [320, 240]], "seed": 0,
+        "sampling_ratio": 0}' tests/weights/goldens/detectron2_r50_fpn.npz
+
+detectron2 is used from its source tree, not built: its ROIAlign and NMS wrap
+torchvision's, so no C++ extension is needed. The model is
+COCO-InstanceSegmentation/mask_rcnn_R_{depth}_FPN_3x.yaml on CPU with seeded random weights
+(detectron2_states.py). Every FrozenBatchNorm2d's statistics are set to those of its input
+on the test images (a forward pre-hook), so that activations stay O(1). The state dict is
+written as a model-zoo pickle ({"model": {name: ndarray}, "__author__": ...}) and loaded
+back through detectron2's DetectionCheckpointer into a fresh model, which computes the
+reference: two images (H x W in spec["images"], uint8 RGB, fed as BGR), padded with 0
+after normalisation to a size x size square (the FPN backbone's square_pad), no resizing.
+
+The golden holds the provenance, the state dict's keys, shapes and per-key sums of |x|,
+the calibrated BN statistics `stats/KEY`, and per image I: `proposals/I` [P, 4],
+`proposal_logits/I`, `boxes/I`, `scores/I`, `classes/I` (detectron2's 0-79),
+`masks/I` [N, 28, 28] probabilities.
+"""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import detectron2_states  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import detectron2  # pylint: disable=g-import-not-at-top,wrong-import-position
+from detectron2.checkpoint import DetectionCheckpointer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from detectron2.config import get_cfg  # pylint: disable=g-import-not-at-top,wrong-import-position
+from detectron2.layers import FrozenBatchNorm2d  # pylint: disable=g-import-not-at-top,wrong-import-position
+from detectron2.modeling import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+_SRC = os.path.dirname(os.path.dirname(detectron2.__file__))
+
+
+def _commit() -> str:
+  proc = subprocess.run(["git", "-C", _SRC, "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=False)
+  return proc.stdout.strip() or os.environ.get("DETECTRON2_COMMIT", "unknown")
+
+
+def build(spec):
+  config_file = f"COCO-InstanceSegmentation/mask_rcnn_R_{spec['depth']}_FPN_3x.yaml"
+  cfg = get_cfg()
+  # The source tree's configs/ (an installed detectron2 has them under model_zoo/).
+  cfg.merge_from_file(os.path.join(_SRC, "configs", config_file))
+  cfg.MODEL.DEVICE = "cpu"
+  cfg.MODEL.WEIGHTS = ""
+  cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = spec["sampling_ratio"]
+  cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = spec["sampling_ratio"]
+  model = build_model(cfg).eval()
+  model.backbone._square_pad = spec["size"]  # pylint: disable=protected-access
+  return model, config_file
+
+
+def inputs(spec):
+  images = [detectron2_states.image(h, w, spec["seed"] + i)
+            for i, (h, w) in enumerate(spec["images"])]
+  # detectron2 reads BGR (INPUT.FORMAT); the tests feed ours RGB with input_format BGR.
+  return [{"image": torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1)))
+           .float(), "height": im.shape[0], "width": im.shape[1]} for im in images]
+
+
+def calibrate(model, batch):
+  """Each FrozenBatchNorm2d's mean / var := those of its input (forward pre-hooks)."""
+  def hook(module, args):
+    x = args[0]
+    module.running_mean.copy_(x.mean((0, 2, 3)))
+    module.running_var.copy_(x.var((0, 2, 3), unbiased=False) + 1e-2)
+  handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+             if isinstance(m, FrozenBatchNorm2d)]
+  with torch.no_grad():
+    model.backbone(model.preprocess_image(batch).tensor)
+  for h in handles:
+    h.remove()
+
+
+def run(model, batch):
+  with torch.no_grad():
+    images = model.preprocess_image(batch)
+    features = model.backbone(images.tensor)
+    proposals, _ = model.proposal_generator(images, features, None)
+    results, _ = model.roi_heads(images, features, proposals, None)
+  out = {}
+  for i, (p, r) in enumerate(zip(proposals, results)):
+    out[f"proposals/{i}"] = p.proposal_boxes.tensor.numpy()
+    out[f"proposal_logits/{i}"] = p.objectness_logits.numpy()
+    out[f"boxes/{i}"] = r.pred_boxes.tensor.numpy()
+    out[f"scores/{i}"] = r.scores.numpy()
+    out[f"classes/{i}"] = r.pred_classes.numpy()
+    out[f"masks/{i}"] = r.pred_masks[:, 0].numpy()
+  return out, tuple(images.tensor.shape)
+
+
+def main(spec, out_path):
+  torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+  model, config_file = build(spec)
+  shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+  state = detectron2_states.random_state(shapes, spec["seed"])
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+  batch = inputs(spec)
+  calibrate(model, batch)
+  state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+  with tempfile.TemporaryDirectory() as tmp:
+    pkl = os.path.join(tmp, "model_final.pkl")
+    with open(pkl, "wb") as f:
+      pickle.dump({"model": state, "__author__": "seeded random (detectron2_ref.py)",
+                   "matching_heuristics": True}, f)
+    fresh, _ = build(spec)
+    DetectionCheckpointer(fresh).load(pkl)  # The model-zoo layout, read by detectron2.
+  loaded = fresh.state_dict()
+  assert all(np.array_equal(loaded[k].numpy(), v) for k, v in state.items())
+  out, padded = run(fresh, batch)
+
+  keys = sorted(state)
+  out["keys"] = np.array(keys)
+  out["shapes"] = np.array(json.dumps({k: list(state[k].shape) for k in keys}))
+  out["fingerprint"] = np.array([np.abs(state[k].astype(np.float64)).sum() for k in keys])
+  out.update({f"stats/{k}": v for k, v in state.items()
+              if k.endswith((".running_mean", ".running_var"))})
+  out["provenance"] = np.array(json.dumps({
+      "script": "tests/weights/detectron2_ref.py", "spec": spec, "config": config_file,
+      "overrides": {"MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "",
+                    "POOLER_SAMPLING_RATIO (box, mask)": spec["sampling_ratio"],
+                    "backbone square_pad": spec["size"]},
+      "padded_batch": padded, "detectron2_commit": _commit(),
+      "detectron2": detectron2.__version__, "torch": torch.__version__,
+      "torchvision": torchvision.__version__, "numpy": np.__version__}))
+  np.savez_compressed(out_path, **out)
+  print({k: v.shape for k, v in out.items() if not k.startswith("stats/")})
+
+
+if __name__ == "__main__":
+  main(json.loads(sys.argv[1]), sys.argv[2])
