@@ -17,7 +17,10 @@ id of each output row, one of
 
 With `full` and a known layout, every row of the model's class set is taken from the row
 of the checkpoint with the same COCO id (the background too); classes the checkpoint lacks
-keep the model's initialisation, and when it has none of them all three layers do. Without
+keep the model's initialisation, and when it has none of them all three layers do. Rows of
+classes the model lacks are dropped: for torchvision91 onto `coco`, the 10 never-annotated
+ids, so the softmax runs over 81 logits instead of 91, which changes no score as long as
+those logits are far below the others, as in trained weights (they are never a target). Without
 a layout the layers load as they are when their shapes fit, else keep the model's own.
 """
 

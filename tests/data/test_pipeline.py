@@ -425,6 +425,22 @@ def test_load_images(tmp_path, config):
   assert batch["original"][0].shape == (10, 20, 3)
 
 
+def test_load_images_applies_exif_orientation(tmp_path):
+  """A camera JPEG stored landscape with orientation 6 (rotate 90 degrees clockwise) is
+  shown, and predicted, as portrait."""
+  from PIL import Image
+  image = np.zeros((10, 20, 3), np.uint8)
+  image[:, :10] = (250, 0, 0)  # Stored: red left half; shown: red top half.
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(image).save(tmp_path / "cam.jpg", exif=exif, quality=100)
+  batch = pipeline.load_images([str(tmp_path / "cam.jpg")], _config(tmp_path), batch_size=1)
+  original = batch["original"][0]
+  assert original.shape == (20, 10, 3)
+  np.testing.assert_allclose(batch["image_info"][0], [20, 10, S / 20, S, S / 2])
+  assert original[:8, :, 0].min() > 200 and original[12:, :, 0].max() < 50
+
+
 def test_datasets_need_prepare(synthetic_root, tmp_path):
   config = _config(synthetic_root)
   config.tfds_data_dir = str(tmp_path)

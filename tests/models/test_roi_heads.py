@@ -93,3 +93,87 @@ def test_deconv_matches_flax_conv_transpose():
   variables = jax.tree.map(lambda v: v + 0.1, variables)  # Nonzero bias.
   np.testing.assert_allclose(roi_heads.Deconv2x2(6).apply(variables, x),
                              reference.apply(variables, x), rtol=1e-5, atol=1e-6)
+
+
+def _iou(a, b):
+  """[N, 4] x [M, 4] -> [N, M] IoU, numpy."""
+  lo = np.maximum(a[:, None, :2], b[None, :, :2])
+  hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+  inter = np.prod(np.clip(hi - lo, 0, None), -1)
+  area = lambda x: np.prod(x[:, 2:] - x[:, :2], -1)
+  return inter / (area(a)[:, None] + area(b)[None] - inter)
+
+
+def _encode(gt, rois, weights=(10.0, 10.0, 5.0, 5.0)):
+  """torchvision's BoxCoder.encode, numpy."""
+  wh, gwh = rois[:, 2:] - rois[:, :2], gt[:, 2:] - gt[:, :2]
+  centre, gcentre = rois[:, :2] + 0.5 * wh, gt[:, :2] + 0.5 * gwh
+  return np.concatenate([np.array(weights[:2]) * (gcentre - centre) / wh,
+                         np.array(weights[2:]) * np.log(gwh / wh)], -1)
+
+
+def test_losses_by_value():
+  """Every candidate is sampled (R >= candidates, room for all positives), so the three
+  losses follow from the heads' outputs on the candidates: cross-entropy averaged over the
+  sampled RoIs of the batch, smooth-L1 (beta 1/9) of the GT class's deltas summed over the
+  positives / the sampled RoIs, and BCE of the GT class's mask logits averaged over the
+  positives' 28 x 28 pixels (torchvision's fastrcnn_loss and maskrcnn_loss)."""
+  rng = np.random.default_rng(0)
+  heads = roi_heads.RoIHeads(num_classes=4, rois_per_image=6, positive_fraction=0.5,
+                             fc_dim=16, mask_convs=1, mask_channels=8)
+  features = [jnp.asarray(rng.normal(size=(2, 16 // 2**i, 16 // 2**i, 8)), jnp.float32)
+              for i in range(4)]
+  gt_boxes = np.array([[[8, 8, 30, 28], [36, 30, 60, 60]], [[20, 4, 50, 40], [0, 0, 0, 0]]],
+                      np.float32)
+  gt = {"boxes": jnp.asarray(gt_boxes), "classes": jnp.array([[2, 1], [3, 0]]),
+        "masks": jnp.asarray(rng.integers(0, 2, (2, 2, 14, 14)), jnp.uint8),
+        "valid": jnp.array([[True, True], [True, False]])}
+  proposals = np.array([[[9, 8, 31, 29], [0, 40, 20, 62], [36, 2, 64, 20], [0, 0, 0, 0]],
+                        [[21, 6, 50, 41], [0, 44, 30, 64], [52, 0, 64, 30], [2, 2, 18, 14]]],
+                       np.float32)
+  proposal = {"boxes": jnp.asarray(proposals),
+              "valid": jnp.array([[True, True, True, False], [True, True, True, True]])}
+  image_hw = jnp.array([[64.0, 64.0]] * 2)
+  variables = heads.init({"params": jax.random.key(0), "sampling": jax.random.key(1)},
+                         features, proposal, image_hw, gt, train=True)
+  bbox_pred = variables["params"]["box_head"]["bbox_pred"]
+  bbox_pred["kernel"] = bbox_pred["kernel"] * 300  # Deltas of O(1) that differ by class.
+  out = heads.apply(variables, features, proposal, image_hw, gt, train=True,
+                    rngs={"sampling": jax.random.key(2)})
+
+  # The candidates: valid proposals, then valid GT; 5 per image, all sampled.
+  cands, labels, matched = [], [], []
+  for b in range(2):
+    boxes = np.concatenate([proposals[b][np.asarray(proposal["valid"][b])],
+                            gt_boxes[b][np.asarray(gt["valid"][b])]])
+    iou = _iou(boxes, gt_boxes[b][np.asarray(gt["valid"][b])])
+    cands.append(boxes)
+    matched.append(iou.argmax(1))
+    labels.append(np.where(iou.max(1) >= 0.5, np.asarray(gt["classes"][b])[iou.argmax(1)], 0))
+  cands = np.stack(cands)
+  assert [int((l > 0).sum()) for l in labels] == [3, 2]
+  logits, deltas = heads.apply(variables, features, jnp.asarray(cands),
+                               method=lambda m, f, r: m.box_head(m._pool(f, r, 7)))
+  logits, deltas = np.asarray(logits, np.float64), np.asarray(deltas, np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  class_loss = -np.mean([log_probs[b, r, labels[b][r]] for b in range(2) for r in range(5)])
+  box_sum, other_sum, mask_bce = 0.0, 0.0, []
+  smooth_l1 = lambda d: np.where(np.abs(d) < 1 / 9, 4.5 * d**2, np.abs(d) - 0.5 / 9).sum()
+  for b in range(2):
+    pos = np.flatnonzero(labels[b])
+    targets = _encode(gt_boxes[b][matched[b][pos]], cands[b][pos])
+    box_sum += smooth_l1(deltas[b, pos, labels[b][pos]] - targets)  # The GT class's deltas.
+    other_sum += smooth_l1(deltas[b, pos, labels[b][pos] % 3 + 1] - targets)
+    mask_logits = heads.apply(variables, features, jnp.asarray(cands[b:b + 1, pos]),
+                              method=lambda m, f, r: m.mask_head(m._pool(
+                                  [x[b:b + 1] for x in f], r, 14)))[0]
+    x = np.asarray(mask_logits, np.float64)[np.arange(len(pos)), ..., labels[b][pos]]
+    y = np.asarray(roi_heads.mask_targets(gt["masks"][b][matched[b][pos]],
+                                          gt["boxes"][b][matched[b][pos]],
+                                          jnp.asarray(cands[b][pos])))
+    mask_bce.append(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
+  np.testing.assert_allclose(out["rcnn_class_loss"], class_loss, rtol=1e-5)
+  np.testing.assert_allclose(out["rcnn_box_loss"], box_sum / 10, rtol=1e-5)
+  assert abs(other_sum - box_sum) > 0.05 * box_sum  # Another class's deltas would show.
+  np.testing.assert_allclose(out["mask_loss"], np.concatenate(mask_bce).mean(), rtol=1e-5)
+  np.testing.assert_allclose([out["num_fg_rois"], out["num_bg_rois"]], [2.5, 2.5])
