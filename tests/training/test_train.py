@@ -185,3 +185,15 @@ def test_one_device_eight_devices_two_processes_agree():
     np.testing.assert_allclose(other["losses"], single["losses"], rtol=1e-4)
     np.testing.assert_allclose(other["params"], single["params"], rtol=1e-4)
   assert single["losses"][-1] < single["losses"][0]
+
+
+def test_resume_on_other_topology_is_logged(caplog):
+  n = jax.device_count()
+  with caplog.at_level("INFO"):
+    train._log_topology_change({"process_count": jax.process_count(), "device_count": n})
+  assert not caplog.records
+  with caplog.at_level("INFO"):
+    train._log_topology_change({"process_count": 4, "device_count": 2 * n})
+  assert f"Resuming with {jax.process_count()} processes (saved with 4): same data order" \
+      in caplog.text
+  assert f"Resuming on {n} devices (saved on {2 * n})" in caplog.text
