@@ -31,6 +31,9 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
+EXIT_CANNOT_JOIN = 1  # As main.py's other one-line errors.
+_GRACE_S = 10  # jax's own deadline for joining comes this long after the watchdog's.
+
 
 class ClusterError(RuntimeError):
   """The environment describes a multi-process job that cannot be joined."""
@@ -236,10 +239,6 @@ def initialize(launch: Launch | None, *, timeout_s: int = 300) -> None:
     raise ClusterError(f"{describe_failure(launch, timeout_s)}: {_first_line(e)}") from e
   finally:
     watchdog.cancel()
-
-
-_GRACE_S = 10  # jax's own deadline, after the watchdog's.
-EXIT_CANNOT_JOIN = 1
 
 
 def _give_up(message: str) -> None:
