@@ -3,13 +3,14 @@
 jax 0.10.2 reads only `JAX_COORDINATOR_ADDRESS` and `JAX_LOCAL_DEVICE_IDS` itself, and under
 Slurm and Open MPI it binds each process to the one GPU of its local rank. So every path but
 the Cloud TPU one derives all four arguments here and passes them explicitly, with jax's
-own cluster detection switched off:
+own cluster detection switched off. The launches, checked in this order:
 
 | launch | recognised by | processes, id | local devices |
 |---|---|---|---|
-| manual | `JAX_NUM_PROCESSES` or `JAX_PROCESS_ID` or `JAX_COORDINATOR_ADDRESS` | `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` | all, or `JAX_LOCAL_DEVICE_IDS` |
-| Slurm (`srun`) | `SLURM_STEP_NODELIST`, more than one task | `SLURM_STEP_NUM_TASKS`, `SLURM_PROCID` | all when one task per node, else `[SLURM_LOCALID]` |
+| manual | `JAX_NUM_PROCESSES` or `JAX_PROCESS_ID` | `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` | all, or `JAX_LOCAL_DEVICE_IDS` |
+| Slurm (`srun`) | `SLURM_STEP_NODELIST`, more than one task | `SLURM_STEP_NUM_TASKS`, `SLURM_PROCID` | all when one task per node or one visible GPU, else `[SLURM_LOCALID]` |
 | Open MPI | `OMPI_COMM_WORLD_SIZE` > 1 | `OMPI_COMM_WORLD_SIZE`, `OMPI_COMM_WORLD_RANK` | all when one rank per node, else `[OMPI_COMM_WORLD_LOCAL_RANK]` |
+| manual | `JAX_COORDINATOR_ADDRESS` alone | missing: an error naming `JAX_NUM_PROCESSES` | |
 | Cloud TPU VM | jax's TPU check (libtpu and TPU chips) | jax's TPU cluster detection (metadata server) | all |
 | none | none of the above | no `initialize`: one process | all |
 
@@ -29,6 +30,9 @@ from typing import Mapping
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+
+EXIT_CANNOT_JOIN = 1  # As main.py's other one-line errors.
+_GRACE_S = 10  # jax's own deadline for joining comes this long after the watchdog's.
 
 
 class ClusterError(RuntimeError):
@@ -197,7 +201,9 @@ def detect(env: Mapping[str, str] | None = None) -> Launch | None:
       return _openmpi(env, n)
   if env.get("JAX_COORDINATOR_ADDRESS"):
     return _manual(env)
-  if on_cloud_tpu_vm():
+  # A TPU VM that may not ask the metadata server (and names no workers) is one host.
+  if on_cloud_tpu_vm() and (not env.get("TPU_SKIP_MDS_QUERY") or any(
+      env.get(k) for k in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"))):
     return Launch("tpu")
   return None
 
@@ -233,10 +239,6 @@ def initialize(launch: Launch | None, *, timeout_s: int = 300) -> None:
     raise ClusterError(f"{describe_failure(launch, timeout_s)}: {_first_line(e)}") from e
   finally:
     watchdog.cancel()
-
-
-_GRACE_S = 10  # jax's own deadline, after the watchdog's.
-EXIT_CANNOT_JOIN = 1
 
 
 def _give_up(message: str) -> None:

@@ -48,6 +48,11 @@ def test_single_host_is_no_launch():
 def test_tpu_leaves_the_pod_to_jax(monkeypatch):
   monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: True)
   assert distributed.detect({}) == distributed.Launch("tpu")
+  assert distributed.detect({"TPU_WORKER_HOSTNAMES": "t0,t1", "TPU_SKIP_MDS_QUERY": "1"}) \
+      == distributed.Launch("tpu")  # GKE: the workers come from the environment.
+  assert distributed.detect({"TPU_SKIP_MDS_QUERY": "1"}) is None  # A TPU VM without pod.
+  # A scheduler's variables win over the TPU check.
+  assert distributed.detect(slurm_env()).source == "slurm"
 
 
 def test_manual_passes_everything():

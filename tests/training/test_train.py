@@ -250,3 +250,15 @@ def test_processes_and_devices_train_alike(data_root, tmp_path):
   assert saved[-1] in (2, 3), saved  # The step both processes agreed on, before the end.
   launch(preempted, root, processes=2, devices=2)
   assert_same_run(run_of(preempted), reference, "2 x 2, preempted and resumed")
+
+
+def test_resume_on_other_topology_is_logged(caplog):
+  n = jax.device_count()
+  with caplog.at_level("INFO"):
+    train._log_topology_change({"process_count": jax.process_count(), "device_count": n})
+  assert not caplog.records
+  with caplog.at_level("INFO"):
+    train._log_topology_change({"process_count": 4, "device_count": 2 * n})
+  assert f"Resuming with {jax.process_count()} processes (saved with 4): same data order" \
+      in caplog.text
+  assert f"Resuming on {n} devices (saved on {2 * n})" in caplog.text
