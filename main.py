@@ -6,6 +6,7 @@
 The logic lives in the library (`maskrcnn_jax.run`) so that tests can import it.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -17,26 +18,45 @@ import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 import tensorflow as tf
 
+from maskrcnn_jax import distributed
 from maskrcnn_jax import run
 from maskrcnn_jax import validation
+
+# Exit codes (README, "Exit codes"). Errors in the config or the launch exit with 1.
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if killed by it: checkpoint saved, restart the job.
+EXIT_DIVERGED = 3  # Non-finite steps in a row; checkpoints complete. A restart would repeat it.
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, evaluation outputs.")
 flags.DEFINE_enum("mode", "train_and_eval", run.MODES, "What to run.")
+flags.DEFINE_integer("join_timeout", 300, "Seconds a multi-process job waits for all processes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv):
-  """absl's parsing, with an unknown `--config.` key reported in one line."""
+  """absl's parsing, with an override naming no config field reported in one line."""
   try:
     return FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # ml_collections: no such field.
-    key = str(e).strip("'\"")
-    args = [a for a in argv if a.startswith("--config.") and key in a] or argv[1:]
-    sys.exit(f"Invalid config: unknown key {key!r} in {args[0]}")
+  except (AttributeError, KeyError, IndexError, TypeError) as e:  # ml_collections: no field.
+    sys.exit(f"Invalid config: {_override_error(argv) or e}")
   except flags.Error as e:
     sys.exit(f"FATAL Flags parsing error: {e}")
+
+
+def _override_error(argv) -> str | None:
+  """Finds the bad `--config.` override on a fresh copy of the config file."""
+  specs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+  specs += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  if not specs:
+    return None
+  path, _, arg = specs[0].partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  overrides = (a for a in argv if a.startswith("--config."))
+  return next(filter(None, (validation.override_error(config, a) for a in overrides)), None)
 
 
 def main(argv):
@@ -45,17 +65,24 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
   try:
     run.validate(FLAGS.config, FLAGS.mode)  # Before any distributed set-up or compile.
-    if run.is_multiprocess():
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only jobs.
-      jax.distributed.initialize()
+    if FLAGS.mode in ("train", "train_and_eval"):
+      run.check_resume(FLAGS.config, FLAGS.workdir)
+    distributed.initialize(distributed.detect(), timeout_s=FLAGS.join_timeout)
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())
     run.write_config(FLAGS.config, FLAGS.workdir)
-    run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    result = run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except validation.ConfigError as e:
     sys.exit(f"Invalid config: {e}")
+  except distributed.ClusterError as e:
+    sys.exit(f"Cannot join the cluster: {e}")
   except FloatingPointError as e:  # Too many non-finite steps in a row.
-    sys.exit(str(e))
+    print(e, file=sys.stderr)
+    sys.exit(EXIT_DIVERGED)
+  if isinstance(result, dict) and result.get("preempted"):
+    logging.warning("Preempted after a checkpoint: exit code %d asks for a restart.",
+                    EXIT_PREEMPTED)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.val_loss_batches = 50  # The study's 50 validation steps per epoch.
   config.train.max_nonfinite_steps = 10
   config.train.profile_steps = 0  # >0: a profile of that many steps after the first log.
+  config.train.allow_config_change = False  # Resume despite a changed data order or schedule.
 
   config.init = ml_collections.ConfigDict()
   config.init.checkpoint = ""  # Converted weights (maskrcnn_jax.weights.convert_torchvision).

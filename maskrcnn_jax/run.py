@@ -1,34 +1,19 @@
 """What main.py calls: validation, the resolved config, and the modes."""
 
-import os
+import datetime
+import json
+import re
+from typing import Any
 
 from absl import logging
 from etils import epath
 import jax
 import ml_collections
+import orbax.checkpoint as ocp
 
 from maskrcnn_jax import validation
 
 MODES = ("train", "eval", "train_and_eval", "predict")
-
-# Set by launchers of multi-process jobs; jax.distributed.initialize() reads the cluster
-# from them (explicit JAX_* variables, Slurm, Open MPI, Cloud TPU pods).
-_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                     "TPU_WORKER_HOSTNAMES")
-
-
-def is_multiprocess() -> bool:
-  """True when the environment describes a job of more than one process."""
-  for name in _MULTIPROCESS_ENV:
-    value = os.environ.get(name, "")
-    if name == "JAX_COORDINATOR_ADDRESS" and value:
-      return True
-    if name == "TPU_WORKER_HOSTNAMES" and "," in value:
-      return True
-    if value.isdigit() and int(value) > 1:
-      return True
-  return False
-
 
 def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   """Raises ConfigError with one line naming the bad key; needs no devices."""
@@ -38,14 +23,115 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   if mode == "predict" and not config.predict.input_dir:
     raise validation.ConfigError(
         "config.predict.input_dir = '': --mode=predict needs a folder of images")
+  if mode != "predict" and not config.data.synthetic.enabled:
+    if not epath.Path(config.data.root).is_dir():
+      raise validation.ConfigError(
+          f"config.data.root = {config.data.root!r}: no such directory (the COCO-Stuff root: "
+          "train2017/, val2017/, annotations/)")
+  if mode in ("train", "train_and_eval"):
+    check_trainable(config)
+
+
+def param_shapes(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The model's parameters as shapes (`jax.eval_shape` of the init): no compile, no device."""
+  from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.data import categories  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.training import train  # pylint: disable=g-import-not-at-top
+  num_classes = categories.get_class_set(config.data.class_set).num_classes + 1
+  model = models.build(config.model, num_classes=num_classes)
+  batch = train.dummy_batch(config.data, 1)
+  def init():
+    rngs = {"params": jax.random.key(0), "sampling": jax.random.key(1)}
+    return model.init(rngs, batch, train=True)["params"]
+  return jax.eval_shape(init)
+
+
+def check_trainable(config: ml_collections.ConfigDict) -> None:
+  """Each stage's `trainable` selects parameters the stage may train (ConfigError if not)."""
+  from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
+  params = param_shapes(config)
+  for i, stage in enumerate(config.train.stages):
+    try:
+      optimizer.trainable_mask(params, stage.trainable, freeze_at=config.model.freeze_at)
+    except ValueError as e:
+      raise validation.ConfigError(f"config.train.stages[{i}].trainable = {stage.trainable!r}: "
+                                   f"{e}") from e
+
+
+# What a resumed run must keep: the data order and examples, the RNG streams and what a
+# step count means. (A new process count is fine: every topology reads the same batches.)
+_RESUME_KEYS = ("seed", "train.global_batch_size", "data", "train.stages")
+_RESUME_FREE = ("data.eval_batch_size", "data.tfds_data_dir", "train.stages[*].lr")
+
+
+def _flatten(node, prefix: str = "") -> dict[str, Any]:
+  """JSON-like config → {"data.image_size": 1024, "train.stages[1].steps": 60000, ...}."""
+  if isinstance(node, dict):
+    return {k: v for key, value in node.items()
+            for k, v in _flatten(value, f"{prefix}.{key}" if prefix else key).items()}
+  if isinstance(node, (list, tuple)) and any(isinstance(v, dict) for v in node):
+    return {k: v for i, value in enumerate(node) for k, v in _flatten(value, f"{prefix}[{i}]").items()}
+  return {prefix: list(node) if isinstance(node, tuple) else node}
+
+
+def _guarded(key: str) -> bool:
+  pattern = re.sub(r"\[\d+\]", "[*]", key)
+  if pattern in _RESUME_FREE:
+    return False
+  return any(key == k or key.startswith((k + ".", k + "[")) for k in _RESUME_KEYS)
+
+
+def config_changes(saved: dict[str, Any],
+                   config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+  """Keys that differ from the saved config: (those a resume must keep, the others)."""
+  old, new = _flatten(saved), _flatten(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in old.keys() | new.keys() if k not in old or k not in new
+                   or old[k] != new[k])
+  show = lambda d, k: repr(d[k]) if k in d else "absent"
+  describe = lambda k: f"{k} ({show(old, k)} -> {show(new, k)})"
+  return ([describe(k) for k in changed if _guarded(k)],
+          [describe(k) for k in changed if not _guarded(k)])
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """On resume, refuses (ConfigError) a config that changes the data order, RNG or steps.
+
+  `config.train.allow_config_change=True` resumes anyway, with a warning. Other changes
+  are logged.
+  """
+  saved_path = epath.Path(workdir) / "config.json"
+  if not saved_path.exists() or not ocp.utils.checkpoint_steps(epath.Path(workdir) / "checkpoints"):
+    return
+  guarded, other = config_changes(json.loads(saved_path.read_text()), config)
+  if other:
+    logging.info("Resuming %s with config changes: %s", workdir, "; ".join(other))
+  if not guarded:
+    return
+  if config.train.allow_config_change:
+    logging.warning("Resuming %s with config.train.allow_config_change=True despite changes "
+                    "to the data order, RNG or schedule: %s", workdir, "; ".join(guarded))
+    return
+  raise validation.ConfigError(
+      f"resuming {workdir} would change the data order, RNG or schedule: {'; '.join(guarded)}. "
+      "Use a new workdir, or --config.train.allow_config_change=True")
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config to WORKDIR/config.json (process 0)."""
-  if jax.process_index() == 0:
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(config.to_json_best_effort(indent=2))
+  """Writes the resolved config to WORKDIR/config.json and WORKDIR/configs/config-UTC.json.
+
+  The history keeps every run's config, never overwritten; config.json is the latest.
+  """
+  if jax.process_index() != 0:
+    return
+  text = config.to_json_best_effort(indent=2)
+  history = epath.Path(workdir) / "configs"
+  history.mkdir(parents=True, exist_ok=True)
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+  path, n = history / f"config-{stamp}.json", 1
+  while path.exists():
+    path, n = history / f"config-{stamp}-{n}.json", n + 1
+  path.write_text(text)
+  (epath.Path(workdir) / "config.json").write_text(text)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str):

@@ -5,6 +5,7 @@ wrong type or an unknown key is refused while parsing flags); this module checks
 ranges and the rules that tie fields together.
 """
 
+import difflib
 import re
 from typing import Any
 
@@ -158,3 +159,32 @@ def validate_devices(config: ml_collections.ConfigDict, device_count: int) -> No
     batch = _get(config, key)
     _check(batch % device_count == 0, key, batch,
            f"must be divisible by the device count ({device_count})")
+
+
+def override_error(config: ml_collections.ConfigDict, override: str) -> str | None:
+  """Why `--config.a.b[i].c=value` names no field of `config`, in one line; None if it does.
+
+  `unknown key 'detph' (did you mean 'depth'?) in --config.model.detph=1`, or
+  `config.train.stages[7]: out of range, config.train.stages has 3 stages (0..2) in ...`.
+  """
+  path = override.split("=", 1)[0].removeprefix("--config.")
+  node, where = config, "config"
+  for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+    if index:
+      i = int(index)
+      if not isinstance(node, (list, tuple)):
+        return f"{where} is not a list: [{i}] in {override}"
+      if i >= len(node):
+        noun = "stages" if where.endswith("stages") else "entries"
+        return (f"{where}[{i}]: out of range, {where} has {len(node)} {noun} "
+                f"(0..{len(node) - 1}) in {override}")
+      node, where = node[i], f"{where}[{i}]"
+      continue
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{where} has no field {name!r}: it is a value in {override}"
+    if name not in node:
+      close = difflib.get_close_matches(name, list(node.keys()), n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      return f"unknown key {name!r}{hint} in {override}"
+    node, where = node[name], f"{where}.{name}"
+  return None

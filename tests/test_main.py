@@ -2,8 +2,10 @@
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -18,6 +20,8 @@ def run_main(*args):
 @pytest.mark.parametrize("override, expected", [
     ("--config.no_such_key=1", "Invalid config: unknown key 'no_such_key' in --config.no_such_key=1"),
     ("--config.model.depth=77", "Invalid config: config.model.depth = 77: must be one of 18, 34, 50, 101, 152"),
+    ("--config.train.stages[7].lr=0.1", "Invalid config: config.train.stages[7]: out of range, "
+     "config.train.stages has 3 stages (0..2) in --config.train.stages[7].lr=0.1"),
 ])
 def test_bad_override_exits_with_one_line(tmp_path, override, expected):
   result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path), override)
@@ -45,3 +49,28 @@ def test_resolved_config_written(tmp_path):
   written = json.loads((tmp_path / "config.json").read_text())
   assert written["model"]["depth"] == 50
   assert written["train"]["stages"][1]["trainable"] == "4+"
+
+
+def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tmp_path):
+  """SIGTERM during the first stage: checkpoint, exit 143; resuming with another seed: 1."""
+  data = tmp_path / "data"
+  workdir = tmp_path / "workdir"
+  args = ["--config", "configs/tiny.py", "--workdir", str(workdir), "--mode", "train",
+          f"--config.data.root={data}"]
+  log = tmp_path / "stderr.txt"
+  with log.open("w") as err:
+    proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stderr=err,
+                            stdout=subprocess.DEVNULL,
+                            env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    deadline = time.time() + 300
+    while "Stage heads" not in log.read_text() and time.time() < deadline:
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # Before the first step: it stops after that step.
+    assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
+  steps = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert steps and int(steps[0]) < 4
+  result = run_main(*args, "--config.seed=1")
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"Invalid config: resuming {workdir} would change the data order")
+  assert "seed (0 -> 1)" in last

@@ -82,3 +82,22 @@ def test_rois_need_enough_proposals():
   with pytest.raises(validation.ConfigError,
                      match=r"rois_per_image = 512: must be <= model.rpn.post_nms_topk_train"):
     validation.validate(config)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.detph=1", "unknown key 'detph' (did you mean 'depth'?) in --config.model.detph=1"),
+    ("--config.modle.depth=1", "unknown key 'modle' (did you mean 'model'?) in --config.modle.depth=1"),
+    ("--config.no_such_key=1", "unknown key 'no_such_key' in --config.no_such_key=1"),
+    ("--config.train.stages[7].lr=0.1", "config.train.stages[7]: out of range, config.train.stages "
+     "has 3 stages (0..2) in --config.train.stages[7].lr=0.1"),
+    ("--config.train.stages[1].lrr=1", "unknown key 'lrr' (did you mean 'lr'?) in"),
+    ("--config.model.depth.x=1", "config.model.depth has no field 'x': it is a value in"),
+    ("--config.model.depth=50", None),
+    ("--config.train.stages[2].lr=0.1", None),
+])
+def test_override_errors(override, message):
+  error = validation.override_error(default.get_config(), override)
+  if message is None:
+    assert error is None
+  else:
+    assert error.startswith(message) and "\n" not in error and "\\" not in error

@@ -44,10 +44,10 @@ import io
 import json
 import multiprocessing
 from multiprocessing import pool as mp_pool
-import pathlib
 from typing import Iterator
 
 from absl import logging
+from etils import epath
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -57,9 +57,9 @@ from maskrcnn_jax.data import categories
 SPLIT_DIRS = {"train": "train2017", "validation": "val2017"}
 
 
-def annotation_path(root, split: str, kind: str) -> pathlib.Path:
+def annotation_path(root, split: str, kind: str) -> epath.Path:
   """ROOT/annotations/{kind}_{train,val}2017.json, kind is `stuff` or `instances`."""
-  return pathlib.Path(root) / "annotations" / f"{kind}_{SPLIT_DIRS[split]}.json"
+  return epath.Path(root) / "annotations" / f"{kind}_{SPLIT_DIRS[split]}.json"
 
 
 def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
@@ -69,14 +69,13 @@ def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
   return ("stuff",)
 
 
-def _load_json(path: pathlib.Path) -> dict:
+def _load_json(path: epath.Path) -> dict:
   if not path.is_file():
     raise FileNotFoundError(f"annotation file {path} does not exist")
-  with open(path) as f:
-    try:
-      data = json.load(f)
-    except ValueError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  try:
+    data = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
   if not (isinstance(data, dict) and isinstance(data.get("images"), list)
           and isinstance(data.get("annotations"), list)):
     raise ValueError(f"{path}: not COCO JSON (needs `images` and `annotations` lists)")
@@ -230,7 +229,7 @@ def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
   """One image: (its example or None when skipped, its counts, its warning messages)."""
   image_id, info, path, anns, class_set, mask_size = task
   counts, warnings = collections.Counter(), []
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.is_file():
     counts["missing_image"] += 1
     return None, counts, warnings
@@ -264,7 +263,7 @@ def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
   }, counts, warnings
 
 
-def _index(root: pathlib.Path, split: str, class_set, counts, partial):
+def _index(root: epath.Path, split: str, class_set, counts, partial):
   """(images by id, [(file name, annotation)] by image id) of the split's JSON files."""
   images, anns_by_image, ids_by_file = {}, collections.defaultdict(list), {}
   for kind in annotation_kinds(class_set):
@@ -324,7 +323,7 @@ def read_examples(
   (see the module docstring); the ids of images with partial annotations are added to
   `partial`. pool: processes decoding the images (None: this one); see `worker_pool`.
   """
-  root = pathlib.Path(root)
+  root = epath.Path(root)
   images, anns_by_image = _index(root, split, class_set, counts,
                                  set() if partial is None else partial)
   image_dir = root / SPLIT_DIRS[split]

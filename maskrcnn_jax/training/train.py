@@ -8,8 +8,6 @@ global batch is split over all devices of all processes.
 
 import dataclasses
 import functools
-import signal
-import threading
 import time
 from typing import Any, Iterator
 
@@ -20,18 +18,18 @@ import flax
 import jax
 from jax import lax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
 
+from maskrcnn_jax import distributed
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import run_eval
-from maskrcnn_jax.training import checkpoint
 from maskrcnn_jax.training import optimizer
+from maskrcnn_jax.weights import checkpoint
 
 AXIS = "data"
 
@@ -171,33 +169,6 @@ def global_batches(ds, sharding: NamedSharding) -> Iterator[dict[str, jax.Array]
     yield jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-class _Preemption:
-  """Notes SIGTERM so the loop can save and exit cleanly; agreed by all processes."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint, then exiting.")
-    self.requested = True
-
-  def check(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    return bool(multihost_utils.process_allgather(np.asarray(self.requested)).any())
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
@@ -246,21 +217,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
     state = checkpoint.restore_state(mngr, latest, abstract)
     logging.info("Resumed from step %d (stage %s).", latest, stages[opt_stage].name)
+    _log_topology_change(meta)
   del variables
 
   step = int(state.step)
-  local_batch = config.train.global_batch_size // jax.process_count()
-  ds = pipeline.create_train_dataset(config.data, batch_size=local_batch, seed=config.seed,
-                                     start_step=step)
+  ds = pipeline.create_train_dataset(config.data, global_batch_size=config.train.global_batch_size,
+                                     seed=config.seed, start_step=step)
   batches = global_batches(ds, data_sharding)
   loss_step = make_loss_step(mesh, model)
 
   def meta(stage_idx):
     return {"step": int(state.step), "stage": stage_idx, "stage_name": stages[stage_idx].name,
             "input_position": int(state.step), "seed": config.seed,
-            "nonfinite_total": int(state.nonfinite_total)}
+            "nonfinite_total": int(state.nonfinite_total),
+            "process_count": jax.process_count(), "device_count": jax.device_count()}
 
-  def run_evaluation(stage_idx):
+  def diverged(message):
+    mngr.wait_until_finished()  # The last good checkpoint is complete before the exit.
+    return FloatingPointError(message)
+
+  evaluated = {}  # {step: metrics} of the latest evaluation: each step is evaluated once.
+
+  def run_evaluation():
+    if int(state.step) not in evaluated:
+      evaluated.clear()
+      evaluated[int(state.step)] = evaluate_now()
+    return evaluated[int(state.step)]
+
+  def evaluate_now():
     variables = {"params": state.params, "frozen_bn": state.frozen_bn}
     val = run_eval.validation_loss(config, loss_step, variables, data_sharding, val_rng)
     writer.write_scalars(int(state.step), {f"val/{k}": v for k, v in val.items()})
@@ -277,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
                                           logdir=workdir))
   summaries, final_metrics, preempted = [], {}, False
-  with _Preemption() as preemption:
+  with distributed.Preemption() as preemption:
     for stage_idx in range(optimizer.stage_index(stages, step), len(stages)):
       stage, mask, tx = stages[stage_idx], masks[stage_idx], txs[stage_idx]
       if opt_stage != stage_idx:
@@ -295,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         step += 1
         history.append(metrics)
         if last_run is not None and int(last_run) >= config.train.max_nonfinite_steps:
-          raise FloatingPointError(
+          raise diverged(
               f"{int(last_run)} steps in a row had a non-finite loss or gradient (up to step "
               f"{step - 1}); stopping. The last good checkpoint is in {workdir}/checkpoints.")
         last_run = metrics["nonfinite_run"]  # Read one step late: keeps the device busy.
@@ -316,30 +300,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           history, t0 = [], time.time()
         if step % config.train.checkpoint_every_steps == 0:
           checkpoint.save(mngr, step, state, meta(stage_idx))
-        if preemption.check():
+        if preemption.check(step):
           checkpoint.save(mngr, step, state, meta(stage_idx))
           preempted = True
           break
         if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
-          final_metrics = run_evaluation(stage_idx)
+          final_metrics = run_evaluation()
       if last_run is not None and int(last_run) >= config.train.max_nonfinite_steps:
-        raise FloatingPointError(
+        raise diverged(
             f"{int(last_run)} steps in a row had a non-finite loss or gradient; stopping. "
             f"The last good checkpoint is in {workdir}/checkpoints.")
       summaries.append(summary)
       if preempted:
         break
       checkpoint.save(mngr, step, state, meta(stage_idx))  # Stage boundary.
-      final_metrics = run_evaluation(stage_idx)
+      final_metrics = run_evaluation()
   if not summaries:
     logging.info("Already trained to step %d: evaluating only.", step)
-    final_metrics = run_evaluation(len(stages) - 1)
+    final_metrics = run_evaluation()
   mngr.wait_until_finished()
   writer.flush()
   result = {"state": state, "stages": summaries, "metrics": final_metrics,
             "preempted": preempted, "nonfinite_total": int(state.nonfinite_total)}
   _log_summary(result, workdir)
   return result
+
+
+def _log_topology_change(meta: dict[str, Any]) -> None:
+  """A resume on other hosts reads the same batches; other devices draw other samples."""
+  if meta.get("process_count", jax.process_count()) != jax.process_count():
+    logging.info("Resuming with %d processes (saved with %d): same data order.",
+                 jax.process_count(), meta["process_count"])
+  if meta.get("device_count", jax.device_count()) != jax.device_count():
+    logging.warning("Resuming on %d devices (saved on %d): same batches, but the per-device "
+                    "sampling streams (RPN/RoI sampling) change.", jax.device_count(),
+                    meta["device_count"])
 
 
 def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

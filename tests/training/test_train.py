@@ -1,7 +1,7 @@
 """The training loop on the tiny config: end to end, resume, preemption, non-finite steps,
-staged freezing, and data-parallel equivalence (1 vs 8 devices, 1 vs 2 processes)."""
+staged freezing, and data-parallel equivalence (1 x 4 devices, 2 x 2 and 4 x 1 processes
+started as the README's manual launch, SIGTERM and resume)."""
 
-import json
 import os
 import pathlib
 import signal
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from maskrcnn_jax.evaluation import run_eval
 from maskrcnn_jax.training import optimizer
 from maskrcnn_jax.training import train
 
@@ -103,13 +104,45 @@ def test_nonfinite_steps_are_skipped_then_stop(data_root, tmp_path, monkeypatch)
   monkeypatch.setattr(train, "global_batches", poisoned)
   with pytest.raises(FloatingPointError, match="2 steps in a row had a non-finite"):
     train.train_and_evaluate(config, str(tmp_path / "nan"), evaluate=False)
+  # Saved (asynchronously) at step 2, complete on disk before the error reaches main.
+  assert (tmp_path / "nan" / "checkpoints" / "2" / "state").is_dir()
+
+
+def test_each_step_is_evaluated_once(data_root, tmp_path, monkeypatch):
+  """Periodic evaluation on both stage boundaries, then a restart of the finished run."""
+  config = tiny.get_config()
+  config.data.root = str(data_root / "data")
+  config.train.eval_every_steps = 2  # The stages end at steps 2 and 4.
+  evaluated, val_losses = [], []
+  monkeypatch.setattr(run_eval, "validation_loss",
+                      lambda *args, **kwargs: val_losses.append(1) or {"total_loss": 1.0})
+  monkeypatch.setattr(run_eval, "evaluate",
+                      lambda config, model, variables, mesh, workdir, step, **kwargs:
+                      evaluated.append(step) or {"segm/AP": float(step)})
+  result = train.train_and_evaluate(config, str(tmp_path), evaluate=True)
+  assert evaluated == [2, 4] and len(val_losses) == 2
+  assert result["metrics"]["segm/AP"] == 4.0
+  again = train.train_and_evaluate(config, str(tmp_path), evaluate=True)  # Trained: eval only.
+  assert evaluated == [2, 4, 4] and again["metrics"]["segm/AP"] == 4.0
+
+
+def painted_batch(n: int, config) -> dict[str, np.ndarray]:
+  """n copies of one 64² image with two painted instances."""
+  batch = train.dummy_batch(config.data, n)
+  rows = np.arange(64)[:, None, None]
+  batch["image"][:] = (rows * 3 + np.arange(3) * 40).astype(np.uint8)
+  batch["image"][:, 8:40, 8:40] = (200, 30, 30)
+  batch["image"][:, 20:50, 30:60] = (30, 200, 30)
+  batch["boxes"][:, :2] = [[8, 8, 40, 40], [30, 20, 60, 50]]
+  batch["classes"][:, :2] = [1, 2]
+  batch["masks"][:, :2] = 1
+  batch["valid"][:, :2] = True
+  return batch
 
 
 def test_nonfinite_step_leaves_state_unchanged():
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(WORKER.parent))
-  import equivalence_worker  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   model = models.build(config.model, num_classes=3)
   mesh = train.make_mesh()
@@ -122,7 +155,7 @@ def test_nonfinite_step_leaves_state_unchanged():
   before = flat(state.params)
   step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
                                lr_fn=optimizer.learning_rate(config.train, stage), stage_start=0)
-  batch = equivalence_worker.batch_of(2, config)
+  batch = painted_batch(2, config)
   batch["boxes"][0, 0, 0] = np.nan
   batch["num_truncated"][:] = (3, 4)
   state, metrics = step(state, jax.device_put(batch, NamedSharding(mesh, P(train.AXIS))),
@@ -134,17 +167,30 @@ def test_nonfinite_step_leaves_state_unchanged():
     np.testing.assert_array_equal(after[path], before[path], err_msg=path)
 
 
-def run_worker(*args, devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  return subprocess.Popen([sys.executable, str(WORKER), *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: int = 0):
+  """The README's manual launch of main.py on localhost (tiny config, global batch 4).
 
-
-def result_of(proc):
-  out, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  return json.loads(out.strip().splitlines()[-1])  # Gloo may print before it.
+  sigterm_after: process 0 gets SIGTERM after that train step (equivalence_worker.py).
+  """
+  port = free_port()
+  procs = []
+  for i in range(processes):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_NUM", "JAX_PROCESS"))}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
+               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    if processes > 1:
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+                 JAX_PROCESS_ID=str(i))
+    program = [str(WORKER), str(sigterm_after)] if sigterm_after else ["main.py"]
+    procs.append(subprocess.Popen(
+        [sys.executable, *program, "--config", "configs/tiny.py", "--workdir", str(workdir),
+         "--mode", "train", f"--config.data.root={data_root}",
+         "--config.train.global_batch_size=4", "--config.data.eval_batch_size=4"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  for proc in procs:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
 
 
 def free_port():
@@ -153,16 +199,54 @@ def free_port():
     return s.getsockname()[1]
 
 
-def test_one_device_eight_devices_two_processes_agree():
-  """Same losses and parameters (rtol 1e-4: only float summation order differs)."""
-  single = result_of(run_worker(devices=1))
-  eight = result_of(run_worker(devices=8))
-  port = free_port()
-  procs = [run_worker("--process_id", str(i), "--num_processes", "2", "--port", str(port))
-           for i in range(2)]
-  two = [result_of(p) for p in procs]
-  assert (single["devices"], eight["devices"], two[0]["devices"]) == (1, 8, 2)
-  for other in (eight, *two):
-    np.testing.assert_allclose(other["losses"], single["losses"], rtol=1e-4)
-    np.testing.assert_allclose(other["params"], single["params"], rtol=1e-4)
-  assert single["losses"][-1] < single["losses"][0]
+def run_of(workdir):
+  """(train/total_loss per step, the last checkpoint's params) of a run."""
+  from maskrcnn_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
+  steps, losses = pictures.read_scalars(str(workdir))["train/total_loss"]
+  state = checkpoint.load_variables(str(workdir))
+  return dict(zip(steps.tolist(), losses.tolist())), flat(state["params"]), int(state["step"])
+
+
+def assert_same_run(run, reference, name):
+  losses, params, step = run
+  ref_losses, ref_params, ref_step = reference
+  assert step == ref_step == 4, name
+  assert sorted(losses) == sorted(ref_losses) == [1, 2, 3, 4], name
+  np.testing.assert_allclose([losses[s] for s in sorted(losses)],
+                             [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-4, err_msg=name)
+  assert params.keys() == ref_params.keys()
+  for path in ref_params:
+    np.testing.assert_allclose(params[path], ref_params[path], rtol=1e-4, atol=1e-6,
+                               err_msg=f"{name}: {path}")
+
+
+def test_processes_and_devices_train_alike(data_root, tmp_path):
+  """1 process x 4 devices = 2 x 2 = 4 x 1 = 2 x 2 preempted by SIGTERM and resumed.
+
+  Every device gets another image (global batch 4 of 8 distinct synthetic images), read by
+  the real input pipeline: a wrongly assembled global batch changes the losses.
+  """
+  root = data_root / "equivalence"
+  launch(tmp_path / "1x4", root, processes=1, devices=4)
+  config = tiny.get_config()
+  config.data.root = str(root)
+  from maskrcnn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  for batch, _ in zip(pipeline.create_train_dataset(
+      config.data, global_batch_size=4, seed=config.seed).as_numpy_iterator(), range(4)):
+    pixels = {batch["image"][i].tobytes() for i in range(4)}
+    assert len(set(batch["image_id"].tolist())) == len(pixels) == 4
+  reference = run_of(tmp_path / "1x4")
+  assert reference[0][4] < reference[0][1]
+
+  launch(tmp_path / "2x2", root, processes=2, devices=2)
+  assert_same_run(run_of(tmp_path / "2x2"), reference, "2 processes x 2 devices")
+  launch(tmp_path / "4x1", root, processes=4, devices=1)
+  assert_same_run(run_of(tmp_path / "4x1"), reference, "4 processes x 1 device")
+
+  preempted = tmp_path / "2x2_preempted"
+  launch(preempted, root, processes=2, devices=2, sigterm_after=1)
+  saved = sorted(int(p.name) for p in (preempted / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved[-1] in (2, 3), saved  # The step both processes agreed on, before the end.
+  launch(preempted, root, processes=2, devices=2)
+  assert_same_run(run_of(preempted), reference, "2 x 2, preempted and resumed")

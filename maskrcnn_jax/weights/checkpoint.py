@@ -7,6 +7,8 @@ killed run never leaves a half-written checkpoint behind as the latest one.
 from typing import Any
 
 from etils import epath
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -36,7 +38,7 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
 
 
 def load_variables(path: str) -> dict[str, Any]:
-  """Reads the `state` item of a checkpoint directory written by `save` as plain arrays.
+  """Reads the `state` item of a checkpoint directory written by `save` as numpy arrays.
 
   `path` is a step directory (`WORKDIR/checkpoints/STEP`) or a workdir or checkpoints
   directory, in which case its latest step is read.
@@ -50,7 +52,10 @@ def load_variables(path: str) -> dict[str, Any]:
       raise FileNotFoundError(f"no checkpoint under {path}")
     path = path / str(steps[-1])
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path / "state")
+    tree = checkpointer.metadata(path / "state").item_metadata
+    # numpy targets: any topology reads it, whatever devices wrote it.
+    return checkpointer.restore(
+        path / "state", jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree))
 
 
 def save_variables(path: str, variables: dict[str, Any]) -> None:

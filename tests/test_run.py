@@ -1,0 +1,188 @@
+"""What main.py calls: validation of data and stages, the resume guard, the config history,
+and the run's files on a non-local filesystem (TensorFlow's in-memory `ram://`).
+
+epath sends `gs://` paths to its TensorFlow (gfile) backend when TensorFlow is installed;
+the `ram` fixture sends `ram://` there too, so the offline test takes the code path of a
+bucket workdir. orbax writes arrays with tensorstore, which has no `ram://`: checkpoints
+go to local disk there.
+"""
+
+import io
+import json
+import logging
+
+from etils import epath
+from etils.epath import backend
+from etils.epath import gpath
+from etils.epath import register
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import default
+from configs import tiny
+from maskrcnn_jax import run
+from maskrcnn_jax import validation
+from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.evaluation import pictures
+from maskrcnn_jax.weights import checkpoint
+
+
+def saved_workdir(tmp_path, config, *, checkpoint=True):
+  """A workdir as a run of `config` leaves it: config.json and (optionally) a checkpoint."""
+  run.write_config(config, str(tmp_path))
+  if checkpoint:
+    (tmp_path / "checkpoints" / "2" / "state").mkdir(parents=True)
+  return str(tmp_path)
+
+
+def test_config_history_is_kept(tmp_path):
+  config = default.get_config()
+  run.write_config(config, str(tmp_path))
+  config.model.depth = 50
+  run.write_config(config, str(tmp_path))
+  history = sorted((tmp_path / "configs").iterdir())
+  assert len(history) == 2 and all(p.name.startswith("config-") for p in history)
+  depths = {json.loads(p.read_text())["model"]["depth"] for p in history}
+  assert depths == {101, 50}
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["depth"] == 50
+
+
+@pytest.mark.parametrize("change, keys", [
+    (lambda c: setattr(c.train, "global_batch_size", 4), ["train.global_batch_size (2 -> 4)"]),
+    (lambda c: setattr(c, "seed", 1), ["seed (0 -> 1)"]),
+    (lambda c: setattr(c.data, "image_size", 512), ["data.image_size (1024 -> 512)"]),
+    (lambda c: setattr(c.data, "class_set", "stuff_no_other"), ["data.class_set"]),
+    (lambda c: setattr(c.data, "root", "/other"), ["data.root ('/data' -> '/other')"]),
+    (lambda c: setattr(c.train.stages[1], "steps", 5), ["train.stages[1].steps (60000 -> 5)"]),
+    (lambda c: setattr(c.train.stages[2], "trainable", "all"), ["train.stages[2].trainable"]),
+    (lambda c: setattr(c.train.stages[0], "name", "h"), ["train.stages[0].name"]),
+    (lambda c: c.train.stages.pop(), ["train.stages[2].name ('3+' -> absent)", "train.stages[2].steps"]),
+])
+def test_resume_refuses_a_changed_data_order_or_schedule(tmp_path, change, keys):
+  config = default.get_config()
+  config.data.root = "/data"
+  workdir = saved_workdir(tmp_path, config)
+  change(config)
+  with pytest.raises(validation.ConfigError) as e:
+    run.check_resume(config, workdir)
+  message = str(e.value)
+  assert "\n" not in message and "allow_config_change=True" in message
+  assert all(k in message for k in keys), message
+
+
+def test_resume_allows_other_changes_and_the_override(tmp_path, caplog):
+  config = default.get_config()
+  workdir = saved_workdir(tmp_path, config)
+  config.train.stages[1].lr = 0.001
+  config.data.eval_batch_size = 8
+  config.eval.num_pictures = 0
+  with caplog.at_level(logging.INFO):
+    run.check_resume(config, workdir)  # Learning rates and evaluation may change.
+  assert "train.stages[1].lr (0.0002 -> 0.001)" in caplog.text
+  config.seed = 7
+  config.train.allow_config_change = True
+  with caplog.at_level(logging.WARNING):
+    run.check_resume(config, workdir)
+  assert "allow_config_change=True despite" in caplog.text and "seed (0 -> 7)" in caplog.text
+
+
+def test_a_new_run_or_one_without_checkpoints_is_not_a_resume(tmp_path):
+  config = default.get_config()
+  run.check_resume(config, str(tmp_path / "new"))
+  workdir = saved_workdir(tmp_path / "crashed", config, checkpoint=False)
+  config.seed = 3
+  run.check_resume(config, workdir)
+
+
+def test_missing_data_root_is_one_line(tmp_path):
+  config = tiny.get_config()
+  config.data.root = str(tmp_path / "nowhere")
+  config.data.synthetic.enabled = False
+  with pytest.raises(validation.ConfigError, match=r"config.data.root = '.*nowhere': no such "):
+    run.validate(config, "eval")
+
+
+def test_trainable_matching_nothing_is_rejected_before_compile():
+  config = tiny.get_config()
+  config.train.stages[1] = default.stage("4+", ("backbone/res4/.*", "roi_head/.*"), steps=2,
+                                         lr=0.1)
+  run.validate(config, "eval")  # Only training reads the stages.
+  with pytest.raises(validation.ConfigError,
+                     match=r"config.train.stages\[1\].trainable = .*'roi_head/\.\*' matches no"):
+    run.validate(config, "train")  # jax.eval_shape of the init: no compile, no backend.
+
+
+@pytest.fixture
+def ram(monkeypatch):
+  """epath accepts `ram://` (gfile backend) for the test; yields a fresh root."""
+  monkeypatch.setattr(gpath, "_URI_PREFIXES", gpath._URI_PREFIXES + ("ram://",))
+  monkeypatch.setattr(gpath, "_URI_SCHEMES", gpath._URI_SCHEMES | {"ram"})
+  monkeypatch.setitem(gpath._URI_MAP_ROOT, "ram://", "/ram/")
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "ram", backend.tf_backend)
+  monkeypatch.setitem(register._URI_PREFIXES_TO_CLS, "ram://", gpath.PosixGPath)
+  root = epath.Path("ram://test_run")
+  yield root
+  root.rmtree(missing_ok=True)
+
+
+def test_train_eval_predict_outputs_on_ram(ram, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # A path taken as local would land here, e.g. ./ram:/...
+  local_checkpoints = tmp_path / "local"
+  real_manager = checkpoint.manager
+  monkeypatch.setattr(checkpoint, "manager",
+                      lambda workdir, keep: real_manager(str(local_checkpoints), keep=keep))
+  config = tiny.get_config()
+  config.data.root = str(tmp_path / "data")
+  # TFDS builds into a temporary directory it renames, and ram:// cannot rename directories:
+  # built locally, then copied without the record index (which the run writes).
+  local_tfds = tmp_path / "tfds"
+  config.data.tfds_data_dir = str(local_tfds)
+  pipeline.prepare(config.data)
+  for path in local_tfds.rglob("*"):
+    if path.is_file() and path.suffix != ".npz":
+      target = ram / "tfds" / path.relative_to(local_tfds)
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(path.read_bytes())
+  config.data.tfds_data_dir = str(ram / "tfds")
+  config.train.stages = [default.stage("heads", "heads", steps=1, lr=0.01)]
+  config.eval.checkpoint = str(local_checkpoints)
+  inputs = ram / "inputs"
+  inputs.mkdir(parents=True)
+  image = io.BytesIO()
+  Image.new("RGB", (40, 30), (90, 160, 20)).save(image, format="PNG")
+  (inputs / "a.png").write_bytes(image.getvalue())
+  config.predict.input_dir = str(inputs)
+  workdir = ram / "workdir"
+
+  run.write_config(config, str(workdir))
+  trained = run.run(config, str(workdir), "train_and_eval")
+  (workdir / "eval").rmtree()  # ram:// appends to a file written again: eval rewrites it.
+  evaluated = run.run(config, str(workdir), "eval")
+  assert evaluated["segm/AP"] == pytest.approx(trained["metrics"]["segm/AP"])
+  predicted = epath.Path(run.run(config, str(workdir), "predict"))
+
+  assert json.loads((workdir / "config.json").read_text())["data"]["tfds_data_dir"] == str(
+      ram / "tfds")
+  assert {"train/total_loss", "val/total_loss", "segm/AP"} <= set(pictures.read_scalars(
+      str(workdir)))
+  assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
+  out = workdir / "eval" / "1"
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["step"] == 1 and metrics["segm/AP"] == pytest.approx(evaluated["segm/AP"])
+  assert isinstance(json.loads((out / "coco_results.json").read_text()), list)
+  for name in ("per_class", "per_supercategory", "per_image", "confusion"):
+    assert (out / f"{name}.csv").read_text().count("\n") >= 1, name
+  pngs = [p for p in out.iterdir() if p.suffix == ".png"]
+  assert {"confusion", "loss_curves"} <= {p.stem for p in pngs}
+  for path in pngs + [predicted / "a.png"]:
+    assert np.asarray(Image.open(io.BytesIO(path.read_bytes()))).ndim == 3, path
+  assert predicted == workdir / "predict"
+  assert json.loads((predicted / "image_ids.json").read_text()) == {"0": str(inputs / "a.png")}
+  assert isinstance(json.loads((predicted / "coco_results.json").read_text()), list)
+  indexes = list(local_tfds.rglob("records_*.npz"))
+  assert len(indexes) == 2  # train, validation: written again on ram:// by the run.
+  for index in indexes:
+    assert (ram / "tfds" / index.relative_to(local_tfds)).read_bytes() == index.read_bytes()
+  # Nothing but the data root, its local build and the checkpoints is local.
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "local", "tfds"]
