@@ -3,12 +3,12 @@
     python -m maskrcnn_jax.data.bench [--num_images 240] [--sizes 1024,512] [--workdir DIR]
         [--read_latency_ms 20] [--num_workers 2]
 
-Writes a synthetic set at COCO's typical 640×480, builds its TFRecords (time and bytes
-per 1,000 images), then times the augmented training pipeline (hflip, scale jitter
-0.8-1.25, photometric) per output size S, in images per second, on every CPU core of the
-machine. The CPU time per image is printed too, with the load average: on a shared
-machine it bounds what idle cores would reach. With --workdir holding a set written
-before, the set is reused and only the pipeline is timed.
+Writes a synthetic set at COCO's typical 640×480 (or reuses the one in --workdir), times
+its build on --num_workers processes (wall and CPU seconds per 1,000 images past a 16-image
+build, which holds the fixed cost; off with --notime_build), then times the augmented
+training pipeline (hflip, scale jitter 0.8-1.25, photometric) per output size S, in images
+per second, on every CPU core of the machine. The CPU time per image is printed too, with
+the load average: on a shared machine it bounds what idle cores would reach.
 
 A slow filesystem (a bucket, NFS) is simulated with --read_latency_ms: the benchmark
 re-runs itself with an LD_PRELOAD shim (compiled here with `cc`) that sleeps that long
@@ -27,6 +27,7 @@ import time
 from absl import app
 from absl import flags
 import ml_collections
+import numpy as np
 
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import synthetic
@@ -109,53 +110,60 @@ def _throughput(config, *, batch_size: int, warmup: int, steps: int) -> tuple[fl
   return images / (time.perf_counter() - start), (_cpu_seconds() - cpu) / images
 
 
-def _build(root: pathlib.Path, image_size: int, num_workers: int):
-  """(builder, wall seconds, CPU seconds here, CPU seconds in the workers) of one build."""
+def _build(root: pathlib.Path, data_dir: pathlib.Path, image_size: int, num_workers: int):
+  """(wall seconds, CPU seconds here, CPU seconds in the workers) of one build into data_dir."""
+  config = _config(root, image_size)
+  config.tfds_data_dir = str(data_dir)
   start, cpu = time.perf_counter(), _cpu_seconds()
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  builder = pipeline.prepare(_config(root, image_size), num_workers=num_workers)
+  pipeline.prepare(config, num_workers=num_workers)
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   workers = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-  return builder, time.perf_counter() - start, _cpu_seconds() - cpu, workers
+  return np.array([time.perf_counter() - start, _cpu_seconds() - cpu, workers])
 
 
-def _write_and_build(root: pathlib.Path, num_images: int, image_size: int,
-                     num_workers: int) -> None:
-  """Writes and builds the set; the build is timed against a small one (its fixed cost)."""
+def _write(root: pathlib.Path, num_images: int) -> None:
   start = time.perf_counter()
   synthetic.write_synthetic(root, num_train=num_images, num_val=8, image_size=(480, 640), seed=0)
   jpeg_bytes = sum(p.stat().st_size for p in (root / "train2017").iterdir())
   print(f"synthetic: {num_images} train images 640x480 written in "
         f"{time.perf_counter() - start:.1f} s, "
         f"JPEGs {jpeg_bytes / num_images / 1024:.0f} KiB/image")
-  small = root.parent / "small"
-  for name in ("warm-up", "fixed"):  # The first pays the one-time imports of this process.
-    synthetic.write_synthetic(small / name, num_train=8, num_val=8, image_size=(480, 640),
-                              seed=1)
-    _, fixed, _, _ = _build(small / name, image_size, num_workers)
-  builder, seconds, cpu, workers = _build(root, image_size, num_workers)
-  total = num_images + 8
-  per_k = 1000 / (total - 16)
-  train_bytes = builder.info.splits["train"].num_bytes
-  print(f"build on {num_workers} workers (TFRecords + record index, both splits) of "
-        f"{total} images: {seconds:.1f} s; of 16 images: {fixed:.1f} s (workers' start, "
-        f"metadata); so {(seconds - fixed) * per_k:.0f} s per 1,000 more images. CPU of the "
-        f"large build per 1,000 images: {cpu * 1000 / total:.0f} s in this process (JSON, "
-        f"serialization, writing), {workers * 1000 / total:.0f} s in the workers; train split "
-        f"on disk {train_bytes / num_images * 1000 / 2**20:.0f} MiB per 1,000 images")
+
+
+def _time_build(workdir: pathlib.Path, root: pathlib.Path, image_size: int,
+                num_workers: int) -> None:
+  """Builds the set and a 16-image one (the fixed cost: workers' start, metadata), each into
+  a fresh directory; the difference is the cost of the extra images, in wall and CPU time."""
+  small = workdir / "small"
+  if not small.exists():
+    synthetic.write_synthetic(small, num_train=8, num_val=8, image_size=(480, 640), seed=1)
+  builds = workdir / "builds" / str(time.time_ns())
+  _build(small, builds / "warm-up", image_size, num_workers)  # One-time imports of this process.
+  fixed = _build(small, builds / "small", image_size, num_workers)
+  total = len(list((root / "train2017").iterdir())) + len(list((root / "val2017").iterdir()))
+  wall, here, workers = (_build(root, builds / "full", image_size, num_workers) - fixed) * (
+      1000 / (total - 16))
+  print(f"build on {num_workers} workers (TFRecords + record index, both splits), per 1,000 "
+        f"images past a 16-image build ({fixed[0]:.1f} s): {wall:.0f} s; CPU {here:.1f} s in "
+        f"this process (JSON, serialization, writing), {workers:.1f} s in the workers "
+        f"(decoding); load average {os.getloadavg()[0]:.1f}")
 
 
 def run(workdir: pathlib.Path, *, num_images: int, sizes, batch_size: int, steps: int,
-        read_parallelism: int, num_workers: int, latency_ms: float) -> None:
+        read_parallelism: int, num_workers: int, latency_ms: float, time_build: bool) -> None:
   root = workdir / "coco"
   if root.exists():
     print(f"reusing the set at {root}")
   else:
-    _write_and_build(root, num_images, sizes[0], num_workers)
+    _write(root, num_images)
+  if time_build:
+    _time_build(workdir, root, sizes[0] if sizes else 1024, num_workers)
   cores = os.cpu_count()
   for size in sizes:
     config = _config(root, size)
     config.read_parallelism = read_parallelism
+    pipeline.prepare(config)
     rate, cpu = _throughput(config, batch_size=batch_size, warmup=3, steps=steps)
     print(f"train pipeline S={size}, augmented, batch {batch_size}, read latency "
           f"{latency_ms:g} ms, read parallelism {read_parallelism}: {rate:.1f} images/s; "
@@ -166,10 +174,10 @@ def run(workdir: pathlib.Path, *, num_images: int, sizes, batch_size: int, steps
 def main(argv):
   del argv
   f = flags.FLAGS
-  sizes = [int(s) for s in f.sizes.split(",")]
+  sizes = [int(s) for s in f.sizes.split(",") if s]
   kwargs = dict(num_images=f.num_images, sizes=sizes, batch_size=f.batch_size, steps=f.steps,
                 read_parallelism=f.read_parallelism, num_workers=f.num_workers,
-                latency_ms=f.read_latency_ms)
+                latency_ms=f.read_latency_ms, time_build=f.time_build)
   if f.read_latency_ms > 0:
     if not f.workdir:
       raise app.UsageError("--read_latency_ms needs --workdir (the files it slows down)")
@@ -194,4 +202,5 @@ if __name__ == "__main__":
                      "slow filesystem; needs --workdir and `cc`).")
   flags.DEFINE_integer("read_parallelism", 16, "data.read_parallelism.")
   flags.DEFINE_integer("num_workers", 1, "Build processes.")
+  flags.DEFINE_bool("time_build", True, "Time a build (into a fresh directory).")
   app.run(main)

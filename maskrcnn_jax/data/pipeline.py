@@ -61,7 +61,7 @@ _STREAM_CHUNK = 1024  # Stream entries handed to tf.data per Python call.
 
 
 def data_dir(data_config: ml_collections.ConfigDict) -> str:
-  """Where the TFRecords live: `data.tfds_data_dir`, or ROOT/tfds."""
+  """Where the TFRecords live: `data.tfds_data_dir` (any epath: local, gs://), or ROOT/tfds."""
   return data_config.tfds_data_dir or str(epath.Path(data_config.root) / "tfds")
 
 
@@ -213,7 +213,7 @@ def _records(builder, split: str) -> Records:
   """The split's record index, cached as records_<split>.npz beside the TFRecords."""
   cache = epath.Path(builder.data_dir) / f"records_{split}.npz"
   if cache.exists():
-    with cache.open("rb") as f, np.load(f) as z:
+    with np.load(io.BytesIO(cache.read_bytes())) as z:
       arrays = {k: z[k] for k in z.files}
     fields = {f.name for f in dataclasses.fields(Records)} - {"paths"}
     if set(arrays) == fields and len(arrays["shard"]) == builder.info.splits[split].num_examples:
@@ -223,7 +223,7 @@ def _records(builder, split: str) -> Records:
   arrays = {f.name: getattr(records, f.name) for f in dataclasses.fields(Records)
             if f.name != "paths"}
   try:
-    buffer = io.BytesIO()  # np.savez seeks, which some filesystems cannot do on write.
+    buffer = io.BytesIO()  # Written whole: object stores cannot seek in a file being written.
     np.savez(buffer, **arrays)
     tmp = cache.with_suffix(".tmp.npz")
     tmp.write_bytes(buffer.getvalue())
