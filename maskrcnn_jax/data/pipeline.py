@@ -228,7 +228,7 @@ def _records(builder, split: str) -> Records:
     tmp = cache.with_suffix(".tmp.npz")
     tmp.write_bytes(buffer.getvalue())
     tmp.rename(cache)
-  except OSError as e:
+  except (OSError, tf.errors.OpError) as e:
     logging.warning("cannot cache the record index at %s: %s", cache, e)
   return records
 
