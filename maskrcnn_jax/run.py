@@ -9,7 +9,7 @@ import ml_collections
 
 from maskrcnn_jax import validation
 
-MODES = ("train", "eval", "train_and_eval", "predict")
+MODES = ("train", "eval", "train_and_eval", "predict", "inspect")
 
 # Set by launchers of multi-process jobs; jax.distributed.initialize() reads the cluster
 # from them (explicit JAX_* variables, Slurm, Open MPI, Cloud TPU pods).
@@ -59,4 +59,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str):
     return train.train_and_evaluate(config, workdir, evaluate=mode == "train_and_eval")
   if mode == "eval":
     return run_eval.evaluate_checkpoint(config, workdir)
+  if mode == "inspect":
+    from maskrcnn_jax.inspection import run as inspection  # pylint: disable=g-import-not-at-top
+    from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+    from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
+    return inspection.inspect(config, workdir, load_variables=checkpoint.load_variables,
+                              trainable_mask=optimizer.trainable_mask)
   return run_eval.predict(config, workdir)
