@@ -17,6 +17,7 @@ import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 import tensorflow as tf
 
+from maskrcnn_jax import distributed
 from maskrcnn_jax import run
 from maskrcnn_jax import validation
 
@@ -24,6 +25,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, evaluation outputs.")
 flags.DEFINE_enum("mode", "train_and_eval", run.MODES, "What to run.")
+flags.DEFINE_integer("join_timeout", 300, "Seconds a multi-process job waits for all processes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,15 +47,15 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
   try:
     run.validate(FLAGS.config, FLAGS.mode)  # Before any distributed set-up or compile.
-    if run.is_multiprocess():
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only jobs.
-      jax.distributed.initialize()
+    distributed.initialize(distributed.detect(), timeout_s=FLAGS.join_timeout)
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())
     run.write_config(FLAGS.config, FLAGS.workdir)
     run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except validation.ConfigError as e:
     sys.exit(f"Invalid config: {e}")
+  except distributed.ClusterError as e:
+    sys.exit(f"Cannot join the cluster: {e}")
   except FloatingPointError as e:  # Too many non-finite steps in a row.
     sys.exit(str(e))
 

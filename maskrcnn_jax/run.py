@@ -1,7 +1,5 @@
 """What main.py calls: validation, the resolved config, and the modes."""
 
-import os
-
 from absl import logging
 from etils import epath
 import jax
@@ -10,25 +8,6 @@ import ml_collections
 from maskrcnn_jax import validation
 
 MODES = ("train", "eval", "train_and_eval", "predict", "inspect")
-
-# Set by launchers of multi-process jobs; jax.distributed.initialize() reads the cluster
-# from them (explicit JAX_* variables, Slurm, Open MPI, Cloud TPU pods).
-_MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                     "TPU_WORKER_HOSTNAMES")
-
-
-def is_multiprocess() -> bool:
-  """True when the environment describes a job of more than one process."""
-  for name in _MULTIPROCESS_ENV:
-    value = os.environ.get(name, "")
-    if name == "JAX_COORDINATOR_ADDRESS" and value:
-      return True
-    if name == "TPU_WORKER_HOSTNAMES" and "," in value:
-      return True
-    if value.isdigit() and int(value) > 1:
-      return True
-  return False
-
 
 def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   """Raises ConfigError with one line naming the bad key; needs no devices."""

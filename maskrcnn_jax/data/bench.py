@@ -39,7 +39,8 @@ def _cpu_seconds() -> float:
 
 def _throughput(config, *, batch_size: int, warmup: int, steps: int) -> tuple[float, float]:
   """(images per second, CPU seconds per image) of the training pipeline."""
-  batches = pipeline.create_train_dataset(config, batch_size=batch_size, seed=0).as_numpy_iterator()
+  batches = pipeline.create_train_dataset(config, global_batch_size=batch_size,
+                                         seed=0).as_numpy_iterator()
   for _ in range(warmup):
     next(batches)
   start, cpu = time.perf_counter(), _cpu_seconds()

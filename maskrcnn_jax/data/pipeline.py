@@ -1,7 +1,7 @@
 """tf.data input pipelines: COCO-Stuff TFRecords -> fixed-shape batches (docs/design.md).
 
-B images per batch (per process), S `data.image_size`, M `data.max_instances`, Sm
-`data.mask_size`. A batch:
+B images per batch (G / P: the global batch over the processes), S `data.image_size`,
+M `data.max_instances`, Sm `data.mask_size`. A batch:
 
   image          [B, S, S, 3] uint8   longest side resized to S × jitter, zero-padded bottom/right
   image_id       [B] int32
@@ -16,10 +16,14 @@ B images per batch (per process), S `data.image_size`, M `data.max_instances`, S
 Order and restore. Records are read by index (byte offsets of the TFRecords, indexed once),
 so the order is decided in numpy before anything is read: every epoch is a permutation of
 the training images (with repeat-factor sampling, of their repeated list) seeded by
-(seed, epoch), cut into equal contiguous parts, one per process. Augmentation draws from
-stateless ops keyed by (seed, epoch, slot in the epoch). A pipeline started at `start_step`
-therefore yields exactly the batches the uninterrupted one yields from that step, and
-skipping costs nothing. `data.shuffle_buffer` is not used: each epoch is fully shuffled.
+(seed, epoch), and the epochs follow one another as one global stream. Global batch k is
+positions [kG, (k + 1)G) of that stream (G the global batch size, so a batch may span two
+epochs); with P processes, process p reads positions [kG + pG/P, kG + (p + 1)G/P) of it.
+Augmentation draws from stateless ops keyed by (seed, epoch, slot in the epoch). Global
+batch k therefore holds the same images with the same augmentation for any process count,
+and a pipeline started at `start_step` yields exactly the batches the uninterrupted one
+yields from that step (skipping costs nothing). `data.shuffle_buffer` is not used: each
+epoch is fully shuffled.
 
 Training skips images without a non-crowd instance (as detectron2 does); evaluation keeps
 every image. With scale jitter above 1 the resized image is larger than S and a random S×S
@@ -28,12 +32,15 @@ and padded pixel = original pixel × scale − window offset (training only).
 """
 
 import dataclasses
+import io
+import itertools
 import math
 import pathlib
 import struct
 import threading
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -53,8 +60,8 @@ _KEY_EPOCH_SHIFT = 32  # Augmentation key = epoch << 32 | slot in the epoch.
 
 
 def data_dir(data_config: ml_collections.ConfigDict) -> str:
-  """Where the TFRecords live: `data.tfds_data_dir`, or ROOT/tfds."""
-  return data_config.tfds_data_dir or str(pathlib.Path(data_config.root) / "tfds")
+  """Where the TFRecords live: `data.tfds_data_dir` (any epath: local, gs://), or ROOT/tfds."""
+  return data_config.tfds_data_dir or str(epath.Path(data_config.root) / "tfds")
 
 
 def _builder(data_config) -> builder_lib.MaskrcnnCocoStuff:
@@ -186,9 +193,9 @@ def _index_records(builder, split: str) -> Records:
 
 def _records(builder, split: str) -> Records:
   """The split's record index, cached as records_<split>.npz beside the TFRecords."""
-  cache = pathlib.Path(builder.data_dir) / f"records_{split}.npz"
+  cache = epath.Path(builder.data_dir) / f"records_{split}.npz"
   if cache.exists():
-    with np.load(cache) as z:
+    with np.load(io.BytesIO(cache.read_bytes())) as z:
       arrays = {k: z[k] for k in z.files}
     if len(arrays["shard"]) == builder.info.splits[split].num_examples:
       paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
@@ -198,9 +205,10 @@ def _records(builder, split: str) -> Records:
             if f.name != "paths"}
   try:
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    with tmp.open("wb") as f:
+      np.savez(f, **arrays)
     tmp.rename(cache)
-  except OSError as e:
+  except (OSError, tf.errors.OpError) as e:
     logging.warning("cannot cache the record index at %s: %s", cache, e)
   return records
 
@@ -262,28 +270,31 @@ def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, i
   return start, start + base + (process_index < extra)
 
 
-def _train_stream(records: Records, *, seed, start, class_balanced, threshold, process_index,
-                  process_count):
-  """Infinite (record index, augmentation key) of this process, from position `start`."""
+def _train_stream(records: Records, *, seed, start_step, global_batch, class_balanced, threshold,
+                  process_index, process_count):
+  """Infinite (record index, augmentation key) of this process's slices of the global batches.
+
+  Yields global batches start_step, start_step + 1, ...: of each, positions [pL, (p + 1)L)
+  with L = global_batch / process_count (module docstring).
+  """
   candidates = np.flatnonzero(records.num_instances > 0)
-  if len(candidates) < process_count:
-    raise ValueError(f"{len(candidates)} training images with instances for {process_count} "
-                     "processes")
+  if not len(candidates):
+    raise ValueError("no training image has a non-crowd instance")
   factors = None
   if class_balanced:
     factors = repeat_factors([records.image_classes(i) for i in candidates], threshold)
-  epoch = 0
-  while True:
-    order = epoch_order(candidates, factors, seed=seed, epoch=epoch)
-    per_process = len(order) // process_count  # The remainder waits for another epoch.
-    if start < per_process:
-      first = process_index * per_process
-      for slot in range(first + start, first + per_process):
-        yield order[slot], (epoch << _KEY_EPOCH_SHIFT) | slot
-      start = 0
-    else:
-      start -= per_process
-    epoch += 1
+  local = global_batch // process_count
+  epoch, first = 0, 0  # `first`: global position of the epoch's slot 0.
+  order = epoch_order(candidates, factors, seed=seed, epoch=epoch)
+  for step in itertools.count(start_step):
+    begin = step * global_batch + process_index * local
+    for position in range(begin, begin + local):
+      while position >= first + len(order):
+        first += len(order)
+        epoch += 1
+        order = epoch_order(candidates, factors, seed=seed, epoch=epoch)
+      slot = position - first
+      yield order[slot], (epoch << _KEY_EPOCH_SHIFT) | slot
 
 
 # ------------------------------------------------------------------ per example (TF)
@@ -448,30 +459,35 @@ def _process(process_index, process_count):
 def create_train_dataset(
     data_config: ml_collections.ConfigDict,
     *,
-    batch_size: int,
+    global_batch_size: int,
     seed: int,
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> tf.data.Dataset:
-  """Infinite, shuffled, augmented training batches of this process (module docstring).
+  """Infinite, shuffled, augmented training batches: this process's slice of each global batch.
 
-  Needs the data built by `prepare` (which every process calls first).
+  Batches hold global_batch_size / process_count images; global batch k is the same for
+  any process count (module docstring). Needs the data built by `prepare` (which every
+  process calls first).
 
-  batch_size: images per batch on this process. start_step: batches this process has
-  consumed already; the result continues the sequence from there exactly.
+  start_step: global batches consumed already; the result continues the sequence from
+  there exactly.
   """
   process_index, process_count = _process(process_index, process_count)
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global batch size {global_batch_size} is not a positive multiple of the "
+                     f"{process_count} processes")
   builder = _built(data_config)
   records = _records(builder, "train")
-  start = start_step * batch_size
   stream = lambda: _train_stream(
-      records, seed=seed, start=start, class_balanced=data_config.class_balanced,
-      threshold=data_config.repeat_threshold, process_index=process_index,
-      process_count=process_count)
+      records, seed=seed, start_step=start_step, global_batch=global_batch_size,
+      class_balanced=data_config.class_balanced, threshold=data_config.repeat_threshold,
+      process_index=process_index, process_count=process_count)
   ds = _example_dataset(records, builder.info.features, stream, data_config, seed=seed,
                         train=True, with_image_valid=False)
-  ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True,
+                num_parallel_calls=AUTOTUNE, deterministic=True)
   return ds.prefetch(AUTOTUNE)
 
 
@@ -528,7 +544,7 @@ def load_images(paths: list[str], data_config: ml_collections.ConfigDict, *,
          "image_info": np.zeros((batch_size, 5), np.float32),
          "image_valid": np.zeros((batch_size,), bool), "original": []}
   for i, path in enumerate(paths):
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(epath.Path(path).read_bytes())) as image:
       original = np.asarray(image.convert("RGB"))
     height, width = original.shape[:2]
     scale = size / max(height, width)

@@ -13,6 +13,7 @@ import json
 from typing import Any, Sequence
 
 from absl import logging
+from etils import epath
 import numpy as np
 from pycocotools import coco as coco_lib
 from pycocotools import cocoeval
@@ -57,8 +58,7 @@ def load_ground_truth(annotation_files: Sequence[str], class_set) -> coco_lib.CO
   wanted = set(int(c) for c in class_set.coco_ids)
   images, annotations = {}, []
   for path in annotation_files:
-    with open(path) as f:
-      data = json.load(f)
+    data = json.loads(epath.Path(path).read_text())
     for key in ("images", "annotations"):
       if key not in data:
         raise ValueError(f"{path}: not a COCO annotation file (no {key!r})")
@@ -136,8 +136,7 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
 
 def write_results(path: str, results: list[dict[str, Any]]) -> None:
   """Writes COCO results as a JSON list."""
-  with open(path, "w") as f:
-    json.dump(results, f)
+  epath.Path(path).write_text(json.dumps(results))
 
 
 def _empty_results(coco_gt: coco_lib.COCO) -> coco_lib.COCO:

@@ -12,10 +12,10 @@ the prediction counts and the pictures.
 """
 
 import json
-import os
 from typing import Any, Sequence
 
 from absl import logging
+from etils import epath
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -335,18 +335,18 @@ class Evaluator:
     Returns:
       `result()`.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     metrics = self.result()
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:  # NaN → null: strict JSON.
-      json.dump({k: None if np.isnan(v) else v for k, v in dict(metrics, step=step).items()},
-                f, indent=2)
-    coco_eval.write_results(os.path.join(out_dir, "coco_results.json"), self._results)
-    pictures.write_csv(os.path.join(out_dir, "per_class.csv"), self.per_class())
-    pictures.write_csv(os.path.join(out_dir, "per_supercategory.csv"),
+    (out_dir / "metrics.json").write_text(json.dumps(  # NaN → null: strict JSON.
+        {k: None if np.isnan(v) else v for k, v in dict(metrics, step=step).items()}, indent=2))
+    coco_eval.write_results(str(out_dir / "coco_results.json"), self._results)
+    pictures.write_csv(str(out_dir / "per_class.csv"), self.per_class())
+    pictures.write_csv(str(out_dir / "per_supercategory.csv"),
                        self.per_supercategory())
-    pictures.write_csv(os.path.join(out_dir, "per_image.csv"), self._per_image)
+    pictures.write_csv(str(out_dir / "per_image.csv"), self._per_image)
     header = ["(none)"] + list(self.class_set.names)
-    pictures.write_csv(os.path.join(out_dir, "confusion.csv"), [
+    pictures.write_csv(str(out_dir / "confusion.csv"), [
         dict(ground_truth=header[g], **dict(zip(header, map(int, row))))
         for g, row in enumerate(self._confusion) if g])
     images = self.pictures()
@@ -356,7 +356,7 @@ class Evaluator:
       except ValueError as e:  # No losses logged yet: the metrics still matter.
         logging.warning("No loss curves: %s", e)
     for name, image in images.items():
-      pictures.save_png(os.path.join(out_dir, f"{name}.png"), image)
+      pictures.save_png(str(out_dir / f"{name}.png"), image)
     if writer is not None:
       writer.write_scalars(step, metrics)
       writer.write_images(step, {f"eval/{k}": v[None] for k, v in images.items()})

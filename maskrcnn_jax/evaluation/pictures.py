@@ -5,8 +5,10 @@ classes (training ids 1..K, 0 = none), H × W an image.
 """
 
 import csv
+import io
 from typing import Any, Sequence
 
+from etils import epath
 from matplotlib import cm
 from matplotlib import colors as mcolors
 from matplotlib import figure as mfigure
@@ -28,18 +30,20 @@ def figure_to_array(fig: mfigure.Figure) -> np.ndarray:
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  """Writes a [H, W, 3] uint8 array as PNG."""
-  Image.fromarray(np.asarray(image, np.uint8)).save(path)
+  """Writes a [H, W, 3] uint8 array as PNG (any epath: local, gs://)."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+  epath.Path(path).write_bytes(buffer.getvalue())
 
 
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
-  """Writes dict rows (same keys) as CSV with a header."""
-  with open(path, "w", newline="") as f:
-    if not rows:
-      return
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+  """Writes dict rows (same keys) as CSV with a header (any epath: local, gs://)."""
+  text = io.StringIO(newline="")
+  if rows:
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+  epath.Path(path).write_text(text.getvalue())
 
 
 def class_colors(num_classes: int) -> np.ndarray:

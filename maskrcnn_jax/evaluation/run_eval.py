@@ -101,7 +101,7 @@ def evaluate(config: ml_collections.ConfigDict, model, variables, mesh: Mesh, wo
 
 
 def _load_variables(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, int]:
-  from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
   path = config.eval.checkpoint or workdir
   state = checkpoint.load_variables(path)
   return {"params": state["params"], "frozen_bn": state["frozen_bn"]}, int(state["step"])

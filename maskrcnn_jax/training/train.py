@@ -8,8 +8,6 @@ global batch is split over all devices of all processes.
 
 import dataclasses
 import functools
-import signal
-import threading
 import time
 from typing import Any, Iterator
 
@@ -20,18 +18,18 @@ import flax
 import jax
 from jax import lax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
 
+from maskrcnn_jax import distributed
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import run_eval
-from maskrcnn_jax.training import checkpoint
 from maskrcnn_jax.training import optimizer
+from maskrcnn_jax.weights import checkpoint
 
 AXIS = "data"
 
@@ -170,33 +168,6 @@ def global_batches(ds, sharding: NamedSharding) -> Iterator[dict[str, jax.Array]
     yield jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-class _Preemption:
-  """Notes SIGTERM so the loop can save and exit cleanly; agreed by all processes."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint, then exiting.")
-    self.requested = True
-
-  def check(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    return bool(multihost_utils.process_allgather(np.asarray(self.requested)).any())
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
@@ -248,9 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   del variables
 
   step = int(state.step)
-  local_batch = config.train.global_batch_size // jax.process_count()
-  ds = pipeline.create_train_dataset(config.data, batch_size=local_batch, seed=config.seed,
-                                     start_step=step)
+  ds = pipeline.create_train_dataset(config.data, global_batch_size=config.train.global_batch_size,
+                                     seed=config.seed, start_step=step)
   batches = global_batches(ds, data_sharding)
   loss_step = make_loss_step(mesh, model)
 
@@ -276,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
                                           logdir=workdir))
   summaries, final_metrics, preempted = [], {}, False
-  with _Preemption() as preemption:
+  with distributed.Preemption() as preemption:
     for stage_idx in range(optimizer.stage_index(stages, step), len(stages)):
       stage, mask, tx = stages[stage_idx], masks[stage_idx], txs[stage_idx]
       if opt_stage != stage_idx:
@@ -313,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           history, t0 = [], time.time()
         if step % config.train.checkpoint_every_steps == 0:
           checkpoint.save(mngr, step, state, meta(stage_idx))
-        if preemption.check():
+        if preemption.check(step):
           checkpoint.save(mngr, step, state, meta(stage_idx))
           preempted = True
           break

@@ -1,1 +1,2 @@
-"""Pretrained weights: torchvision conversion (`convert_torchvision`) and loading (`load`)."""
+"""Variables on disk: checkpoints (`checkpoint`), torchvision conversion (`convert_torchvision`)
+and loading into a model (`load`)."""

@@ -15,7 +15,7 @@ Every key must be used: anything left over fails the conversion.
 
 The result is `{"params": ..., "frozen_bn": ...}` with the module paths of
 `maskrcnn_jax.models` (its docstring), written so that
-`maskrcnn_jax.training.checkpoint.load_variables(OUTPUT)` reads it back. torch is needed
+`maskrcnn_jax.weights.checkpoint.load_variables(OUTPUT)` reads it back. torch is needed
 only to read `.pth` files (`pip install -e .[torch]`); `.npz` files of the same keys are
 read without it.
 """
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from maskrcnn_jax.models import resnet
-from maskrcnn_jax.training import checkpoint
+from maskrcnn_jax.weights import checkpoint
 
 FLAGS = flags.FLAGS
 Variables = dict[str, Any]

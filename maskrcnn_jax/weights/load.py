@@ -15,7 +15,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from maskrcnn_jax.training import checkpoint
+from maskrcnn_jax.weights import checkpoint
 
 SCOPES = ("backbone", "full")
 COLLECTIONS = ("params", "frozen_bn")
@@ -31,7 +31,7 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *,
 
   Args:
     variables: the model's `params` and `frozen_bn` (numpy or jax arrays, any sharding).
-    path: a directory `maskrcnn_jax.training.checkpoint.load_variables` reads (converted
+    path: a directory `maskrcnn_jax.weights.checkpoint.load_variables` reads (converted
       weights, a training workdir or one of its step directories).
     scope: `backbone` or `full`.
 

@@ -1,4 +1,5 @@
 import collections
+import functools
 import json
 import shutil
 import time
@@ -53,7 +54,7 @@ def _assert_batches_equal(a, b):
 
 
 def test_batch_format(config):
-  spec = pipeline.create_train_dataset(config, batch_size=3, seed=0).element_spec
+  spec = pipeline.create_train_dataset(config, global_batch_size=3, seed=0).element_spec
   shapes = {k: (tuple(v.shape), v.dtype) for k, v in spec.items()}
   assert shapes == {
       "image": ((3, S, S, 3), tf.uint8), "image_id": ((3,), tf.int32),
@@ -132,27 +133,44 @@ def test_shard_bounds():
       assert max(e - s for s, e in parts) - min(e - s for s, e in parts) <= 1
 
 
-def test_train_sharding_splits_every_epoch(config):
-  per_process = [pipeline.create_train_dataset(config, batch_size=2, seed=5, process_index=p,
-                                               process_count=2) for p in range(2)]
-  epochs = [np.concatenate([b["image_id"] for b in _take(ds, 4)]) for ds in per_process]
-  for first, second in ((epochs[0][:4], epochs[1][:4]), (epochs[0][4:], epochs[1][4:])):
-    assert sorted(np.concatenate([first, second])) == list(range(1, 9))  # One epoch.
-  assert epochs[0][:4].tolist() != epochs[0][4:].tolist()  # Reshuffled per epoch.
+def test_epochs_follow_each_other_reshuffled(config):
+  ids = np.concatenate([b["image_id"] for b in _take(
+      pipeline.create_train_dataset(config, global_batch_size=3, seed=5), 6)])
+  epochs = ids[:8], ids[8:16]
+  assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(1, 9))  # Batches span epochs.
+  assert epochs[0].tolist() != epochs[1].tolist()
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_global_batches_are_the_same_for_every_process_count(config, class_balanced):
+  """Process p's batch k is slice p of global batch k: same images, same augmentation."""
+  augmented = _augmented(config, class_balanced=class_balanced, repeat_threshold=0.5)
+  make = functools.partial(pipeline.create_train_dataset, augmented, global_batch_size=4, seed=2)
+  single = _take(make(), 6)
+  # Resumed at step 3 (12 images): inside the second epoch of 8.
+  for count, start_step in ((1, 3), (2, 0), (4, 3)):
+    parts = [_take(make(start_step=start_step, process_index=p, process_count=count), 3)
+             for p in range(count)]
+    joined = [{k: np.concatenate([part[i][k] for part in parts]) for k in parts[0][i]}
+              for i in range(3)]
+    _assert_batches_equal(single[start_step:start_step + 3], joined)
+  with pytest.raises(ValueError, match="multiple of the 3 processes"):
+    make(process_index=0, process_count=3)
 
 
 def test_restore_resumes_the_same_sequence(config):
   augmented = _augmented(config, class_balanced=True, repeat_threshold=0.5)
-  full = _take(pipeline.create_train_dataset(augmented, batch_size=3, seed=1), 7)
-  resumed = _take(pipeline.create_train_dataset(augmented, batch_size=3, seed=1, start_step=4), 3)
+  full = _take(pipeline.create_train_dataset(augmented, global_batch_size=3, seed=1), 7)
+  resumed = _take(pipeline.create_train_dataset(augmented, global_batch_size=3, seed=1,
+                                                start_step=4), 3)
   _assert_batches_equal(full[4:], resumed)
 
 
 def test_deterministic_given_the_seed(config):
   augmented = _augmented(config)
-  a = _take(pipeline.create_train_dataset(augmented, batch_size=2, seed=7), 3)
-  b = _take(pipeline.create_train_dataset(augmented, batch_size=2, seed=7), 3)
-  c = _take(pipeline.create_train_dataset(augmented, batch_size=2, seed=8), 3)
+  a = _take(pipeline.create_train_dataset(augmented, global_batch_size=2, seed=7), 3)
+  b = _take(pipeline.create_train_dataset(augmented, global_batch_size=2, seed=7), 3)
+  c = _take(pipeline.create_train_dataset(augmented, global_batch_size=2, seed=8), 3)
   _assert_batches_equal(a, b)
   assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
 
@@ -168,7 +186,7 @@ def test_train_skips_images_without_instances(synthetic_root, tmp_path):
   built = pipeline.prepare(config)
   assert built.info.metadata["counts/train"]["no_instances"] == 1
   ids = np.concatenate([b["image_id"] for b in _take(
-      pipeline.create_train_dataset(config, batch_size=7, seed=0), 3)])
+      pipeline.create_train_dataset(config, global_batch_size=7, seed=0), 3)])
   assert sorted(set(ids.tolist())) == [1, 3, 4, 5, 6, 7, 8]
   evaluated = pipeline.create_eval_dataset(config, batch_size=8, split="train")
   assert sorted(next(evaluated.as_numpy_iterator())["image_id"].tolist()) == list(range(1, 9))
@@ -324,7 +342,7 @@ def test_class_balanced_training_repeats_rare_images(config):
   balanced = ml_collections.ConfigDict(config.to_dict())
   balanced.update(class_balanced=True, repeat_threshold=0.9)
   ids = np.concatenate([b["image_id"] for b in _take(
-      pipeline.create_train_dataset(balanced, batch_size=8, seed=0), 10)])
+      pipeline.create_train_dataset(balanced, global_batch_size=8, seed=0), 10)])
   assert len(np.unique(ids)) == 8 and np.bincount(ids).max() > 10  # Some images repeated.
 
 
@@ -342,7 +360,7 @@ def test_datasets_need_prepare(synthetic_root, tmp_path):
   config = _config(synthetic_root)
   config.tfds_data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match="prepare"):
-    pipeline.create_train_dataset(config, batch_size=1, seed=0)
+    pipeline.create_train_dataset(config, global_batch_size=1, seed=0)
 
 
 def test_rounding_of_the_resized_size_keeps_masks():

@@ -12,7 +12,7 @@ import pytest
 
 from configs import tiny
 from maskrcnn_jax import models
-from maskrcnn_jax.training import checkpoint
+from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import convert_torchvision as conv
 import torchvision_states
 

@@ -180,7 +180,7 @@ def test_mask_rcnn_detections_and_masks(mask_rcnn_outputs):
 
 def test_pth_file_with_frozen_batchnorm(tmp_path):
   """A .pth read through torch.load; FrozenBatchNorm2d has no num_batches_tracked."""
-  from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(1)
   net = torchvision.models.resnet18(norm_layer=torchvision.ops.FrozenBatchNorm2d)

@@ -9,7 +9,7 @@ import pytest
 
 from configs import tiny
 from maskrcnn_jax import models
-from maskrcnn_jax.training import checkpoint
+from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import convert_torchvision as conv
 from maskrcnn_jax.weights import load
 import torchvision_states

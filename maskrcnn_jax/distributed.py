@@ -1,0 +1,297 @@
+"""Multi-process launch: the arguments of `jax.distributed.initialize`, from the environment.
+
+jax 0.10.2 reads only `JAX_COORDINATOR_ADDRESS` and `JAX_LOCAL_DEVICE_IDS` itself, and under
+Slurm and Open MPI it binds each process to the one GPU of its local rank. So every path but
+the Cloud TPU one derives all four arguments here and passes them explicitly, with jax's
+own cluster detection switched off:
+
+| launch | recognised by | processes, id | local devices |
+|---|---|---|---|
+| manual | `JAX_NUM_PROCESSES` or `JAX_PROCESS_ID` or `JAX_COORDINATOR_ADDRESS` | `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` | all, or `JAX_LOCAL_DEVICE_IDS` |
+| Slurm (`srun`) | `SLURM_STEP_NODELIST`, more than one task | `SLURM_STEP_NUM_TASKS`, `SLURM_PROCID` | all when one task per node, else `[SLURM_LOCALID]` |
+| Open MPI | `OMPI_COMM_WORLD_SIZE` > 1 | `OMPI_COMM_WORLD_SIZE`, `OMPI_COMM_WORLD_RANK` | all when one rank per node, else `[OMPI_COMM_WORLD_LOCAL_RANK]` |
+| Cloud TPU VM | jax's TPU check (libtpu and TPU chips) | jax's TPU cluster detection (metadata server) | all |
+| none | none of the above | no `initialize`: one process | all |
+
+Under a scheduler `JAX_COORDINATOR_ADDRESS` (or `JAX_COORDINATOR_PORT`) and
+`JAX_LOCAL_DEVICE_IDS` override what is derived. A job that describes a cluster it cannot
+join raises `ClusterError` with one line naming the variable.
+"""
+
+import dataclasses
+import os
+import re
+import signal
+import sys
+import threading
+from typing import Mapping
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+
+
+class ClusterError(RuntimeError):
+  """The environment describes a multi-process job that cannot be joined."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """What `jax.distributed.initialize` gets; None fields are left to jax (TPU only)."""
+  source: str  # manual | slurm | openmpi | tpu
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  local_device_ids: tuple[int, ...] | None = None  # None: every local device.
+  variables: tuple[str, ...] = ()  # The environment variables the values come from.
+
+
+def _int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int:
+  value = env.get(name)
+  if value is None or value == "":
+    raise ClusterError(f"{name} is not set")
+  if not re.fullmatch(r"\d+", value.strip()) or int(value) < minimum:
+    raise ClusterError(f"{name}={value!r}: must be an integer >= {minimum}")
+  return int(value)
+
+
+def _address(value: str, name: str) -> str:
+  if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s\[\]]+):\d{1,5}", value):
+    raise ClusterError(f"{name}={value!r}: must be HOST:PORT of process 0")
+  return value
+
+
+def _device_ids(env: Mapping[str, str]) -> tuple[int, ...] | None:
+  value = env.get("JAX_LOCAL_DEVICE_IDS")
+  if not value:
+    return None
+  if not re.fullmatch(r"\d+(,\d+)*", value.replace(" ", "")):
+    raise ClusterError(f"JAX_LOCAL_DEVICE_IDS={value!r}: must be comma-separated device ids")
+  return tuple(int(v) for v in value.replace(" ", "").split(","))
+
+
+def _check_id(process_id: int, num_processes: int, id_name: str, count_name: str) -> None:
+  if process_id >= num_processes:
+    raise ClusterError(f"{id_name}={process_id}: must be < {count_name}={num_processes}")
+
+
+def first_host(nodelist: str) -> str:
+  """The first host of a Slurm node list: `node[003-007,9],gpu1` → `node003`."""
+  m = re.match(r"([^,\[]+)(?:\[([^,\-\]]+))?", nodelist.strip())
+  if not m:
+    raise ClusterError(f"SLURM_STEP_NODELIST={nodelist!r}: no host name in it")
+  return m.group(1) + (m.group(2) or "")
+
+
+def tasks_on_node(tasks_per_node: str, node_id: int) -> int:
+  """Slurm's compressed per-node task counts (`4(x2),2`) at node `node_id`."""
+  counts = []
+  for part in tasks_per_node.split(","):
+    m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+    if not m:
+      raise ClusterError(f"SLURM_STEP_TASKS_PER_NODE={tasks_per_node!r}: unreadable")
+    counts += [int(m.group(1))] * int(m.group(2) or 1)
+  if node_id >= len(counts):
+    raise ClusterError(f"SLURM_NODEID={node_id}: the step has {len(counts)} nodes")
+  return counts[node_id]
+
+
+def _one_visible_gpu(env: Mapping[str, str]) -> bool:
+  """The scheduler already bound this task to one GPU (e.g. `srun --gpus-per-task=1`)."""
+  visible = env.get("CUDA_VISIBLE_DEVICES", env.get("ROCR_VISIBLE_DEVICES", ""))
+  return bool(visible) and "," not in visible
+
+
+def _local_ids(env, local_rank: int, local_tasks: int) -> tuple[int, ...] | None:
+  """All local devices for one task per node; else this rank's GPU, unless already bound."""
+  ids = _device_ids(env)
+  if ids is not None:
+    return ids
+  if local_tasks == 1 or _one_visible_gpu(env):
+    return None
+  return (local_rank,)
+
+
+def _manual(env: Mapping[str, str]) -> Launch:
+  if not env.get("JAX_COORDINATOR_ADDRESS"):
+    raise ClusterError("JAX_COORDINATOR_ADDRESS is not set: a manual launch needs "
+                       "JAX_COORDINATOR_ADDRESS=HOST:PORT, JAX_NUM_PROCESSES and JAX_PROCESS_ID")
+  address = _address(env["JAX_COORDINATOR_ADDRESS"], "JAX_COORDINATOR_ADDRESS")
+  n = _int(env, "JAX_NUM_PROCESSES", minimum=1)
+  pid = _int(env, "JAX_PROCESS_ID")
+  _check_id(pid, n, "JAX_PROCESS_ID", "JAX_NUM_PROCESSES")
+  return Launch("manual", address, n, pid, _device_ids(env),
+                ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))
+
+
+def _coordinator(env: Mapping[str, str], host: str, default_port: int) -> str:
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return _address(env["JAX_COORDINATOR_ADDRESS"], "JAX_COORDINATOR_ADDRESS")
+  port = _int(env, "JAX_COORDINATOR_PORT") if env.get("JAX_COORDINATOR_PORT") else default_port
+  return f"{host}:{port}"
+
+
+def _job_port(job_id: int) -> int:
+  """jax's choice: one port in 61440..65535 per job, the same on every node."""
+  return job_id % 2**12 + (65535 - 2**12 + 1)
+
+
+def _slurm(env: Mapping[str, str], n: int) -> Launch:
+  pid = _int(env, "SLURM_PROCID")
+  count = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+  _check_id(pid, n, "SLURM_PROCID", count)
+  local_rank = _int(env, "SLURM_LOCALID")
+  if env.get("SLURM_STEP_TASKS_PER_NODE"):
+    local_tasks = tasks_on_node(env["SLURM_STEP_TASKS_PER_NODE"], _int(env, "SLURM_NODEID"))
+  else:
+    local_tasks = _int(env, "SLURM_NTASKS_PER_NODE", minimum=1)
+  address = _coordinator(env, first_host(env["SLURM_STEP_NODELIST"]),
+                         _job_port(_int(env, "SLURM_JOB_ID")))
+  return Launch("slurm", address, n, pid, _local_ids(env, local_rank, local_tasks),
+                ("SLURM_STEP_NODELIST", count, "SLURM_PROCID", "SLURM_LOCALID"))
+
+
+def _openmpi(env: Mapping[str, str], n: int) -> Launch:
+  pid = _int(env, "OMPI_COMM_WORLD_RANK")
+  _check_id(pid, n, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")
+  local_rank = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK")
+  local_tasks = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", minimum=1)
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    address = _coordinator(env, "", 0)
+  else:
+    # Open MPI 4's mpirun publishes its own address and job id; Open MPI 5 (PMIx) does not.
+    uri = env.get("OMPI_MCA_orte_hnp_uri", "")
+    m = re.match(r"(\d+)\.\d+;tcp6?://\[?([^,\]:;]+)", uri)
+    if not m:
+      raise ClusterError(
+          f"OMPI_MCA_orte_hnp_uri={uri!r} names no coordinator (Open MPI 5 sets none): "
+          "set JAX_COORDINATOR_ADDRESS=HOST:PORT of rank 0's node")
+    address = _coordinator(env, m.group(2), _job_port(int(m.group(1)) // 2**12))
+  return Launch("openmpi", address, n, pid, _local_ids(env, local_rank, local_tasks),
+                ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"))
+
+
+def on_cloud_tpu_vm() -> bool:
+  """jax's own check (libtpu installed and TPU chips present), made when jax is imported."""
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  return cloud_tpu_init.running_in_cloud_tpu_vm
+
+
+def detect(env: Mapping[str, str] | None = None) -> Launch | None:
+  """The launch the environment describes, or None for a single process.
+
+  Raises ClusterError (one line, naming the variable) for a job that describes a
+  cluster with a missing or invalid value.
+  """
+  env = os.environ if env is None else env
+  if any(env.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")):
+    return _manual(env)
+  if "SLURM_STEP_NODELIST" in env:  # Inside `srun`; a batch script alone is one process.
+    count = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+    n = _int(env, count, minimum=1)
+    if n > 1:
+      return _slurm(env, n)
+  if env.get("OMPI_COMM_WORLD_SIZE"):
+    n = _int(env, "OMPI_COMM_WORLD_SIZE", minimum=1)
+    if n > 1:
+      return _openmpi(env, n)
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return _manual(env)
+  if on_cloud_tpu_vm():
+    return Launch("tpu")
+  return None
+
+
+def initialize(launch: Launch | None, *, timeout_s: int = 300) -> None:
+  """Joins the job `launch` describes (no-op for None); ClusterError if it cannot.
+
+  Must run before anything touches a jax backend.
+  """
+  if launch is None:
+    return
+  # CPU-only multi-process jobs need cross-process collectives; accelerators ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_enable_preemption_service", True)  # reached_preemption_sync_point.
+  if launch.source == "tpu":
+    kwargs = {}  # jax reads the pod from the TPU metadata server.
+  else:
+    kwargs = dict(coordinator_address=launch.coordinator_address,
+                  num_processes=launch.num_processes, process_id=launch.process_id,
+                  local_device_ids=(None if launch.local_device_ids is None
+                                    else list(launch.local_device_ids)),
+                  cluster_detection_method="deactivate")
+  logging.info("Joining a %s job: %s", launch.source,
+               {k: v for k, v in kwargs.items() if k != "cluster_detection_method"})
+  # jax aborts the process (a C++ fatal error and a stack trace) when the coordinator
+  # cannot be reached in time; this watchdog ends it first, with one line.
+  watchdog = threading.Timer(timeout_s, _give_up, (describe_failure(launch, timeout_s),))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(initialization_timeout=timeout_s + _GRACE_S, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ClusterError(f"{describe_failure(launch, timeout_s)}: {_first_line(e)}") from e
+  finally:
+    watchdog.cancel()
+
+
+_GRACE_S = 10  # jax's own deadline, after the watchdog's.
+EXIT_CANNOT_JOIN = 1
+
+
+def _give_up(message: str) -> None:
+  sys.stderr.write(f"Cannot join the cluster: {message}\n")
+  sys.stderr.flush()
+  os._exit(EXIT_CANNOT_JOIN)  # pylint: disable=protected-access
+
+
+def _first_line(error: Exception) -> str:
+  return next((line.strip() for line in str(error).splitlines() if line.strip()),
+              type(error).__name__)
+
+
+def describe_failure(launch: Launch, timeout_s: int) -> str:
+  """One line: which job, from which variables, could not be joined."""
+  if launch.source == "tpu":
+    return f"could not join the Cloud TPU pod (jax's metadata detection) within {timeout_s} s"
+  return (f"process {launch.process_id} of {launch.num_processes} could not join the "
+          f"{launch.source} job at {launch.coordinator_address} within {timeout_s} s "
+          f"(from {', '.join(launch.variables)})")
+
+
+class Preemption:
+  """SIGTERM → save and exit, at the same step in every process.
+
+  One process: a SIGTERM handler sets a flag. Several: jax's preemption service, started
+  by `jax.distributed.initialize` with its own SIGTERM handler, tells the other
+  processes and picks the first step all of them reach after the notice
+  (`reached_preemption_sync_point`): no cross-host collective per step.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    # Several processes: a Python handler would replace the service's and hide the notice.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint, then exiting.")
+    self.requested = True
+
+  def check(self, step: int) -> bool:
+    """Call once per step, with increasing steps, in every process."""
+    if jax.process_count() == 1:
+      return self.requested
+    if multihost_utils.reached_preemption_sync_point(step):
+      logging.warning("Preemption notice: saving a checkpoint at step %d, then exiting.", step)
+      self.requested = True
+    return self.requested
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
