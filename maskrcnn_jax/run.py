@@ -9,6 +9,7 @@ from maskrcnn_jax import validation
 
 MODES = ("train", "eval", "train_and_eval", "predict", "inspect")
 
+
 def validate(config: ml_collections.ConfigDict, mode: str) -> None:
   """Raises ConfigError with one line naming the bad key; needs no devices."""
   if mode not in MODES:
@@ -40,8 +41,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str):
     return run_eval.evaluate_checkpoint(config, workdir)
   if mode == "inspect":
     from maskrcnn_jax.inspection import run as inspection  # pylint: disable=g-import-not-at-top
-    from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
     from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
-    return inspection.inspect(config, workdir, load_variables=checkpoint.load_variables,
-                              trainable_mask=optimizer.trainable_mask)
+    return inspection.inspect(config, workdir, trainable_mask=optimizer.trainable_mask)
   return run_eval.predict(config, workdir)

@@ -34,8 +34,8 @@ from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.inspection import model as model_lib
 from maskrcnn_jax.inspection import weights as weights_lib
-from maskrcnn_jax.training import checkpoint
 from maskrcnn_jax.training import optimizer
+from maskrcnn_jax.weights import checkpoint
 
 CONFIG = os.environ.get("INSPECT_CONFIG", "configs/demo.py")
 WORKDIR = os.environ.get("INSPECT_WORKDIR", "/tmp/maskrcnn_jax_demo/workdir")

@@ -24,6 +24,7 @@ from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.inspection import data as data_lib
 from maskrcnn_jax.inspection import model as model_lib
 from maskrcnn_jax.inspection import weights as weights_lib
+from maskrcnn_jax.weights import checkpoint
 
 NUM_AUGMENTATIONS = 3
 TOP_PROPOSALS = 50
@@ -54,11 +55,11 @@ class _Output:
     self._path(section, f"{name}.json").write_text(json.dumps(value, indent=2))
 
 
-def load_or_init(config: ml_collections.ConfigDict, workdir: str, model, load_variables
+def load_or_init(config: ml_collections.ConfigDict, workdir: str, model
                  ) -> tuple[dict[str, Any], int, bool]:
   """(variables, step, trained): the evaluation checkpoint, or the model's initialisation."""
   try:
-    state = load_variables(config.eval.checkpoint or workdir)
+    state = checkpoint.load_variables(config.eval.checkpoint or workdir)
     return {"params": state["params"], "frozen_bn": state["frozen_bn"]}, int(state["step"]), True
   except FileNotFoundError as e:
     logging.warning("Inspecting the untrained model: %s", e)
@@ -186,21 +187,19 @@ def inspect_weights(config, out: _Output, params, trainable_mask: Callable) -> N
   out.picture("weights", "stages", weights_lib.stages_picture(table, names))
 
 
-def inspect(config: ml_collections.ConfigDict, workdir: str, *, load_variables: Callable,
+def inspect(config: ml_collections.ConfigDict, workdir: str, *,
             trainable_mask: Callable) -> list[str]:
   """Writes WORKDIR/inspect/; returns the files written (`section/name`).
 
-  load_variables: path → the checkpoint's state tree (`params`, `frozen_bn`, `step`),
-  raising FileNotFoundError when there is none. trainable_mask: (params, trainable,
-  freeze_at=) → a stage's bool tree. Both come from the caller, which owns checkpoints
-  and the optimiser.
+  trainable_mask: (params, trainable, freeze_at=) → a stage's bool tree, from the caller,
+  which owns the optimiser (`training.optimizer.trainable_mask`).
   """
   if jax.process_count() > 1:
     raise ValueError("--mode=inspect runs in one process; start it without a cluster")
   pipeline.prepare(config.data)
   class_set = categories.get_class_set(config.data.class_set)
   model = models.build(config.model, num_classes=class_set.num_classes + 1)
-  variables, step, trained = load_or_init(config, workdir, model, load_variables)
+  variables, step, trained = load_or_init(config, workdir, model)
   note = "" if trained else " (untrained)"
   writer = metric_writers.create_default_writer(workdir)
   out = _Output(workdir, writer, step)
