@@ -164,4 +164,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict = ml_collections.ConfigDict()
   config.predict.input_dir = ""
   config.predict.score_threshold = 0.5
+
+  # --mode=inspect (maskrcnn_jax/inspection): images drawn, and images counted for histograms.
+  config.inspect = ml_collections.ConfigDict()
+  config.inspect.num_images = 4
+  config.inspect.num_stats_images = 1000  # -1: the whole train split.
   return config

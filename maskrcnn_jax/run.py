@@ -13,7 +13,8 @@ import orbax.checkpoint as ocp
 
 from maskrcnn_jax import validation
 
-MODES = ("train", "eval", "train_and_eval", "predict")
+MODES = ("train", "eval", "train_and_eval", "predict", "inspect")
+
 
 def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None = None) -> None:
   """Raises ConfigError with one line naming the bad key; needs no devices.
@@ -155,4 +156,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str):
     return train.train_and_evaluate(config, workdir, evaluate=mode == "train_and_eval")
   if mode == "eval":
     return run_eval.evaluate_checkpoint(config, workdir)
+  if mode == "inspect":
+    from maskrcnn_jax.inspection import run as inspection  # pylint: disable=g-import-not-at-top
+    from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
+    return inspection.inspect(config, workdir, trainable_mask=optimizer.trainable_mask)
   return run_eval.predict(config, workdir)

@@ -165,6 +165,9 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
   _check(config.eval.num_images == -1 or config.eval.num_images > 0, "eval.num_images",
          config.eval.num_images, "must be -1 (all) or > 0")
   _fraction(config, "predict.score_threshold")
+  _positive(config, "inspect.num_images")
+  _check(config.inspect.num_stats_images == -1 or config.inspect.num_stats_images > 0,
+         "inspect.num_stats_images", config.inspect.num_stats_images, "must be -1 (all) or > 0")
   # Last: the study's default.py names no data, and a value error elsewhere comes first.
   if needs_data:
     _check(bool(config.data.root), "data.root", config.data.root,

@@ -597,3 +597,23 @@ def load_images(paths: list[str], data_config: ml_collections.ConfigDict, *,
     out["image_valid"][i] = True
     out["original"].append(original)
   return out
+
+
+def augmentation_examples(data_config: ml_collections.ConfigDict, *, index: int,
+                          num_draws: int, seed: int) -> list[dict[str, np.ndarray]]:
+  """Training image `index` without augmentation, then under `num_draws` augmentation draws.
+
+  Each entry is a one-image batch in the training format; draw i uses augmentation key i
+  (the training stream's keys differ, the distribution is the same). Needs `prepare`.
+  """
+  builder = _built(data_config)
+  records = _records(builder, "train")
+  if not 0 <= index < len(records):
+    raise ValueError(f"image index {index} outside the {len(records)} training images")
+  out = []
+  for train, keys in ((False, [0]), (True, range(num_draws))):
+    stream = lambda keys=keys: ((index, key) for key in keys)
+    ds = _example_dataset(records, builder.info.features, stream, data_config, seed=seed,
+                          train=train, with_image_valid=False)
+    out += [jax.tree.map(lambda x: x[None], ex) for ex in ds.as_numpy_iterator()]
+  return out

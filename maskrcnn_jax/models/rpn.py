@@ -163,6 +163,12 @@ class RPN(nn.Module):
   round_anchors: bool = True
   dtype: Dtype = jnp.float32
 
+  def anchors(self, height: int, width: int) -> list[np.ndarray]:
+    """The anchors of a padded `height` × `width` image: per level P2..P6, [N_l, 4]."""
+    return anchor_ops.generate_anchors((height, width), strides=STRIDES,
+                                       sizes=self.anchor_sizes, aspect_ratios=self.aspect_ratios,
+                                       rounded=self.round_anchors)
+
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], image_hw: jax.Array,
                gt: tuple[jax.Array, jax.Array] | None = None, *, train: bool):
@@ -179,10 +185,7 @@ class RPN(nn.Module):
       all stop-gradient; losses a dict (empty unless `train`).
     """
     height, width = features[0].shape[1] * STRIDES[0], features[0].shape[2] * STRIDES[0]
-    anchors = anchor_ops.generate_anchors((height, width), strides=STRIDES,
-                                          sizes=self.anchor_sizes,
-                                          aspect_ratios=self.aspect_ratios,
-                                          rounded=self.round_anchors)
+    anchors = self.anchors(height, width)
     num_anchors = len(self.aspect_ratios)
     for level, (x, a) in enumerate(zip(features, anchors)):
       if x.shape[1] * x.shape[2] * num_anchors != a.shape[0]:
