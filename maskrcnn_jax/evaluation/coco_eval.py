@@ -102,6 +102,13 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
   return rles
 
 
+def decode_masks(rles: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+  """N compressed RLEs → [N, H, W] bool."""
+  if not rles:
+    return np.zeros((0, height, width), bool)
+  return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
+
+
 def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                     classes: np.ndarray, class_set, *,
                     masks: np.ndarray | None = None,

@@ -14,6 +14,10 @@ detections carry `masks.paste_batch_device`'s output (`run_eval`), else here
 
 Each process scores its own images; `state()` and `merge()` combine the processes'
 evaluators into one (`run_eval`).
+
+Consumers score the same images further: panoptic PQ (`panoptic.PanopticEvaluator`) for
+class sets with things, the official results (`export.OfficialResults`) with
+`official_export`, and any given.
 """
 
 import json
@@ -26,7 +30,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.evaluation import coco_eval
+from maskrcnn_jax.evaluation import export
 from maskrcnn_jax.evaluation import masks as masks_lib
+from maskrcnn_jax.evaluation import panoptic as panoptic_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.evaluation import stuff_metrics
 
@@ -108,13 +114,6 @@ def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image
               overflow=len(over))
 
 
-def decode_masks(rles: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
-  """N compressed RLEs → [N, H, W] bool."""
-  if not rles:
-    return np.zeros((0, height, width), bool)
-  return np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool)
-
-
 def detections_to_coco(image_id: int, image_dets: dict[str, Any], class_set
                        ) -> list[dict[str, Any]]:
   """Image detections → COCO result dicts (boxes xywh, COCO ids, RLE masks).
@@ -184,7 +183,8 @@ class Evaluator:
   def __init__(self, annotation_files: Sequence[str], class_set, *,
                mask_threshold: float = 0.5, num_pictures: int = 8,
                score_threshold: float = 0.5, num_proposals: int = 50,
-               coco_backend: str = "pycocotools", consumers: Sequence[Any] = ()):
+               coco_backend: str = "pycocotools", consumers: Sequence[Any] = (),
+               panoptic: dict[str, Any] | None = None, official_export: bool = False):
     """Loads the ground truth.
 
     Args:
@@ -196,18 +196,28 @@ class Evaluator:
         precision/recall and prediction counts, and drawn in pictures.
       num_proposals: top proposals drawn per picture.
       coco_backend: `coco_eval.BACKENDS`, the COCOeval implementation.
-      consumers: further scorers of the same detections (e.g. panoptic): each gets
+      consumers: further scorers of the same detections: each gets
         `add_image(image_id, image_dets)` per image, where image_dets has `boxes` [N, 4]
         original pixels, `scores` [N], `classes` [N] training ids, `rles` (N compressed
-        RLEs of the pasted masks) and `label` [H, W] (the painted label map).
+        RLEs of the pasted masks) and `label` [H, W] (the painted label map); `reset()`,
+        `state()` (picklable) and `merge(states)` as the evaluator's own; `result()`
+        (metrics added to `result()`) and `write(out_dir)` (its files).
+      panoptic: `panoptic.combine` thresholds; used when the class set has things.
+      official_export: `write` also writes COCO-Stuff's official results (`export`) and,
+        with things, the COCO panoptic predictions and ground truth.
     """
     self.class_set = class_set
     self.mask_threshold = mask_threshold
     self.num_pictures = num_pictures
     self.score_threshold = score_threshold
     self.num_proposals = num_proposals
-    self.consumers = tuple(consumers)
     self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
+    self.consumers = tuple(consumers)
+    if panoptic_lib.has_things(class_set):
+      self.consumers += (panoptic_lib.PanopticEvaluator(
+          self.coco_gt, class_set, keep_files=official_export, **(panoptic or {})),)
+    if official_export:
+      self.consumers += (export.OfficialResults(class_set),)
     self._gt_runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._to_train = {int(c): i + 1 for i, c in enumerate(class_set.coco_ids)}
     self._fill = stuff_metrics.other_index(class_set)
@@ -229,6 +239,8 @@ class Evaluator:
     self._overflow = 0
     # Per merged process, `coco_eval.evaluate_images` of its images (pycocotools).
     self._coco_parts: list[dict[str, Any] | None] | None = None
+    for consumer in self.consumers:
+      consumer.reset()
 
   @property
   def num_images(self) -> int:
@@ -336,8 +348,8 @@ class Evaluator:
     info = np.asarray(batch["image_info"][b])
     shown = select({k: dets[k] for k in ("boxes", "scores", "classes")}, self.score_threshold)
     keep = dets["scores"] >= self.score_threshold
-    shown["masks"] = decode_masks([r for r, k in zip(dets["rles"], keep) if k],
-                                  *dets["label"].shape)
+    shown["masks"] = coco_eval.decode_masks([r for r, k in zip(dets["rles"], keep) if k],
+                                            *dets["label"].shape)
     picture = dict(image_id=image_id, image=original_image(np.asarray(batch["image"][b]), info),
                    predictions=shown)
     if "proposals" in detections:
@@ -357,7 +369,8 @@ class Evaluator:
     return dict(results=self._results, image_ids=self._image_ids,
                 confusion=self._confusion, pred_counts=self._pred_counts,
                 gt_counts=self._gt_counts, per_image=self._per_image,
-                overflow=self._overflow, coco_parts=self._own_coco_parts())
+                overflow=self._overflow, coco_parts=self._own_coco_parts(),
+                consumers=[c.state() for c in self.consumers])
 
   def _own_coco_parts(self) -> dict[str, dict[str, Any]] | None:
     if self._coco_backend != "pycocotools":
@@ -383,6 +396,8 @@ class Evaluator:
       self._per_image.extend(st["per_image"])
       self._overflow += st["overflow"]
       self._coco_parts.append(st["coco_parts"])
+      for consumer, consumer_state in zip(self.consumers, st["consumers"], strict=True):
+        consumer.merge([consumer_state])
     self._scores = None
 
   def _compute(self) -> dict[str, Any]:
@@ -409,8 +424,10 @@ class Evaluator:
 
     Keys: `{bbox,segm}/{AP,AP50,...,ARl}` (`coco_eval.METRIC_NAMES`),
     `{stuff,stuff_supercat,stuff_no_other,stuff_no_other_supercat}/{mIoU,fwIoU,mAcc,pAcc}`,
-    `per_image/{precision,recall}` (means over the images where defined), `num_images`
-    and `num_gt_images` (the images in the ground truth). NaN where undefined.
+    `per_image/{precision,recall}` (means over the images where defined), `num_images`,
+    `num_gt_images` (the images in the ground truth) and the consumers' metrics (with
+    things: `panoptic/{PQ,SQ,RQ}[_things|_stuff]`, `panoptic.flat_metrics`). NaN where
+    undefined.
     """
     scores = self._compute()
     out = {}
@@ -424,6 +441,8 @@ class Evaluator:
                                  else float("nan"))
     out["num_images"] = float(len(self._image_ids))
     out["num_gt_images"] = float(len(self.coco_gt.imgs))
+    for consumer in self.consumers:
+      out.update(consumer.result())
     return out
 
   def per_class(self) -> list[dict[str, Any]]:
@@ -495,7 +514,10 @@ class Evaluator:
     """Writes the metrics, tables, COCO results and pictures into `out_dir`.
 
     Files: metrics.json, coco_results.json (scorable by any COCO tool), per_class.csv,
-    per_supercategory.csv, per_image.csv, confusion.csv and `pictures()` as PNG.
+    per_supercategory.csv, per_image.csv, confusion.csv, `pictures()` as PNG and the
+    consumers' files: with `official_export` stuff_results.json + stuff_results/
+    (`export.write_results`) and, with things, panoptic{,_gt}.json + panoptic{,_gt}/
+    (`PanopticEvaluator.write`).
 
     Args:
       out_dir: created if missing.
@@ -522,6 +544,8 @@ class Evaluator:
     pictures.write_csv(str(out_dir / "confusion.csv"), [
         dict(ground_truth=header[g], **dict(zip(header, map(int, row))))
         for g, row in enumerate(self._confusion) if g])
+    for consumer in self.consumers:
+      consumer.write(out_dir)
     images = self.pictures()
     if log_dir:
       try:

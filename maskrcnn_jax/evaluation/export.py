@@ -160,6 +160,43 @@ def write_results(out_dir, results: Sequence[dict[str, Any]], sizes: dict[int, t
   (out_dir / "stuff_results.json").write_text(json.dumps(stuff))
 
 
+class OfficialResults:
+  """The official results of the label maps an `evaluator.Evaluator` paints; `write` saves
+  them (`write_results`). A consumer of the `Evaluator` (`add_image`, `reset`, `state`,
+  `merge`, `result`, `write`).
+  """
+
+  def __init__(self, class_set):
+    self.class_set = class_set
+    self.reset()
+
+  def reset(self) -> None:
+    """Forgets the added images."""
+    self.results: list[dict[str, Any]] = []
+    self.sizes: dict[int, tuple[int, int]] = {}
+
+  def add_image(self, image_id: int, image_dets: dict[str, Any]) -> None:
+    """One image's `label` [H, W] training ids (things too: they go into the PNG)."""
+    label = to_coco_label_map(image_dets["label"], self.class_set)
+    self.results += label_map_to_results(label, image_id, stuff_start_id=1)
+    self.sizes[int(image_id)] = label.shape
+
+  def state(self) -> dict[str, Any]:
+    return dict(results=self.results, sizes=self.sizes)
+
+  def merge(self, states: Sequence[dict[str, Any]]) -> None:
+    """Adds other `OfficialResults`' `state()`s (other images)."""
+    for st in states:
+      self.results += st["results"]
+      self.sizes.update(st["sizes"])
+
+  def result(self) -> dict[str, float]:
+    return {}  # The metrics of these results are the evaluator's `stuff/*`.
+
+  def write(self, out_dir) -> None:
+    write_results(out_dir, self.results, self.sizes)
+
+
 def score(coco_gt, results: Sequence[dict[str, Any]], *, add_other: bool = True
           ) -> dict[str, dict]:
   """The official metrics of results on every image of a stuff ground truth.

@@ -37,6 +37,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.data import categories as categories_lib
+from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import stuff_metrics
 
 VOID = 0
@@ -397,7 +398,8 @@ class PanopticEvaluator:
 
   The GT panoptic map of an image is `ground_truth`; predictions are `combine`d from the
   detections. With `keep_files`, `write` saves both in the COCO panoptic format, so that
-  panopticapi (or this module's CLI) can re-check the numbers.
+  panopticapi (or this module's CLI) can re-check the numbers. A consumer of
+  `evaluator.Evaluator` (`add_image`, `reset`, `state`, `merge`, `result`, `write`).
   """
 
   def __init__(self, coco_gt, class_set, *, overlap_threshold: float = 0.5,
@@ -409,8 +411,12 @@ class PanopticEvaluator:
                            stuff_area_threshold=stuff_area_threshold,
                            instances_score_threshold=instances_score_threshold)
     self.isthing = {c["id"]: bool(c["isthing"]) for c in coco_categories(class_set)}
-    self.stats: Stats = {}
     self.keep_files = keep_files
+    self.reset()
+
+  def reset(self) -> None:
+    """Forgets the added images."""
+    self.stats: Stats = {}
     self._predictions: list[tuple[dict[str, Any], bytes]] = []  # (annotation, PNG bytes).
 
   def add(self, image_id: int, dets: dict[str, np.ndarray]) -> None:
@@ -424,14 +430,32 @@ class PanopticEvaluator:
       self._predictions.append((dict(image_id=int(image_id), file_name=f"{image_id:012d}.png",
                                      segments_info=segments), png_bytes(pan)))
 
+  def add_image(self, image_id: int, image_dets: dict[str, Any]) -> None:
+    """`add` of an `Evaluator`'s image: `rles` (decoded here), `label` [H, W], ..."""
+    masks = coco_eval.decode_masks(image_dets["rles"], *image_dets["label"].shape)
+    self.add(image_id, dict(image_dets, masks=masks))
+
+  def state(self) -> dict[str, Any]:
+    """The summable statistics (and kept files) of the images added, for `merge`."""
+    return dict(stats=self.stats, predictions=self._predictions)
+
+  def merge(self, states: Sequence[dict[str, Any]]) -> None:
+    """Adds other `PanopticEvaluator`s' `state()`s (other images)."""
+    for st in states:
+      add_stats(self.stats, st["stats"])
+      self._predictions.extend(st["predictions"])
+
   def result(self) -> dict[str, float]:
     """`flat_metrics` of the images added."""
     return flat_metrics(summarize(self.stats, self.isthing))
 
   def write(self, out_dir) -> None:
-    """Writes panoptic.json + panoptic/ (predictions), panoptic_gt.json + panoptic_gt/."""
+    """Writes panoptic.json + panoptic/ (predictions), panoptic_gt.json + panoptic_gt/.
+
+    Nothing without `keep_files`.
+    """
     if not self.keep_files:
-      raise ValueError("PanopticEvaluator(keep_files=False) keeps no files to write")
+      return
     out_dir = epath.Path(out_dir)
     gt_anns = []
     for name in ("panoptic", "panoptic_gt"):

@@ -230,6 +230,37 @@ def test_merged_shards_equal_one_evaluator(tmp_path):
   assert fast.result() == pytest.approx(one.result(), rel=0, abs=1e-12, nan_ok=True)
 
 
+def test_merged_shards_carry_panoptic_and_official_results(tmp_path, monkeypatch):
+  # 171-class figures take seconds each; the pictures are tested above.
+  monkeypatch.setattr(evaluator_lib.Evaluator, "pictures", lambda self: {})
+  cs = categories.get_class_set("things_and_stuff")
+  gt = str(tmp_path / "gt.json")
+  batches = _fake_batches(gt, cs)
+  kwargs = dict(num_pictures=0, panoptic=dict(stuff_area_threshold=100),
+                official_export=True)
+  one = evaluator_lib.Evaluator([gt], cs, **kwargs)
+  parts = [evaluator_lib.Evaluator([gt], cs, **kwargs) for _ in batches]
+  for part, (batch, dets) in zip(parts, batches):
+    one.add(batch, dets)
+    part.add(batch, dets)
+  merged = parts[0]
+  merged.merge([pickle.loads(pickle.dumps(p.state())) for p in parts[1:]])
+  expected = one.write(tmp_path / "one")
+  assert 0 < expected["panoptic/PQ"] < 1 and 0 < expected["panoptic/PQ_stuff"] < 1
+  assert merged.write(tmp_path / "merged") == pytest.approx(expected, rel=0, abs=0,
+                                                            nan_ok=True)
+  for name in ("panoptic.json", "panoptic_gt.json", "stuff_results.json"):
+    assert ((tmp_path / "merged" / name).read_text()
+            == (tmp_path / "one" / name).read_text()), name
+  for folder in ("panoptic", "panoptic_gt", "stuff_results"):
+    files = sorted((tmp_path / "one" / folder).iterdir())
+    assert len(files) == 6
+    assert [f.read_bytes() for f in files] == [
+        (tmp_path / "merged" / folder / f.name).read_bytes() for f in files], folder
+  one.reset()
+  assert not any(one.consumers[0].stats) and not one.consumers[1].results
+
+
 def test_scored_images_are_counted_against_the_ground_truth(stuff_json, make_perfect_batch):
   cs = categories.get_class_set("stuff")
   ev = evaluator_lib.Evaluator([stuff_json], cs)

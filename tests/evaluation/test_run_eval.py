@@ -36,11 +36,16 @@ def test_eval_and_predict_modes(tmp_path):
   metrics = run.run(config, str(workdir), "eval")  # On the CPU: pasted on the host.
   assert metrics["num_images"] == config.data.synthetic.num_val
   config.eval.paste = "device"
+  config.eval.official_export = True
   on_device = run.run(config, str(workdir), "eval")
   for k, v in metrics.items():
     assert on_device[k] == pytest.approx(v, abs=1e-4, nan_ok=True), k
   written = json.loads((workdir / "eval" / "1" / "metrics.json").read_text())
   assert written["step"] == 1 and "segm/AP" in written
+  # The stuff class set: the official results, nothing panoptic.
+  assert (workdir / "eval" / "1" / "stuff_results.json").exists()
+  assert not (workdir / "eval" / "1" / "panoptic.json").exists()
+  assert not any(k.startswith("panoptic/") for k in on_device)
 
   images = tmp_path / "images"
   images.mkdir()
