@@ -150,7 +150,7 @@ def test_bad_input_raises():
     ra.roi_align(RAMP, np.zeros((1, 4)), output_size=2, spatial_scale=1.0, sampling_ratio=2,
                  aligned=True)
   with pytest.raises(ValueError, match="sampling_ratio"):
-    ra.roi_align(RAMP, np.zeros((1, 1, 4)), output_size=2, spatial_scale=1.0, sampling_ratio=0,
+    ra.roi_align(RAMP, np.zeros((1, 1, 4)), output_size=2, spatial_scale=1.0, sampling_ratio=-1,
                  aligned=True)
   with pytest.raises(ValueError, match="features must be"):
     ra.roi_align(RAMP[0], np.zeros((1, 1, 4)), output_size=2, spatial_scale=1.0,
@@ -211,3 +211,41 @@ def test_multilevel_matches_torchvision(seed, torch_reference):
   # Sample coordinates up to 64 map pixels carry float32 rounding of ~4e-6 pixel, which
   # XLA's fused arithmetic rounds differently from torchvision's kernel.
   np.testing.assert_allclose(out, ref, atol=5e-5)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_adaptive_equals_fixed_ratio_of_the_same_count(aligned):
+  """sampling_ratio=0 takes ceil(side / bins) samples per bin, per box and axis."""
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(1, 24, 24, 2)).astype(np.float32)
+  # 4 bins: side 7.5 -> 2 samples per bin (rows), 13 -> 4 (columns); an empty box gives
+  # zeros when aligned (unaligned boxes are at least 1 x 1: one sample).
+  boxes = np.array([[[2.0, 3.0, 15.0, 10.5], [5.0, 5.0, 5.0, 5.0]]], np.float32)
+  out = align(features, boxes, output_size=4, sampling_ratio=0, aligned=aligned,
+              max_sampling_ratio=6)
+  y0, x0 = (boxes[0, 0, 1] - 0.5 * aligned), (boxes[0, 0, 0] - 0.5 * aligned)
+  hb, wb = (boxes[0, 0, 3] - boxes[0, 0, 1]) / 4, (boxes[0, 0, 2] - boxes[0, 0, 0]) / 4
+  def bilinear(y, x):
+    y0_, x0_ = int(np.floor(y)), int(np.floor(x))
+    fy, fx = y - y0_, x - x0_
+    f = features[0]
+    return ((1 - fy) * (1 - fx) * f[y0_, x0_] + (1 - fy) * fx * f[y0_, x0_ + 1]
+            + fy * (1 - fx) * f[y0_ + 1, x0_] + fy * fx * f[y0_ + 1, x0_ + 1])
+  want = np.zeros((4, 4, 2), np.float32)
+  for p in range(4):
+    for q in range(4):
+      want[p, q] = np.mean([bilinear(y0 + p * hb + (i + 0.5) * hb / 2,
+                                     x0 + q * wb + (j + 0.5) * wb / 4)
+                            for i in range(2) for j in range(4)], axis=0)
+  np.testing.assert_allclose(out[0, 0], want, atol=1e-5)
+  if aligned:
+    np.testing.assert_array_equal(out[0, 1], 0.0)
+
+
+def test_adaptive_overflow_counts_capped_boxes():
+  boxes = np.array([[[0, 0, 64, 8], [0, 0, 200, 8], [0, 0, 0, 0]]], np.float32)
+  # Level 2 (sqrt(area) < 112): 200 / 4 / 7 bins -> 8 samples > 6; 64 / 4 / 7 -> 3.
+  count = ra.adaptive_overflow(boxes, output_size=7, aligned=True, max_sampling_ratio=6)
+  np.testing.assert_array_equal(count, [1])
+  count = ra.adaptive_overflow(boxes, output_size=7, aligned=True, max_sampling_ratio=8)
+  np.testing.assert_array_equal(count, [0])

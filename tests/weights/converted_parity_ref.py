@@ -11,9 +11,11 @@ perturbed, so that the network stays well-scaled and BN is exercised. `spec["kin
   `boxes`, `scores`, `labels`, `masks` [N, 28, 28].
 - "pth": a ResNet-18 with FrozenBatchNorm2d saved with torch.save to `spec["pth"]`:
   `state/KEY`, `x` [1, 3, 64, 64], `c5`.
+- "evil_pth": a .pth at `spec["pth"]` whose unpickling would run `touch spec["marker"]`.
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -108,6 +110,16 @@ def pth(path):
   return {"x": nhwc(x), "c5": nhwc(c5), **state(net)}
 
 
+class _RunsCode:
+  """Unpickling this calls os.system: what a hostile checkpoint does."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.system, (f"touch {self.marker}",)
+
+
 def main(spec, out_path):
   kind = spec["kind"]
   if kind == "resnet":
@@ -116,6 +128,9 @@ def main(spec, out_path):
     out = mask_rcnn(spec["size"])
   elif kind == "pth":
     out = pth(spec["pth"])
+  elif kind == "evil_pth":
+    torch.save({"conv1.weight": torch.zeros(1), "x": _RunsCode(spec["marker"])}, spec["pth"])
+    out = {}
   else:
     raise ValueError(f"unknown kind {kind!r}")
   np.savez(out_path, **out)

@@ -125,21 +125,35 @@ def test_mask_rcnn_detections_and_masks(mask_rcnn_outputs):
   assert iou.mean() > 0.99 and iou.min() > 0.97
 
 
+def convert_pth(pth, output, *args):
+  """The converter's CLI on a .pth, in a process of its own that imports torch."""
+  python, _ = torch_parity.torch_python()
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [torch_parity.ROOT, torch_parity.site_packages(python)])}  # Ours first.
+  return subprocess.run([sys.executable, "-m", "maskrcnn_jax.weights.convert_torchvision",
+                         f"--input={pth}", f"--output={output}", *args],
+                        env=env, capture_output=True, text=True, check=False)
+
+
 def test_pth_file_with_frozen_batchnorm(tmp_path, torch_reference):
-  """The converter's CLI reads a .pth (torch.load, weights only) in a process of its own."""
+  """A .pth read through torch.load (weights only)."""
   from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
 
   pth = tmp_path / "r18.pth"
   ref = torch_reference(REF, kind="pth", pth=str(pth))  # FrozenBatchNorm2d: no num_batches_tracked.
-  python, _ = torch_parity.torch_python()
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      [torch_parity.ROOT, torch_parity.site_packages(python)])}  # Ours first.
-  subprocess.run([sys.executable, "-m", "maskrcnn_jax.weights.convert_torchvision",
-                  f"--input={pth}", f"--output={tmp_path / 'r18'}", "--depth=18"],
-                 env=env, check=True, capture_output=True)
+  proc = convert_pth(pth, tmp_path / "r18", "--depth=18")
+  assert proc.returncode == 0, proc.stderr[-2000:]
   loaded = checkpoint.load_variables(str(tmp_path / "r18"))
   expected = conv.convert(state_of(ref))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, expected)
   variables = {c: v["backbone"] for c, v in loaded.items()}
   ours = resnet.ResNet(depth=18).apply(variables, ref["x"])[-1]
   assert max_rel_err(ours, ref["c5"]) < 1e-4
+
+
+def test_pth_that_runs_code_is_refused(tmp_path, torch_reference):
+  pth, marker = tmp_path / "evil.pth", tmp_path / "ran"
+  torch_reference(REF, kind="evil_pth", pth=str(pth), marker=str(marker))
+  proc = convert_pth(pth, tmp_path / "out")
+  assert proc.returncode != 0 and "Weights only load failed" in proc.stderr, proc.stderr[-2000:]
+  assert not marker.exists()

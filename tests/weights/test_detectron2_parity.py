@@ -21,7 +21,7 @@ import json
 import os
 import pickle
 
-from configs import default
+from configs import detectron2_r101_fpn
 import jax
 import numpy as np
 import pytest
@@ -35,27 +35,6 @@ import detectron2_states
 
 pytestmark = pytest.mark.parity
 GOLDEN = os.path.join(os.path.dirname(__file__), "goldens", "detectron2_r50_fpn.npz")
-
-
-def detectron2_model_config(depth: int):
-  """config.model for detectron2's mask_rcnn_R_{depth}_FPN_3x (convert_detectron2's list)."""
-  config = default.get_config().model
-  config.depth = depth
-  config.input_format = "BGR"
-  config.pixel_mean = (103.530, 116.280, 123.675)
-  config.pixel_std = (1.0, 1.0, 1.0)
-  config.stride_in_1x1 = True
-  config.round_anchors = False
-  config.rpn.pre_nms_topk_test = config.rpn.post_nms_topk_test = 1000
-  config.rpn.nms_threshold = 0.7
-  config.rpn.min_size = 1e-7
-  heads = config.roi_heads
-  heads.sampling_ratio = 0
-  heads.max_sampling_ratio = 12  # Thin boxes of the test images need 12 (none capped).
-  heads.aligned = True
-  heads.min_size = 0.0
-  heads.score_threshold, heads.nms_threshold, heads.detections_per_image = 0.05, 0.5, 100
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +64,11 @@ def outputs(golden, tmp_path_factory):
   with open(pkl, "wb") as f:
     pickle.dump({"model": state, "__author__": "seeded random"}, f)
   conv.convert_file(pkl, str(tmp / "converted"))
-  config = detectron2_model_config(spec["depth"])
+  config = detectron2_r101_fpn.get_config().model
+  config.depth = spec["depth"]
+  config.rpn.nms_on_logits = True
   config.roi_heads.sampling_ratio = spec["sampling_ratio"]
+  config.roi_heads.max_sampling_ratio = 12  # Thin boxes of the test images need 12.
   coco = categories.get_class_set("coco")
   model = models.build(config, num_classes=len(coco.coco_ids) + 1)
   variables, _ = load.inference_variables(model, str(tmp / "converted"), coco)
@@ -157,3 +139,25 @@ def test_detections_and_masks(outputs):
     assert score_err.max() < 1e-4
     assert mask_err.max() < 5e-2
     assert iou.mean() >= 0.99 and pixel_iou >= 0.99
+
+
+def test_msra_imagenet_backbone():
+  """R-50.pkl (Caffe2 blobs, folded BN) through the converter = detectron2's ResNet."""
+  from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(os.path.dirname(GOLDEN), "detectron2_msra_r50.npz")
+  with np.load(path, allow_pickle=False) as data:
+    golden = {k: data[k] for k in data.files}
+  spec = json.loads(str(golden["provenance"]))["spec"]
+  state = detectron2_states.random_state(detectron2_states.caffe2_resnet_shapes((3, 4, 6, 3)),
+                                         spec["seed"])
+  variables = conv.convert(state, depth=50)
+  variables = {c: v["backbone"] for c, v in variables.items()}
+  outputs = resnet.ResNet(depth=50, stride_in_1x1=True).apply(variables, golden["x"])
+  for level, ours in zip(range(2, 6), outputs):
+    want = golden[f"res{level}"]
+    err = float(np.abs(np.asarray(ours) - want).max() / np.abs(want).max())
+    rms = float(np.linalg.norm(np.asarray(ours) - want) / np.linalg.norm(want))
+    print(f"res{level}: max abs err / max abs {err:.2e}, relative RMS error {rms:.2e}")
+    assert ours.shape == want.shape and err < 1e-4 and rms < 1e-4, level
