@@ -94,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.rpn.post_nms_topk_test = 1000
   config.model.rpn.nms_threshold = 0.7
   config.model.rpn.min_size = 1e-3
+  config.model.rpn.nms_on_logits = False  # Rank proposals by logit (detectron2), not sigmoid.
   config.model.roi_heads = ml_collections.ConfigDict()
   config.model.roi_heads.rois_per_image = 128  # The study; 256 and 512 in its sweep.
   config.model.roi_heads.positive_fraction = 0.25

@@ -47,7 +47,8 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int) -> MaskRCNN:
           positive_fraction=r.positive_fraction, pre_nms_topk_train=r.pre_nms_topk_train,
           pre_nms_topk_test=r.pre_nms_topk_test, post_nms_topk_train=r.post_nms_topk_train,
           post_nms_topk_test=r.post_nms_topk_test, nms_threshold=r.nms_threshold,
-          min_size=r.min_size, round_anchors=config.round_anchors, dtype=dtype),
+          min_size=r.min_size, round_anchors=config.round_anchors,
+          nms_on_logits=r.nms_on_logits, dtype=dtype),
       roi_heads=roi_heads.RoIHeads(
           num_classes=num_classes, rois_per_image=h.rois_per_image,
           positive_fraction=h.positive_fraction, fg_iou=h.fg_iou,

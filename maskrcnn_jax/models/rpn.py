@@ -53,7 +53,8 @@ class RPNHead(nn.Module):
 
 def propose(anchors: Sequence[np.ndarray], objectness: jax.Array, deltas: jax.Array,
             image_hw: jax.Array, *, pre_nms_topk: int, post_nms_topk: int,
-            nms_threshold: float, min_size: float) -> dict[str, jax.Array]:
+            nms_threshold: float, min_size: float,
+            nms_on_logits: bool = False) -> dict[str, jax.Array]:
   """Proposals of one image, as torchvision's `filter_proposals`.
 
   Per level the `pre_nms_topk` best-scoring anchors are decoded, clipped to the valid
@@ -81,9 +82,12 @@ def propose(anchors: Sequence[np.ndarray], objectness: jax.Array, deltas: jax.Ar
     levels.append(jnp.full((k,), level, jnp.int32))
     offset += n
   boxes = box_ops.clip_boxes(jnp.concatenate(boxes), image_hw[0], image_hw[1])
-  scores = jax.nn.sigmoid(jnp.concatenate(scores))
+  logits = jnp.concatenate(scores)
+  scores = jax.nn.sigmoid(logits)
   valid = ~box_ops.small_box_mask(boxes, min_size)
-  keep, keep_valid = nms_ops.batched_nms(boxes, scores, jnp.concatenate(levels),
+  # detectron2 ranks by logit; sigmoid probabilities (torchvision) tie at 1 above ~17.
+  keep, keep_valid = nms_ops.batched_nms(boxes, logits if nms_on_logits else scores,
+                                         jnp.concatenate(levels),
                                          iou_threshold=nms_threshold,
                                          max_outputs=post_nms_topk, valid=valid)
   return {
@@ -161,6 +165,7 @@ class RPN(nn.Module):
   nms_threshold: float = 0.7
   min_size: float = 1e-3
   round_anchors: bool = True
+  nms_on_logits: bool = False
   dtype: Dtype = jnp.float32
 
   def anchors(self, height: int, width: int) -> list[np.ndarray]:
@@ -196,7 +201,8 @@ class RPN(nn.Module):
         anchors, o, d, hw,
         pre_nms_topk=self.pre_nms_topk_train if train else self.pre_nms_topk_test,
         post_nms_topk=self.post_nms_topk_train if train else self.post_nms_topk_test,
-        nms_threshold=self.nms_threshold, min_size=self.min_size))(
+        nms_threshold=self.nms_threshold, min_size=self.min_size,
+        nms_on_logits=self.nms_on_logits))(
             jax.lax.stop_gradient(objectness), jax.lax.stop_gradient(deltas), image_hw)
     if not train:
       return proposals, {}

@@ -41,7 +41,9 @@ the `config.model` value that reproduces it (configs/detectron2_r101_fpn.py):
   - Anchors are not rounded (DefaultAnchorGenerator, OFFSET 0): `round_anchors=False`.
   - RPN: proposals kept if width and height > 0 (MIN_SIZE 0; torchvision >= 1e-3):
     `rpn.min_size=1e-7` (float32 pixel coordinates have no width in (0, 1e-7) in practice).
-    Proposals are ranked by logit there and by sigmoid here: logits above ~17 tie at 1.0.
+    Proposals are ranked by logit there, by sigmoid in torchvision (probabilities tie at 1
+    above a logit of ~17; only the order across levels, and so the post-NMS cut, can
+    change): `rpn.nms_on_logits=True`.
   - Box head: no small-box removal before NMS (torchvision drops width or height < 1e-2):
     `roi_heads.min_size=0`.
   - RoIAlign: POOLER_SAMPLING_RATIO 0, i.e. adaptive ceil(box side / bins) samples per bin

@@ -63,16 +63,16 @@ def test_synthetic(synthetic_root, class_set):
   examples, counts = _read(synthetic_root, "train", class_set)
   stuff = _json(synthetic_root / "annotations" / "stuff_train2017.json")
   things = _json(synthetic_root / "annotations" / "instances_train2017.json")
-  assert [e["image_id"] for e in examples] == sorted(i["id"] for i in stuff["images"])
-  with_things = {a["image_id"] for a in things["annotations"]}
-  no_instances = 0 if class_set != "coco" else len(examples) - len(with_things)
-  assert counts["images"] == 8 and counts["no_instances"] == no_instances
+  coco = class_set == "coco"  # The instances file alone.
+  assert [e["image_id"] for e in examples] == sorted(
+      i["id"] for i in (things if coco else stuff)["images"])
+  without_things = 8 - len({a["image_id"] for a in things["annotations"]})
+  assert counts["images"] == 8 and counts["no_instances"] == (without_things if coco else 0)
   num_other = sum(a["category_id"] == 183 for a in stuff["annotations"])
   assert counts["dropped_category"] == (0 if class_set in ("stuff", "coco") else num_other)
   for e in examples:
-    anns = [] if class_set == "coco" else [
-        a for a in stuff["annotations"] if a["image_id"] == e["image_id"]]
-    if class_set in ("things_and_stuff", "coco"):  # coco reads the instances file only.
+    anns = [] if coco else [a for a in stuff["annotations"] if a["image_id"] == e["image_id"]]
+    if class_set in ("things_and_stuff", "coco"):
       anns += [a for a in things["annotations"] if a["image_id"] == e["image_id"]]
     _check_against_json(e, anns, class_set, 16)
     assert e["image"] == (synthetic_root / "train2017" / f"{e['image_id']:012d}.jpg").read_bytes()

@@ -59,6 +59,17 @@ def test_proposals_take_top_k_per_level():
   np.testing.assert_allclose(out["boxes"][:2], [[10, 0, 14, 4], [0, 10, 4, 14]])
 
 
+@pytest.mark.parametrize("nms_on_logits, kept", [(False, [0, 0, 10, 10]), (True, [20, 0, 30, 10])])
+def test_proposals_ranked_by_logit_or_probability(nms_on_logits, kept):
+  """Logits 20 and 25 both have sigmoid 1.0 in float32: only the logit tells them apart
+  (within a level the per-level top-k already orders by logit)."""
+  anchors = [np.array([[0, 0, 10, 10]], np.float32), np.array([[20, 0, 30, 10]], np.float32)]
+  out = rpn.propose(anchors, jnp.array([20.0, 25.0]), jnp.zeros((2, 4)),
+                    jnp.array([32.0, 32.0]), **{**SMALL, "post_nms_topk": 1},
+                    nms_on_logits=nms_on_logits)
+  np.testing.assert_allclose(out["boxes"][0], kept)
+
+
 def _losses(objectness, deltas, gt_boxes, gt_valid, anchors):
   return rpn.rpn_losses(jnp.asarray(anchors), objectness, deltas, gt_boxes, gt_valid,
                         jax.random.key(0), fg_iou=0.7, bg_iou=0.3, samples_per_image=4,

@@ -43,3 +43,23 @@ def test_matches_torchvision(image, torch_reference):
   ref = torch_reference(REF, op="anchors", image=image, sizes=sizes, ratios=ratios)["anchors"]
   np.testing.assert_array_equal(anchors.generate_anchors_concat(image, sizes=sizes,
                                                                 aspect_ratios=ratios), ref)
+
+
+def test_unrounded_anchors_are_detectron2s():
+  """detectron2's DefaultAnchorGenerator: w = sqrt(size^2 / ratio), h = ratio * w, float64."""
+  sizes, ratios = (32, 64), (0.5, 1.0, 2.0)
+  levels = anchors.generate_anchors(16, strides=(4, 8), sizes=sizes, aspect_ratios=ratios,
+                                    rounded=False)
+  for level, (size, stride) in enumerate(zip(sizes, (4, 8))):
+    cell = []
+    for r in ratios:
+      w = (size**2 / r)**0.5
+      cell.append([-w / 2, -r * w / 2, w / 2, r * w / 2])
+    cell = np.array(cell, np.float32)
+    n = 16 // stride
+    shifts = np.array([[x, y, x, y] for y in range(0, 16, stride) for x in range(0, 16, stride)],
+                      np.float32)
+    np.testing.assert_array_equal(levels[level], (shifts[:, None] + cell[None]).reshape(-1, 4))
+    assert levels[level].shape == (n * n * 3, 4)
+  rounded = anchors.generate_anchors(16, strides=(4,), sizes=(32,), aspect_ratios=ratios)
+  assert not np.array_equal(rounded[0], levels[0])  # Ratio 0.5: corners 22.6 rounded to 23.

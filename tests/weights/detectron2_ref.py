@@ -1,4 +1,4 @@
-"""Regenerates tests/weights/goldens/detectron2_r50_fpn.npz with detectron2's own code.
+"""Regenerates tests/weights/goldens/detectron2_*.npz with detectron2's own code.
 
   python3 -m venv /tmp/d2venv && /tmp/d2venv/bin/pip install -r requirements-detectron2.txt
   git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
@@ -6,6 +6,9 @@
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
       '{"depth": 50, "size": 320, "images": [[240, 320], [320, 240]], "seed": 0,
         "sampling_ratio": 0}' tests/weights/goldens/detectron2_r50_fpn.npz
+  PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
+      '{"kind": "msra", "depth": 50, "hw": [32, 48], "seed": 0}' \
+      tests/weights/goldens/detectron2_msra_r50.npz
 
 detectron2 is used from its source tree, not built: its ROIAlign and NMS wrap
 torchvision's, so no C++ extension is needed. The model is
@@ -21,6 +24,12 @@ The golden holds the provenance, the state dict's keys, shapes and per-key sums 
 the calibrated BN statistics `stats/KEY`, and per image I: `proposals/I` [P, 4],
 `proposal_logits/I`, `boxes/I`, `scores/I`, `classes/I` (detectron2's 0-79),
 `masks/I` [N, 28, 28] probabilities.
+
+`"kind": "msra"`: an ImageNet R-{depth}.pkl in Caffe2's blob names (`res2_0_branch2a_w`,
+folded BN `_bn_s`/`_bn_b`; detectron2_states.caffe2_resnet_shapes), seeded, loaded by
+DetectionCheckpointer (its Caffe2 renaming) into detectron2's ResNet backbone (res2-res5
+out); the golden holds the provenance, the input `x` [1, H, W, 3] (NHWC) and `res2`..`res5`
+(NHWC).
 """
 
 import json
@@ -106,8 +115,45 @@ def run(model, batch):
   return out, tuple(images.tensor.shape)
 
 
+def msra(spec, out_path):
+  from detectron2.layers import ShapeSpec  # pylint: disable=g-import-not-at-top
+  from detectron2.modeling.backbone import build_resnet_backbone  # pylint: disable=g-import-not-at-top
+  cfg = get_cfg()
+  cfg.MODEL.RESNETS.DEPTH = spec["depth"]
+  cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+  backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+  blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[spec["depth"]]
+  state = detectron2_states.random_state(detectron2_states.caffe2_resnet_shapes(blocks),
+                                         spec["seed"])
+  with tempfile.TemporaryDirectory() as tmp:
+    pkl = os.path.join(tmp, f"R-{spec['depth']}.pkl")
+    with open(pkl, "wb") as f:
+      pickle.dump(state, f)  # As R-50.pkl: a plain dict of Caffe2 blobs.
+    DetectionCheckpointer(backbone).load(pkl)
+  loaded = backbone.state_dict()
+  assert np.array_equal(loaded["res4.0.conv1.weight"].numpy(), state["res4_0_branch2a_w"])
+  assert np.array_equal(loaded["stem.conv1.norm.weight"].numpy(), state["res_conv1_bn_s"])
+  h, w = spec["hw"]
+  x = np.random.default_rng(spec["seed"]).normal(size=(1, h, w, 3)).astype(np.float32)
+  with torch.no_grad():
+    out = backbone(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  result = {k: v.numpy().transpose(0, 2, 3, 1) for k, v in out.items()}
+  result["x"] = x
+  result["provenance"] = np.array(json.dumps({
+      "script": "tests/weights/detectron2_ref.py", "spec": spec,
+      "model": f"build_resnet_backbone, MODEL.RESNETS.DEPTH {spec['depth']}, defaults "
+               "(STRIDE_IN_1X1, FrozenBN)", "detectron2_commit": _commit(),
+      "detectron2": detectron2.__version__, "torch": torch.__version__,
+      "numpy": np.__version__}))
+  np.savez_compressed(out_path, **result)
+  print({k: v.shape for k, v in result.items()})
+
+
 def main(spec, out_path):
   torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+  if spec.get("kind") == "msra":
+    msra(spec, out_path)
+    return
   model, config_file = build(spec)
   shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
   state = detectron2_states.random_state(shapes, spec["seed"])

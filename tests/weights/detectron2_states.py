@@ -24,9 +24,15 @@ def random_value(key: str, shape, seed: int) -> np.ndarray:
   """A float32 array for the detectron2 state-dict entry `key` of `shape`.
 
   Conv / linear weights He-normal (output layers scaled by `_SCALE`), biases N(0, 0.1), norm scales
-  U(0.5, 1.5), norm shifts N(0, 0.1), running mean 0 and var 1 (calibrated elsewhere).
+  U(0.5, 1.5), norm shifts N(0, 0.1), running mean 0 and var 1 (calibrated elsewhere);
+  Caffe2's folded BN (`_bn_s`, `_bn_b`) as norm scales U(0.2, 0.6) (no statistics to
+  calibrate: smaller scales keep the activations O(1)) and shifts.
   """
   rng, shape = _rng(key, seed), tuple(shape)
+  if key.endswith("_bn_s"):
+    return rng.uniform(0.2, 0.6, shape).astype(np.float32)
+  if key.endswith("_bn_b"):
+    return rng.normal(0.0, 0.1, shape).astype(np.float32)
   if key.endswith(".norm.running_mean"):
     return np.zeros(shape, np.float32)
   if key.endswith(".norm.running_var"):

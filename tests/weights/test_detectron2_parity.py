@@ -66,6 +66,7 @@ def outputs(golden, tmp_path_factory):
   conv.convert_file(pkl, str(tmp / "converted"))
   config = detectron2_r101_fpn.get_config().model
   config.depth = spec["depth"]
+  config.rpn.nms_on_logits = True
   config.roi_heads.sampling_ratio = spec["sampling_ratio"]
   config.roi_heads.max_sampling_ratio = 12  # Thin boxes of the test images need 12.
   coco = categories.get_class_set("coco")
@@ -138,3 +139,25 @@ def test_detections_and_masks(outputs):
     assert score_err.max() < 1e-4
     assert mask_err.max() < 5e-2
     assert iou.mean() >= 0.99 and pixel_iou >= 0.99
+
+
+def test_msra_imagenet_backbone():
+  """R-50.pkl (Caffe2 blobs, folded BN) through the converter = detectron2's ResNet."""
+  from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(os.path.dirname(GOLDEN), "detectron2_msra_r50.npz")
+  with np.load(path, allow_pickle=False) as data:
+    golden = {k: data[k] for k in data.files}
+  spec = json.loads(str(golden["provenance"]))["spec"]
+  state = detectron2_states.random_state(detectron2_states.caffe2_resnet_shapes((3, 4, 6, 3)),
+                                         spec["seed"])
+  variables = conv.convert(state, depth=50)
+  variables = {c: v["backbone"] for c, v in variables.items()}
+  outputs = resnet.ResNet(depth=50, stride_in_1x1=True).apply(variables, golden["x"])
+  for level, ours in zip(range(2, 6), outputs):
+    want = golden[f"res{level}"]
+    err = float(np.abs(np.asarray(ours) - want).max() / np.abs(want).max())
+    rms = float(np.linalg.norm(np.asarray(ours) - want) / np.linalg.norm(want))
+    print(f"res{level}: max abs err / max abs {err:.2e}, relative RMS error {rms:.2e}")
+    assert ours.shape == want.shape and err < 1e-4 and rms < 1e-4, level
