@@ -31,6 +31,7 @@ def get_config():
   rpn.pre_nms_topk_train, rpn.post_nms_topk_train = 2000, 1000
   rpn.nms_threshold = 0.7
   rpn.min_size = 1e-7  # detectron2 keeps boxes of any positive size.
+  rpn.nms_on_logits = True  # detectron2 ranks proposals by logit.
 
   heads = config.model.roi_heads
   heads.rois_per_image, heads.positive_fraction, heads.fg_iou = 512, 0.25, 0.5

@@ -66,7 +66,6 @@ def outputs(golden, tmp_path_factory):
   conv.convert_file(pkl, str(tmp / "converted"))
   config = detectron2_r101_fpn.get_config().model
   config.depth = spec["depth"]
-  config.rpn.nms_on_logits = True
   config.roi_heads.sampling_ratio = spec["sampling_ratio"]
   config.roi_heads.max_sampling_ratio = 12  # Thin boxes of the test images need 12.
   coco = categories.get_class_set("coco")
