@@ -66,7 +66,6 @@ def outputs(golden, tmp_path_factory):
   conv.convert_file(pkl, str(tmp / "converted"))
   config = detectron2_r101_fpn.get_config().model
   config.depth = spec["depth"]
-  config.rpn.nms_on_logits = True
   config.roi_heads.sampling_ratio = spec["sampling_ratio"]
   config.roi_heads.max_sampling_ratio = 12  # Thin boxes of the test images need 12.
   coco = categories.get_class_set("coco")
@@ -141,7 +140,7 @@ def test_detections_and_masks(outputs):
     assert iou.mean() >= 0.99 and pixel_iou >= 0.99
 
 
-def test_msra_imagenet_backbone():
+def test_msra_imagenet_backbone(tmp_path):
   """R-50.pkl (Caffe2 blobs, folded BN) through the converter = detectron2's ResNet."""
   from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
@@ -152,7 +151,10 @@ def test_msra_imagenet_backbone():
   spec = json.loads(str(golden["provenance"]))["spec"]
   state = detectron2_states.random_state(detectron2_states.caffe2_resnet_shapes((3, 4, 6, 3)),
                                          spec["seed"])
-  variables = conv.convert(state, depth=50)
+  pkl = tmp_path / "R-50.pkl"
+  pkl.write_bytes(pickle.dumps(state))  # As detectron2's file: a plain dict of blobs.
+  conv.convert_file(str(pkl), str(tmp_path / "r50"), depth=50)
+  variables = checkpoint.load_variables(str(tmp_path / "r50"))
   variables = {c: v["backbone"] for c, v in variables.items()}
   outputs = resnet.ResNet(depth=50, stride_in_1x1=True).apply(variables, golden["x"])
   for level, ours in zip(range(2, 6), outputs):
