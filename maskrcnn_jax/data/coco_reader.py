@@ -114,8 +114,9 @@ def rle_counts(counts) -> np.ndarray:
   if not isinstance(counts, str):
     raise ValueError(f"counts is a {type(counts).__name__}")
   chars = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
-  if len(chars) and (chars.min() < 0 or chars.max() > 63 or chars[-1] & 0x20):
-    raise ValueError("counts string has characters outside the code or ends mid-number")
+  if not len(chars) or chars.min() < 0 or chars.max() > 63 or chars[-1] & 0x20:
+    raise ValueError("counts string is empty, has characters outside the code or ends "
+                     "mid-number")
   last = (chars & 0x20) == 0  # The last character of each number.
   number = np.cumsum(np.concatenate([[0], last[:-1]]))  # Which number each character is of.
   digit = np.arange(len(chars)) - np.flatnonzero(np.concatenate([[True], last[:-1]]))[number]
