@@ -55,7 +55,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int) -> MaskRCNN:
           aligned=h.aligned, fc_dim=h.fc_dim, mask_convs=h.mask_convs,
           mask_channels=h.mask_channels, score_threshold=h.score_threshold,
           nms_threshold=h.nms_threshold, detections_per_image=h.detections_per_image,
-          dtype=dtype),
+          topk_candidates=h.topk_candidates, dtype=dtype),
       pixel_mean=tuple(config.pixel_mean),
       pixel_std=tuple(config.pixel_std),
       dtype=dtype)

@@ -185,6 +185,7 @@ class RoIHeads(nn.Module):
   score_threshold: float = 0.05
   nms_threshold: float = 0.5
   detections_per_image: int = 100
+  topk_candidates: int = 4096
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -214,7 +215,8 @@ class RoIHeads(nn.Module):
       train: float32 scalars `rcnn_class_loss`, `rcnn_box_loss`, `mask_loss`,
       `num_fg_rois`, `num_bg_rois` (per-image means). Otherwise detections `boxes`
       [B, D, 4], `scores` [B, D], `classes` [B, D] int32, `masks` [B, D, 28, 28]
-      probabilities of the detected class, `valid` [B, D], `num_detections` [B] int32;
+      probabilities of the detected class, `valid` [B, D], `num_detections` [B] int32,
+      `num_candidates` [B] int32 (class scores past the threshold, before the top-k cap);
       padded rows are zero.
     """
     if len(features) != 4:
@@ -277,6 +279,14 @@ class RoIHeads(nn.Module):
     b = rois.shape[0]
     boxes, scores = boxes.reshape(b, -1, 4), scores.reshape(b, -1)
     classes, candidate = classes.reshape(b, -1), candidate.reshape(b, -1)
+    # The best-scoring candidates only (detectron2's topk_candidates): exact unless more
+    # than `topk_candidates` pass the threshold and fewer than D of them survive NMS.
+    num_candidates = candidate.sum(1, dtype=jnp.int32)
+    _, top = jax.lax.top_k(jnp.where(candidate, scores, -jnp.inf),
+                           min(self.topk_candidates, scores.shape[1]))
+    boxes = jnp.take_along_axis(boxes, top[..., None], axis=1)
+    scores, classes, candidate = (jnp.take_along_axis(x, top, axis=1)
+                                  for x in (scores, classes, candidate))
     keep, valid = jax.vmap(functools.partial(
         nms_ops.batched_nms, iou_threshold=self.nms_threshold,
         max_outputs=self.detections_per_image))(boxes, scores, classes, valid=candidate)
@@ -292,4 +302,5 @@ class RoIHeads(nn.Module):
         "masks": jnp.where(valid[..., None, None], jax.nn.sigmoid(masks), 0.0),
         "valid": valid,
         "num_detections": valid.sum(1, dtype=jnp.int32),
+        "num_candidates": num_candidates,
     }
