@@ -7,6 +7,8 @@ R = `num_samples`. Labels: 1 foreground, 0 background, -1 ignored.
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.ops import boxes as box_ops
+
 FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
 
 
@@ -34,22 +36,56 @@ def match(quality: jnp.ndarray, *, high_threshold: float, low_threshold: float,
   quality = jnp.asarray(quality)
   if quality.ndim != 2:
     raise ValueError(f"quality must be [M, N], got {quality.shape}")
+  quality = quality.astype(jnp.float32)
+  return _match(lambda i: quality[i], *quality.shape, high_threshold, low_threshold,
+                allow_low_quality_matches, valid_gt)
+
+
+def match_boxes(gt_boxes: jnp.ndarray, boxes: jnp.ndarray, *, high_threshold: float,
+                low_threshold: float, allow_low_quality_matches: bool,
+                valid_gt: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`match(box_iou(gt_boxes, boxes), ...)` without the `[M, N]` IoU matrix.
+
+  Each ground truth's IoU row `[N]` is computed when it is needed (twice: once for its
+  best quality, once to match), so memory is O(N) for any M: 262k anchors x 100 GT of a
+  1024² image would be a 105 MB matrix per image.
+
+  Args:
+    gt_boxes: `[M, 4]`; boxes: `[N, 4]` float32 (x1, y1, x2, y2).
+    high_threshold, low_threshold, allow_low_quality_matches, valid_gt: as in `match`.
+
+  Returns:
+    `matched_idx [N]` int32 and `labels [N]` int32, equal to `match`'s.
+  """
+  gt_boxes, boxes = jnp.asarray(gt_boxes, jnp.float32), jnp.asarray(boxes, jnp.float32)
+  if gt_boxes.ndim != 2 or boxes.ndim != 2:
+    raise ValueError(f"gt_boxes and boxes must be [M, 4] and [N, 4], got {gt_boxes.shape}, "
+                     f"{boxes.shape}")
+  row = lambda i: box_ops.box_iou(jax.lax.dynamic_slice_in_dim(gt_boxes, i, 1), boxes)[0]
+  return _match(row, gt_boxes.shape[0], boxes.shape[0], high_threshold, low_threshold,
+                allow_low_quality_matches, valid_gt)
+
+
+def _match(row, m: int, n: int, high_threshold, low_threshold, allow_low_quality_matches,
+           valid_gt):
+  """`match` on qualities given row by row: `row(i)` is GT i's `[N]` float32 quality."""
   if low_threshold > high_threshold:
     raise ValueError(f"low_threshold {low_threshold} > high_threshold {high_threshold}")
-  m, n = quality.shape
   valid_gt = jnp.ones((m,), bool) if valid_gt is None else jnp.asarray(valid_gt)
   if valid_gt.shape != (m,):
     raise ValueError(f"valid_gt must be [{m}], got {valid_gt.shape}")
   if m == 0:
     return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)
-  quality = jnp.where(valid_gt[:, None], quality.astype(jnp.float32), -jnp.inf)
-  best_per_gt = jnp.max(quality, axis=1)
+  gts = jnp.arange(m, dtype=jnp.int32)
+  quality = lambda i: jnp.where(valid_gt[i], row(i), -jnp.inf)
+  best_per_gt = jax.lax.map(lambda i: jnp.max(quality(i)), gts)
 
   # One pass over the GT rows; XLA's CPU reductions over the leading axis of [M, N] are
   # many times slower than this loop. Strict `>` keeps the first maximum, as argmax.
-  def row(carry, xs):
+  def step(carry, xs):
     best, matched_idx, attains = carry
-    q, gt, q_best, ok = xs
+    gt, q_best, ok = xs
+    q = quality(gt)
     better = q > best
     best = jnp.where(better, q, best)
     matched_idx = jnp.where(better, gt, matched_idx)
@@ -57,8 +93,7 @@ def match(quality: jnp.ndarray, *, high_threshold: float, low_threshold: float,
     return (best, matched_idx, attains), None
 
   init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
-  (best, matched_idx, attains), _ = jax.lax.scan(
-      row, init, (quality, jnp.arange(m, dtype=jnp.int32), best_per_gt, valid_gt))
+  (best, matched_idx, attains), _ = jax.lax.scan(step, init, (gts, best_per_gt, valid_gt))
   labels = jnp.where(best >= high_threshold, FOREGROUND,
                      jnp.where(best >= low_threshold, IGNORE, BACKGROUND))
   if allow_low_quality_matches:
