@@ -69,7 +69,7 @@ def abstract(tree):
 
 
 def whole_steps(model, config, variables, batch_size: int) -> dict:
-  """The real training step (shard_map, donation) and the jitted inference."""
+  """{name: analysis thunk}: the real training step (shard_map, donation), the inference."""
   mesh = train.make_mesh()
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(train.AXIS))
   stage = config.train.stages[-1]
@@ -84,14 +84,14 @@ def whole_steps(model, config, variables, batch_size: int) -> dict:
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded), data)
   step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
                                lr_fn=optimizer.learning_rate(config.train, stage), stage_start=0)
-  out = {"train": analyse(step, state, batch, jax.random.key(1))}
   infer_batch = {k: abstract(data[k][:batch_size]) for k in ("image", "image_id", "image_info")}
-  out["infer"] = analyse(lambda v, b: model.apply(v, b, train=False), variables, infer_batch)
-  return out
+  return {"train": lambda: analyse(step, state, batch, jax.random.key(1)),
+          "infer": lambda: analyse(lambda v, b: model.apply(v, b, train=False), variables,
+                                   infer_batch)}
 
 
 def part_steps(model, config, variables, batch_size: int) -> dict:
-  """Backbone + FPN, RPN and RoI heads compiled one by one, train and inference.
+  """{name: analysis thunk}: backbone + FPN, RPN and RoI heads, train and inference.
 
   Every input is an argument (`d`: image size, GT, proposals), none a constant.
   """
@@ -131,12 +131,13 @@ def part_steps(model, config, variables, batch_size: int) -> dict:
 
   forward = lambda method: lambda v, f, d: apply(v, method, f, d)
   return {
-      "train/features": analyse(features_grad, variables, image),
-      "train/rpn": analyse(losses_grad(rpn_train, "rpn"), variables, features, train_d),
-      "train/roi_heads": analyse(losses_grad(roi_train, "roi_heads"), variables, features[:4], train_d),
-      "infer/features": analyse(lambda v, x: apply(v, features_fn, x), variables, image),
-      "infer/rpn": analyse(forward(rpn_infer), variables, features, infer_d),
-      "infer/roi_heads": analyse(forward(roi_infer), variables, features[:4], infer_d),
+      "train/features": lambda: analyse(features_grad, variables, image),
+      "train/rpn": lambda: analyse(losses_grad(rpn_train, "rpn"), variables, features, train_d),
+      "train/roi_heads": lambda: analyse(losses_grad(roi_train, "roi_heads"), variables,
+                                         features[:4], train_d),
+      "infer/features": lambda: analyse(lambda v, x: apply(v, features_fn, x), variables, image),
+      "infer/rpn": lambda: analyse(forward(rpn_infer), variables, features, infer_d),
+      "infer/roi_heads": lambda: analyse(forward(roi_infer), variables, features[:4], infer_d),
   }
 
 
@@ -149,6 +150,8 @@ def main():
   parser.add_argument("--depth", type=int, default=0, help="model.depth")
   parser.add_argument("--parts", default="all", choices=("all", "whole", "none"),
                       help="all: whole steps and parts; whole: whole steps; none: parts only")
+  parser.add_argument("--only", default="", help="comma list of the steps to analyse, "
+                      "e.g. train,train/rpn (default: all that --parts names)")
   parser.add_argument("--set", action="append", default=[], dest="raw_set",
                       help="config override, e.g. model.roi_heads.rois_per_image=512")
   parser.add_argument("--json", default="", help="also write the numbers to this file")
@@ -177,9 +180,12 @@ def main():
     steps.append(whole_steps)
   if args.parts in ("all", "none"):
     steps.append(part_steps)
+  only = set(args.only.split(",")) if args.only else None
   for fn in steps:
-    for name, r in fn(model, config, variables, args.batch).items():
-      results[name] = r
+    for name, run in fn(model, config, variables, args.batch).items():
+      if only and name not in only:
+        continue
+      results[name] = r = run()
       print(f"{name:<16} {r['args_mb']:8.0f} {r['out_mb']:8.0f} {r['temp_mb']:9.0f} "
             f"{r['peak_mb']:9.0f} {r['gflop']:9.0f} {r['gb_accessed']:8.1f} "
             f"{r['compile_s']:9.1f}", flush=True)
