@@ -201,8 +201,6 @@ def jax_rows(data, args):
   num_candidates = int((data["det_scores"] > 0.05).sum())
   full = None
   for topk in [0] + [int(k) for k in args.topk.split(",")]:
-    if topk > num_candidates:
-      continue
     fn = jax.jit(functools.partial(detection_nms, topk=topk))
     keep, valid = fn(*det)
     keep = np.asarray(keep)[np.asarray(valid)].tolist()
