@@ -150,7 +150,8 @@ def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, rois: jax.Array,
 
   torchvision RoIAligns the full-image mask over each RoI; here each RoI is expressed in
   its GT mask's frame (the crop spans the GT box) and sampled with aligned=True, over a
-  one-pixel zero border so that the mask ends at the box edge.
+  one-pixel zero border so that the mask ends at the box edge, with ceil(Sm / size)
+  (at least 2) samples per bin and axis so that every crop pixel counts.
 
   Args:
     gt_masks: [R, Sm, Sm] (nonzero = object) of each RoI's matched GT.
@@ -165,8 +166,10 @@ def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, rois: jax.Array,
   origin = jnp.tile(gt_boxes[:, :2], 2)
   extent = jnp.tile(jnp.maximum(gt_boxes[:, 2:] - gt_boxes[:, :2], 1e-6), 2)
   frame = (rois - origin) * side / extent + 1.0
+  # About side / size mask pixels per bin for RoIs near their GT box: as many samples.
   out = roi_ops.roi_align(masks[..., None], frame[:, None], output_size=size,
-                          spatial_scale=1.0, sampling_ratio=2, aligned=True)
+                          spatial_scale=1.0, sampling_ratio=max(2, -(-side // size)),
+                          aligned=True)
   return out[:, 0, ..., 0]
 
 
