@@ -13,7 +13,12 @@ torchvision's `MultiScaleRoIAlign` (aligned=False; the JAX side runs aligned=Tru
 cost), `nms` and `batched_nms` run in a subprocess of the torch virtualenv with
 `--torch_threads` threads, so this package never imports torch. NMS: 2000 RPN-like boxes
 -> 1000 at IoU 0.7; batched NMS: 8768 boxes of 5 levels -> 2000, per level, IoU 0.7.
-rpn_targets: IoU of 100 GT with all anchors, matching and sampling 256 (JAX only).
+Detection NMS: 1000 proposals x 92 classes as `RoIHeads` sees them (`--det_spread` sets
+how many class scores pass 0.05), per-class NMS 0.5 -> 100: all candidates, then capped
+to the best `--topk` (the `model.roi_heads.topk_candidates` cap); torchvision filters the
+scores > 0.05 and runs `batched_nms`.
+rpn_targets: IoU of 100 GT with all anchors, matching and sampling 256 (JAX only), from
+the IoU matrix (`match`) and from IoU rows (`match_boxes`).
 Times are medians in ms, compile time excluded.
 """
 
@@ -78,6 +83,15 @@ TORCH_SCRIPT = textwrap.dedent("""
     result["nms_kept"] = int(min(len(torchvision.ops.nms(nms_boxes, nms_scores, 0.7)), 1000))
     rpn = [torch.from_numpy(data[k]) for k in ("rpn_boxes", "rpn_scores", "rpn_levels")]
     result["batched_nms"] = median_ms(lambda: torchvision.ops.batched_nms(*rpn, 0.7)[:2000])
+    # Detection: torchvision's postprocess_detections (score > 0.05, per-class NMS 0.5).
+    det_boxes = torch.from_numpy(data["det_boxes"]).reshape(-1, 4)
+    det_scores = torch.from_numpy(data["det_scores"]).reshape(-1)
+    det_classes = torch.arange(data["det_scores"].shape[1]).repeat(data["det_scores"].shape[0])
+    def detect():
+      keep = torch.where(det_scores > 0.05)[0]
+      return torchvision.ops.batched_nms(det_boxes[keep], det_scores[keep], det_classes[keep],
+                                         0.5)[:100]
+    result["detection_nms"] = median_ms(detect)
     print(json.dumps(result))
 """)
 
@@ -113,9 +127,33 @@ def make_data(args):
                + rng.normal(size=(8768, 4))).astype(np.float32)
   rpn_scores = rng.uniform(size=8768).astype(np.float32)
   rpn_levels = np.repeat(np.arange(5), [2000] * 4 + [768])
+  # Detection input: 1000 proposals x `--classes` class-specific boxes and softmax scores,
+  # `--det_spread` the logit scale of the classes other than each proposal's own: larger
+  # spreads pass more candidates over the 0.05 score threshold.
+  det_boxes = (np.concatenate([nms_boxes[:1000, None]] * args.classes, 1)
+               + rng.normal(scale=4.0, size=(1000, args.classes, 4))).astype(np.float32)
+  logits = rng.normal(scale=args.det_spread, size=(1000, args.classes + 1))
+  logits[np.arange(1000), rng.integers(1, args.classes + 1, 1000)] += 4.0
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  det_scores = (probs / probs.sum(1, keepdims=True))[:, 1:].astype(np.float32)
   return dict(maps, boxes=boxes, nms_boxes=nms_boxes, nms_scores=nms_scores,
               rpn_boxes=rpn_boxes, rpn_scores=rpn_scores, rpn_levels=rpn_levels,
-              image=args.image)
+              det_boxes=det_boxes, det_scores=det_scores, image=args.image)
+
+
+def detection_nms(boxes, scores, *, topk):
+  """`RoIHeads._detect`'s candidates -> 100 detections: the best `topk` (0: all) class
+  scores above 0.05, per-class NMS at 0.5. Returns (kept indices, valid)."""
+  p, k = scores.shape
+  boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
+  classes = jnp.tile(jnp.arange(k), p)
+  candidate = scores > 0.05
+  if topk:
+    _, top = jax.lax.top_k(jnp.where(candidate, scores, -jnp.inf), topk)
+    boxes, scores, classes, candidate = boxes[top], scores[top], classes[top], candidate[top]
+  keep, valid = nms_ops.batched_nms(boxes, scores, classes, iou_threshold=0.5,
+                                    max_outputs=100, valid=candidate)
+  return (top[keep] if topk else keep), valid
 
 
 def level_select(features, boxes, *, output_size):
@@ -130,7 +168,7 @@ def level_select(features, boxes, *, output_size):
 
 
 def jax_rows(data, args):
-  features = [jnp.asarray(data[f"p{l}"]) for l in LEVELS]
+  features = [jnp.asarray(data[f"p{l}"], args.dtype) for l in LEVELS]
   boxes = jnp.asarray(data["boxes"])
   forms = {
       "gather": functools.partial(ra.multilevel_roi_align, sampling_ratio=2, aligned=True),
@@ -160,19 +198,34 @@ def jax_rows(data, args):
   rows[("batched_nms", "tiled")] = median_ms(
       batched_fn, *(jnp.asarray(data[k]) for k in ("rpn_boxes", "rpn_scores", "rpn_levels")),
       repeats=args.repeats)
+  det = (jnp.asarray(data["det_boxes"]), jnp.asarray(data["det_scores"]))
+  num_candidates = int((data["det_scores"] > 0.05).sum())
+  full = None
+  for topk in [0] + [int(k) for k in args.topk.split(",")]:
+    fn = jax.jit(functools.partial(detection_nms, topk=topk))
+    keep, valid = fn(*det)
+    keep = np.asarray(keep)[np.asarray(valid)].tolist()
+    full = keep if not topk else full
+    name = f"top {topk}" if topk else f"all {data['det_scores'].size}"
+    name += "" if keep == full else " (differs)"
+    rows[("detection_nms", name)] = median_ms(fn, *det, repeats=args.repeats)
   # RPN targets for one image: IoU of 100 GT with all anchors, match, sample 256.
   anchors = jnp.asarray(anchor_ops.generate_anchors_concat(args.image))
   gt = jnp.asarray(data["boxes"][0, :100])
 
-  def rpn_targets(gt, anchors, key):
-    _, labels = sampling.match(box_ops.box_iou(gt, anchors), high_threshold=0.7,
-                               low_threshold=0.3, allow_low_quality_matches=True)
+  def rpn_targets(gt, anchors, key, rows_only):
+    kw = dict(high_threshold=0.7, low_threshold=0.3, allow_low_quality_matches=True)
+    _, labels = (sampling.match_boxes(gt, anchors, **kw) if rows_only
+                 else sampling.match(box_ops.box_iou(gt, anchors), **kw))
     return sampling.sample_mask(labels, jnp.ones_like(labels, bool), num_samples=256,
                                 positive_fraction=0.5, rng=key)
 
-  rows[("rpn_targets", f"{anchors.shape[0]} anchors")] = median_ms(
-      jax.jit(rpn_targets), gt, anchors, jax.random.key(0), repeats=args.repeats)
-  return rows, kept
+  for rows_only in (False, True) if hasattr(sampling, "match_boxes") else (False,):
+    fn = jax.jit(functools.partial(rpn_targets, rows_only=rows_only))
+    form = f"{'IoU rows' if rows_only else 'IoU matrix'}, {anchors.shape[0]}"
+    rows[("rpn_targets", form)] = median_ms(fn, gt, anchors, jax.random.key(0),
+                                            repeats=args.repeats)
+  return rows, kept, num_candidates
 
 
 def torch_rows(data, args):
@@ -199,19 +252,24 @@ def main(argv=None):
   parser.add_argument("--boxes", type=int, default=1000)
   parser.add_argument("--einsum_boxes", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--classes", type=int, default=92, help="detection classes (no bg)")
+  parser.add_argument("--det_spread", type=float, default=1.0)
+  parser.add_argument("--topk", default="1024,2048,4096,8192", help="detection caps")
+  parser.add_argument("--dtype", default="float32", help="dtype of the maps on the JAX side")
   args = parser.parse_args(argv)
   data = make_data(args)
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, "
         f"{os.cpu_count()} CPUs; image {args.image}, {args.boxes} boxes, C={args.channels}")
   reference = torch_rows(data, args)
-  rows, kept = jax_rows(data, args)
+  rows, kept, num_candidates = jax_rows(data, args)
   print(f"\n{'op':<22} {'jax form':<18} {'jax ms':>10} {'torch ms':>10} {'torch/jax':>10}")
   for (op, form), ms in rows.items():
     ref = reference.get(op)
     ratio = f"{ref / ms:10.2f}" if ref else f"{'-':>10}"
     ref = f"{ref:10.1f}" if ref else f"{'-':>10}"
     print(f"{op:<22} {form:<18} {ms:10.1f} {ref} {ratio}")
-  print(f"\nNMS kept {kept} boxes (torchvision {reference.get('nms_kept', '-')}).")
+  print(f"\nNMS kept {kept} boxes (torchvision {reference.get('nms_kept', '-')}). Detection: "
+        f"{num_candidates} class scores > 0.05; '(differs)': not the uncapped selection.")
   if args.einsum_boxes:
     print(f"einsum rows: {args.einsum_boxes} boxes timed, scaled to {args.boxes}.")
 

@@ -110,6 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.roi_heads.min_size = 1e-2  # Smaller detections dropped (detectron2: 0).
   config.model.roi_heads.nms_threshold = 0.5
   config.model.roi_heads.detections_per_image = 100
+  # Best class scores per image kept for detection NMS (docs/benchmarks.md, "NMS").
+  config.model.roi_heads.topk_candidates = 4096
 
   config.train = ml_collections.ConfigDict()
   config.train.global_batch_size = 2

@@ -116,7 +116,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
   for key in ("rpn.samples_per_image", "rpn.pre_nms_topk_train", "rpn.pre_nms_topk_test",
               "rpn.post_nms_topk_train", "rpn.post_nms_topk_test", "roi_heads.rois_per_image",
               "roi_heads.max_sampling_ratio", "roi_heads.fc_dim", "roi_heads.mask_convs",
-              "roi_heads.detections_per_image"):
+              "roi_heads.detections_per_image", "roi_heads.topk_candidates"):
     _positive(config, f"model.{key}")
   candidates = model.rpn.post_nms_topk_train + config.data.max_instances
   _check(model.roi_heads.rois_per_image <= candidates, "model.roi_heads.rois_per_image",

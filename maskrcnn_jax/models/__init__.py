@@ -58,7 +58,7 @@ def build(config: ml_collections.ConfigDict, *, num_classes: int) -> MaskRCNN:
           mask_channels=h.mask_channels, score_threshold=h.score_threshold,
           min_size=h.min_size,
           nms_threshold=h.nms_threshold, detections_per_image=h.detections_per_image,
-          dtype=dtype),
+          topk_candidates=h.topk_candidates, dtype=dtype),
       pixel_mean=tuple(config.pixel_mean),
       pixel_std=tuple(config.pixel_std),
       input_format=config.input_format,

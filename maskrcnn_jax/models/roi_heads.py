@@ -150,7 +150,8 @@ def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, rois: jax.Array,
 
   torchvision RoIAligns the full-image mask over each RoI; here each RoI is expressed in
   its GT mask's frame (the crop spans the GT box) and sampled with aligned=True, over a
-  one-pixel zero border so that the mask ends at the box edge.
+  one-pixel zero border so that the mask ends at the box edge, with ceil(Sm / size)
+  (at least 2) samples per bin and axis so that every crop pixel counts.
 
   Args:
     gt_masks: [R, Sm, Sm] (nonzero = object) of each RoI's matched GT.
@@ -165,8 +166,10 @@ def mask_targets(gt_masks: jax.Array, gt_boxes: jax.Array, rois: jax.Array,
   origin = jnp.tile(gt_boxes[:, :2], 2)
   extent = jnp.tile(jnp.maximum(gt_boxes[:, 2:] - gt_boxes[:, :2], 1e-6), 2)
   frame = (rois - origin) * side / extent + 1.0
+  # About side / size mask pixels per bin for RoIs near their GT box: as many samples.
   out = roi_ops.roi_align(masks[..., None], frame[:, None], output_size=size,
-                          spatial_scale=1.0, sampling_ratio=2, aligned=True)
+                          spatial_scale=1.0, sampling_ratio=max(2, -(-side // size)),
+                          aligned=True)
   return out[:, 0, ..., 0]
 
 
@@ -187,6 +190,7 @@ class RoIHeads(nn.Module):
   min_size: float = 1e-2  # Detections narrower or lower are dropped (torchvision; detectron2 0).
   nms_threshold: float = 0.5
   detections_per_image: int = 100
+  topk_candidates: int = 4096
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -217,7 +221,8 @@ class RoIHeads(nn.Module):
       train: float32 scalars `rcnn_class_loss`, `rcnn_box_loss`, `mask_loss`,
       `num_fg_rois`, `num_bg_rois` (per-image means). Otherwise detections `boxes`
       [B, D, 4], `scores` [B, D], `classes` [B, D] int32, `masks` [B, D, 28, 28]
-      probabilities of the detected class, `valid` [B, D], `num_detections` [B] int32;
+      probabilities of the detected class, `valid` [B, D], `num_detections` [B] int32,
+      `num_candidates` [B] int32 (class scores past the threshold, before the top-k cap);
       padded rows are zero. With adaptive sampling (`sampling_ratio` 0) also
       `num_capped_rois` [B] int32: proposals and detections pooled with fewer samples
       than torchvision's adaptive count (`max_sampling_ratio`).
@@ -282,6 +287,14 @@ class RoIHeads(nn.Module):
     b = rois.shape[0]
     boxes, scores = boxes.reshape(b, -1, 4), scores.reshape(b, -1)
     classes, candidate = classes.reshape(b, -1), candidate.reshape(b, -1)
+    # The best-scoring candidates only (detectron2's topk_candidates): exact unless more
+    # than `topk_candidates` pass the threshold and fewer than D of them survive NMS.
+    num_candidates = candidate.sum(1, dtype=jnp.int32)
+    _, top = jax.lax.top_k(jnp.where(candidate, scores, -jnp.inf),
+                           min(self.topk_candidates, scores.shape[1]))
+    boxes = jnp.take_along_axis(boxes, top[..., None], axis=1)
+    scores, classes, candidate = (jnp.take_along_axis(x, top, axis=1)
+                                  for x in (scores, classes, candidate))
     keep, valid = jax.vmap(functools.partial(
         nms_ops.batched_nms, iou_threshold=self.nms_threshold,
         max_outputs=self.detections_per_image))(boxes, scores, classes, valid=candidate)
@@ -304,4 +317,5 @@ class RoIHeads(nn.Module):
         "masks": jnp.where(valid[..., None, None], jax.nn.sigmoid(masks), 0.0),
         "valid": valid,
         "num_detections": valid.sum(1, dtype=jnp.int32),
+        "num_candidates": num_candidates,
     }

@@ -122,9 +122,9 @@ def rpn_losses(anchors: jax.Array, objectness: jax.Array, deltas: jax.Array,
   batch = objectness.shape[0]
 
   def one_image(objectness, deltas, gt_boxes, gt_valid, rng):
-    iou = box_ops.box_iou(gt_boxes, anchors)
-    matched, labels = sampling.match(iou, high_threshold=fg_iou, low_threshold=bg_iou,
-                                     allow_low_quality_matches=True, valid_gt=gt_valid)
+    matched, labels = sampling.match_boxes(gt_boxes, anchors, high_threshold=fg_iou,
+                                           low_threshold=bg_iou, allow_low_quality_matches=True,
+                                           valid_gt=gt_valid)
     idx, positive, valid = sampling.sample_balanced(
         labels, jnp.ones(labels.shape, bool), num_samples=samples_per_image,
         positive_fraction=positive_fraction, rng=rng)

@@ -9,8 +9,9 @@ Tiled, as the MLPerf TPU SSD kernel: the score-sorted boxes are cut into tiles o
 a tile first drops boxes suppressed by the boxes kept so far (one `[TILE, K]` IoU block
 against a buffer of the kept boxes), then settles its own boxes by iterating "kept unless
 an earlier kept box of the tile suppresses it" to its fixed point, which is exactly the
-greedy result. Tiles stop once K boxes are kept. Memory O(TILE * (TILE + K)); no loop
-over single boxes.
+greedy result. Tiles stop once K boxes are kept or no valid candidate is left. Memory
+O(TILE * (TILE + K)); no loop over single boxes. Callers with many candidates cap them
+by score first (`lax.top_k`), as the detection path does (`RoIHeads.topk_candidates`).
 Batch over images with `jax.vmap`, e.g. `jax.vmap(functools.partial(nms, iou_threshold=0.7,
 max_outputs=1000))(boxes, scores, valid=valid)`.
 """
@@ -45,14 +46,16 @@ def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs, tile):
   if max_outputs <= 0:
     raise ValueError(f"max_outputs must be positive, got {max_outputs}")
   valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid)
-  # Valid boxes first, then by descending score; stable, so ties keep input order.
-  order = jnp.lexsort((-jnp.asarray(scores, jnp.float32), ~valid)).astype(jnp.int32)
+  # Descending score, ties in input order (top_k puts the lower index first): one sort key.
+  key = jnp.where(valid, jnp.asarray(scores, jnp.float32), -jnp.inf)
+  order = jax.lax.top_k(key, n)[1].astype(jnp.int32)
   tile = min(tile, n)
   padded = -(-n // tile) * tile
   pad = lambda x: jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1))
   sboxes = pad(jnp.asarray(boxes, jnp.float32)[order])
   sgroups = None if groups is None else pad(jnp.asarray(groups)[order])
   alive = pad(valid[order])
+  last = jnp.max(jnp.where(alive, jnp.arange(padded), -1))  # No valid candidate past this.
   earlier = jnp.arange(tile)[:, None] > jnp.arange(tile)[None, :]  # [i, j]: j before i
   slots = jnp.arange(max_outputs)
 
@@ -84,7 +87,7 @@ def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs, tile):
 
   def more(state):
     t, count = state[:2]
-    return (t < padded // tile) & (count < max_outputs)
+    return (t * tile <= last) & (count < max_outputs)
 
   init = (jnp.int32(0), jnp.int32(0), jnp.zeros((max_outputs, 4), jnp.float32),
           None if sgroups is None else jnp.zeros((max_outputs,), sgroups.dtype),

@@ -13,8 +13,9 @@ shapes bound it by `max_sampling_ratio`; `adaptive_overflow` counts the boxes it
 
 Bilinear sampling is separable: each output row is a weighted sum of 2 sr map rows and
 each output column of 2 sr map columns. Two implementations:
-  gather  (default) (2 sr)^2 gathers of one pixel per bin, weighted and summed in one
-          fused loop; the gradient (custom VJP) is a single scatter-add of all of them.
+  gather  (default) (2 sr)^2 gathers of one pixel per bin in the maps' dtype, weighted
+          and summed in float32 in one fused loop; the gradient (custom VJP) scatter-adds
+          all of them into a float32 buffer, `SCATTER_ROWS` rows at a time.
   einsum  dense one-hot row and column weights `[h, H]`, `[w, W]` contracted with the map:
           O(N h H W C) flops, for small maps or accelerators where matmuls are cheap.
 The multi-level form gathers every box from its own level of one flat buffer holding all
@@ -127,17 +128,21 @@ def _slots(base, row_len, iy, wy, ix, wx):
   return index, weight
 
 
+SCATTER_ROWS = 1 << 16  # Gradient rows scattered at once: 64 MB of float32 at C = 256.
+
+
 @jax.custom_vjp
 def _gather_sum(flat, index, weight):
-  """`flat [T, C]`, `index, weight [B, N, h, 2sr, w, 2sr]` -> `[B, N, h, w, C]`.
+  """`flat [T, C]` (any float), `index, weight [B, N, h, 2sr, w, 2sr]` -> `[B, N, h, w, C]`.
 
   The weighted sum of the (2 sr)^2 pixels of each bin, written as (2 sr)^2 gathers of
   `[B, N, h, w]` pixels that XLA fuses into one loop: no `[..., (2 sr)^2, C]` is stored.
+  Pixels are read in `flat`'s dtype and summed in float32.
   """
   out = 0.0
   for i in range(index.shape[3]):
     for j in range(index.shape[5]):
-      out += weight[:, :, :, i, :, j, None] * flat[index[:, :, :, i, :, j]]
+      out += weight[:, :, :, i, :, j, None] * flat[index[:, :, :, i, :, j]].astype(jnp.float32)
   return out
 
 
@@ -147,11 +152,25 @@ def _gather_sum_fwd(flat, index, weight):
 
 def _gather_sum_bwd(res, g):
   flat, index, weight = res
-  # One scatter-add of all pairs: separate scatters per pair would each rewrite `flat`.
-  updates = weight[..., None] * g[:, :, :, None, :, None, :]
-  d_flat = jnp.zeros_like(flat).at[index.reshape(-1)].add(updates.reshape(-1, flat.shape[-1]))
-  d_weight = jnp.einsum("bnhiwjc,bnhwc->bnhiwj", flat[index], g)
-  return d_flat, None, d_weight
+  b, n = index.shape[:2]
+  # Scatter-adds of all pairs of a chunk of boxes into one float32 gradient, chunk after
+  # chunk: the [..., (2 sr)^2, C] updates never exist for all boxes at once, and there
+  # is no per-pair scatter (each would rewrite the whole gradient).
+  per_box = b * index[0, 0].size
+  chunk = max(1, min(n, SCATTER_ROWS // per_box))
+  steps = -(-n // chunk)
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, steps * chunk - n)] + [(0, 0)] * (x.ndim - 2))
+  split = lambda x: jnp.moveaxis(pad(x).reshape(b, steps, chunk, *x.shape[2:]), 1, 0)
+
+  def add(d_flat, xs):
+    index, weight, g = xs  # Padded boxes have weight 0.
+    updates = weight[..., None] * g[:, :, :, None, :, None, :]
+    return d_flat.at[index.reshape(-1)].add(updates.reshape(-1, flat.shape[-1])), None
+
+  d_flat, _ = jax.lax.scan(add, jnp.zeros(flat.shape, jnp.float32),
+                           (split(index), split(weight), split(g)))
+  d_weight = jnp.einsum("bnhiwjc,bnhwc->bnhiwj", flat[index].astype(jnp.float32), g)
+  return d_flat.astype(flat.dtype), None, d_weight
 
 
 _gather_sum.defvjp(_gather_sum_fwd, _gather_sum_bwd)
@@ -200,7 +219,7 @@ def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, *, output_size, spatial
                          aligned, max_sampling_ratio)
   if impl == "einsum":
     return _einsum_pool(features, iy, wy, ix, wx)
-  flat = features.astype(jnp.float32).reshape(b * height * width, c)
+  flat = features.reshape(b * height * width, c)
   base = jnp.broadcast_to((jnp.arange(b, dtype=jnp.int32) * (height * width))[:, None],
                           boxes.shape[:2])
   row_len = jnp.full(boxes.shape[:2], width, jnp.int32)
@@ -273,7 +292,8 @@ def multilevel_roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, *,
   b, c = boxes.shape[0], features[0].shape[-1]
   sizes = [hh * ww for hh, ww in zip(heights, widths)]
   per_image = sum(sizes)
-  flat = jnp.concatenate([f.astype(jnp.float32).reshape(b, s, c) for f, s in zip(features, sizes)],
+  dtype = jnp.result_type(*features)
+  flat = jnp.concatenate([f.astype(dtype).reshape(b, s, c) for f, s in zip(features, sizes)],
                          axis=1).reshape(b * per_image, c)
   offsets = jnp.asarray(np.cumsum([0] + sizes[:-1]), jnp.int32)
   base = jnp.arange(b, dtype=jnp.int32)[:, None] * per_image + offsets[level]

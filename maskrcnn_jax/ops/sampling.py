@@ -7,7 +7,10 @@ R = `num_samples`. Labels: 1 foreground, 0 background, -1 ignored.
 import jax
 import jax.numpy as jnp
 
+from maskrcnn_jax.ops import boxes as box_ops
+
 FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
+GT_BLOCK = 8  # Ground truths matched at once: [8, N] qualities.
 
 
 def match(quality: jnp.ndarray, *, high_threshold: float, low_threshold: float,
@@ -34,31 +37,71 @@ def match(quality: jnp.ndarray, *, high_threshold: float, low_threshold: float,
   quality = jnp.asarray(quality)
   if quality.ndim != 2:
     raise ValueError(f"quality must be [M, N], got {quality.shape}")
+  quality = quality.astype(jnp.float32)
+  return _match(lambda rows: quality[rows], *quality.shape, high_threshold, low_threshold,
+                allow_low_quality_matches, valid_gt)
+
+
+def match_boxes(gt_boxes: jnp.ndarray, boxes: jnp.ndarray, *, high_threshold: float,
+                low_threshold: float, allow_low_quality_matches: bool,
+                valid_gt: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`match(box_iou(gt_boxes, boxes), ...)` without the `[M, N]` IoU matrix.
+
+  The IoU rows of `GT_BLOCK` ground truths at a time are computed when they are needed
+  (twice: once for their best qualities, once to match), so memory is O(GT_BLOCK N) for
+  any M: 262k anchors x 100 GT of a 1024² image would be a 105 MB matrix per image.
+
+  Args:
+    gt_boxes: `[M, 4]`; boxes: `[N, 4]` float32 (x1, y1, x2, y2).
+    high_threshold, low_threshold, allow_low_quality_matches, valid_gt: as in `match`.
+
+  Returns:
+    `matched_idx [N]` int32 and `labels [N]` int32, equal to `match`'s.
+  """
+  gt_boxes, boxes = jnp.asarray(gt_boxes, jnp.float32), jnp.asarray(boxes, jnp.float32)
+  if gt_boxes.ndim != 2 or boxes.ndim != 2:
+    raise ValueError(f"gt_boxes and boxes must be [M, 4] and [N, 4], got {gt_boxes.shape}, "
+                     f"{boxes.shape}")
+  rows = lambda rows: box_ops.box_iou(gt_boxes[rows], boxes)
+  return _match(rows, gt_boxes.shape[0], boxes.shape[0], high_threshold, low_threshold,
+                allow_low_quality_matches, valid_gt)
+
+
+def _match(rows, m: int, n: int, high_threshold, low_threshold, allow_low_quality_matches,
+           valid_gt):
+  """`match` on qualities given by blocks of rows: `rows(idx [G])` -> `[G, N]` float32.
+
+  Blocks of `GT_BLOCK` ground truths (the last one padded, as invalid); a loop over them,
+  so XLA never reduces over a long leading axis (slow on CPU).
+  """
   if low_threshold > high_threshold:
     raise ValueError(f"low_threshold {low_threshold} > high_threshold {high_threshold}")
-  m, n = quality.shape
   valid_gt = jnp.ones((m,), bool) if valid_gt is None else jnp.asarray(valid_gt)
   if valid_gt.shape != (m,):
     raise ValueError(f"valid_gt must be [{m}], got {valid_gt.shape}")
   if m == 0:
     return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)
-  quality = jnp.where(valid_gt[:, None], quality.astype(jnp.float32), -jnp.inf)
-  best_per_gt = jnp.max(quality, axis=1)
+  g = min(GT_BLOCK, m)
+  blocks = -(-m // g)
+  gts = jnp.arange(blocks * g, dtype=jnp.int32).reshape(blocks, g)
+  ok = jnp.pad(valid_gt, (0, blocks * g - m)).reshape(blocks, g)
+  quality = lambda idx, ok: jnp.where(ok[:, None], rows(jnp.minimum(idx, m - 1)), -jnp.inf)
+  best_per_gt = jax.lax.map(lambda x: jnp.max(quality(*x), axis=1), (gts, ok))
 
-  # One pass over the GT rows; XLA's CPU reductions over the leading axis of [M, N] are
-  # many times slower than this loop. Strict `>` keeps the first maximum, as argmax.
-  def row(carry, xs):
+  # Strict `>` across blocks and argmax (the first maximum) inside one: the first best GT.
+  def step(carry, xs):
     best, matched_idx, attains = carry
-    q, gt, q_best, ok = xs
-    better = q > best
-    best = jnp.where(better, q, best)
-    matched_idx = jnp.where(better, gt, matched_idx)
-    attains |= ok & (q == q_best)
+    idx, ok, q_best = xs
+    q = quality(idx, ok)
+    block_best, block_idx = jnp.max(q, axis=0), idx[jnp.argmax(q, axis=0)]
+    better = block_best > best
+    best = jnp.where(better, block_best, best)
+    matched_idx = jnp.where(better, block_idx, matched_idx)
+    attains |= jnp.any(ok[:, None] & (q == q_best[:, None]), axis=0)
     return (best, matched_idx, attains), None
 
   init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool))
-  (best, matched_idx, attains), _ = jax.lax.scan(
-      row, init, (quality, jnp.arange(m, dtype=jnp.int32), best_per_gt, valid_gt))
+  (best, matched_idx, attains), _ = jax.lax.scan(step, init, (gts, ok, best_per_gt))
   labels = jnp.where(best >= high_threshold, FOREGROUND,
                      jnp.where(best >= low_threshold, IGNORE, BACKGROUND))
   if allow_low_quality_matches:

@@ -125,7 +125,7 @@ def test_detection_outputs(tiny):
   want = {"boxes": ((1, d, 4), jnp.float32), "scores": ((1, d), jnp.float32),
           "classes": ((1, d), jnp.int32), "masks": ((1, d, 28, 28), jnp.float32),
           "valid": ((1, d), jnp.bool_), "num_detections": ((1,), jnp.int32),
-          "proposals": ((1, p, 4), jnp.float32), "proposal_scores": ((1, p), jnp.float32),
+          "num_candidates": ((1,), jnp.int32), "proposals": ((1, p, 4), jnp.float32), "proposal_scores": ((1, p), jnp.float32),
           "proposal_valid": ((1, p), jnp.bool_)}
   assert {k: (v.shape, v.dtype) for k, v in det.items()} == want
   valid = np.asarray(det["valid"][0])

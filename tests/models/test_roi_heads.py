@@ -86,6 +86,30 @@ def test_detection_drops_padded_proposals():
   assert int(det["num_detections"][0]) == 0 and not det["masks"].any()
 
 
+def test_topk_candidates_cap_keeps_the_best_scores():
+  # 24 random proposals x 5 classes = 120 candidates; the cap leaves the best 40 to NMS.
+  features = [jax.random.normal(jax.random.key(i), (1, 32 // 2**i, 32 // 2**i, 8))
+              for i in range(4)]
+  xy = jax.random.uniform(jax.random.key(5), (1, 24, 2), maxval=80.0)
+  wh = jax.random.uniform(jax.random.key(6), (1, 24, 2), minval=8.0, maxval=40.0)
+  proposals = {"boxes": jnp.concatenate([xy, xy + wh], -1), "valid": jnp.ones((1, 24), bool)}
+  hw = jnp.array([[128.0, 128.0]])
+  make = functools.partial(roi_heads.RoIHeads, num_classes=6, fc_dim=16, mask_convs=1,
+                           mask_channels=8, score_threshold=0.0, nms_threshold=0.5)
+  variables = make().init(jax.random.key(0), features, proposals, hw, train=False)
+  run = lambda **kw: make(**kw).apply(variables, features, proposals, hw, train=False)
+  full = run(detections_per_image=10, topk_candidates=120)
+  capped = run(detections_per_image=10, topk_candidates=40)
+  assert int(full["num_candidates"][0]) == int(capped["num_candidates"][0]) == 120
+  assert int(capped["num_detections"][0]) == 10  # Enough survive among the best 40: exact.
+  for key in ("boxes", "scores", "classes", "valid"):
+    np.testing.assert_array_equal(capped[key], full[key])
+  # A cap of 3 candidates yields at most 3 detections, the best-scoring ones.
+  tiny = run(detections_per_image=10, topk_candidates=3)
+  assert int(tiny["num_detections"][0]) <= 3
+  np.testing.assert_array_equal(tiny["scores"][0, :1], full["scores"][0, :1])
+
+
 def test_deconv_matches_flax_conv_transpose():
   x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
   reference = nn.ConvTranspose(6, (2, 2), strides=(2, 2), padding="VALID")

@@ -129,3 +129,23 @@ def test_match_matches_torchvision(seed, allow_low_quality_matches, torch_refere
   idx, labels = run_match(iou, np.arange(7) < 5, allow_low_quality_matches)
   np.testing.assert_array_equal(labels, np.where(ref >= 0, 1, np.where(ref == -1, 0, -1)))
   np.testing.assert_array_equal(np.asarray(idx)[ref >= 0], ref[ref >= 0])
+
+
+@pytest.mark.parametrize("allow_low_quality_matches", [False, True])
+def test_match_boxes_equals_match_of_the_iou_matrix(allow_low_quality_matches):
+  rng = np.random.default_rng(3)
+  def boxes(b, n):
+    xy = rng.uniform(0, 200, (b, n, 2))
+    return np.concatenate([xy, xy + rng.uniform(5, 80, (b, n, 2))], -1).astype(np.float32)
+  gt, anchors = boxes(3, 9), boxes(1, 700)[0]
+  gt[:, 1] = gt[:, 0]  # A duplicate GT: equal best qualities.
+  anchors[:20] = anchors[20:40]  # Duplicate anchors: ties for each GT's best.
+  valid = rng.uniform(size=(3, 9)) > 0.3
+  valid[2] = False  # An image without GT.
+  kw = dict(high_threshold=0.7, low_threshold=0.3,
+            allow_low_quality_matches=allow_low_quality_matches)
+  by_rows = jax.jit(jax.vmap(lambda g, v: sampling.match_boxes(g, anchors, valid_gt=v, **kw)))
+  by_matrix = jax.jit(jax.vmap(lambda g, v: sampling.match(box_ops.box_iou(g, anchors),
+                                                           valid_gt=v, **kw)))
+  for a, b in zip(by_rows(gt, valid), by_matrix(gt, valid)):
+    np.testing.assert_array_equal(a, b)
