@@ -20,40 +20,17 @@
 # `INSPECT_OUT` (where pictures are saved) choose what it looks at.
 
 # %%
-import importlib.util
-import os
-import pathlib
-
 import numpy as np
-from PIL import Image
 
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.inspection import data as data_lib
+from maskrcnn_jax.inspection import notebook
 
-CONFIG = os.environ.get("INSPECT_CONFIG", "configs/demo.py")
-OUT = pathlib.Path(os.environ.get("INSPECT_OUT", "/tmp/maskrcnn_jax_inspect/data"))
 NUM_IMAGES = 4
 
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location("inspected_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def show(name, image):
-  """Saves a picture to OUT; in a notebook, the returned image is displayed."""
-  OUT.mkdir(parents=True, exist_ok=True)
-  picture = Image.fromarray(image)
-  picture.save(OUT / f"{name}.png")
-  return picture
-
-
-config = load_config(CONFIG)
-if os.environ.get("INSPECT_DATA_ROOT"):
-  config.data.root = os.environ["INSPECT_DATA_ROOT"]
+config = notebook.load_config("configs/demo.py")
+show = notebook.picture_saver("/tmp/maskrcnn_jax_inspect/data")
 pipeline.prepare(config.data)  # Builds the TFRecords on first use.
 class_set = categories.get_class_set(config.data.class_set)
 print(f"class set {class_set.name}: {class_set.num_classes} classes")

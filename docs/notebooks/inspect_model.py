@@ -19,13 +19,10 @@
 # inspect: its latest checkpoint) and `INSPECT_OUT` choose what it looks at.
 
 # %%
-import importlib.util
 import os
-import pathlib
 
 import jax
 import numpy as np
-from PIL import Image
 
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
@@ -33,34 +30,16 @@ from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.inspection import model as model_lib
+from maskrcnn_jax.inspection import notebook
 from maskrcnn_jax.inspection import weights as weights_lib
 from maskrcnn_jax.training import optimizer
 from maskrcnn_jax.weights import load
 
-CONFIG = os.environ.get("INSPECT_CONFIG", "configs/demo.py")
 WORKDIR = os.environ.get("INSPECT_WORKDIR", "/tmp/maskrcnn_jax_demo/workdir")
-OUT = pathlib.Path(os.environ.get("INSPECT_OUT", "/tmp/maskrcnn_jax_inspect/model"))
 NUM_IMAGES = 2
 
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location("inspected_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def show(name, image):
-  """Saves a picture to OUT; in a notebook, the returned image is displayed."""
-  OUT.mkdir(parents=True, exist_ok=True)
-  picture = Image.fromarray(image)
-  picture.save(OUT / f"{name}.png")
-  return picture
-
-
-config = load_config(CONFIG)
-if os.environ.get("INSPECT_DATA_ROOT"):
-  config.data.root = os.environ["INSPECT_DATA_ROOT"]
+config = notebook.load_config("configs/demo.py")
+show = notebook.picture_saver("/tmp/maskrcnn_jax_inspect/model")
 pipeline.prepare(config.data)
 class_set = categories.get_class_set(config.data.class_set)
 model = models.build(config.model, num_classes=class_set.num_classes + 1)

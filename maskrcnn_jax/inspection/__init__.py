@@ -12,5 +12,6 @@ pictures and tables in `WORKDIR/inspect/` and images in TensorBoard:
   weights/      histogram and norm per layer, which layers each stage trains (weights.py)
 
 `run.inspect` writes all of it; the functions of each module are small and return numpy
-pictures, so the notebooks in docs/notebooks call them one by one.
+pictures, so the notebooks in docs/notebooks call them one by one (notebook.py: the
+config and picture folder they share).
 """
