@@ -182,6 +182,9 @@ def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: i
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                  JAX_PROCESS_ID=str(i))
+      # Only process 0 finds its programs in the shared compile cache: the others would
+      # compile alone, and gloo gives a late process 30 s to join the first collective.
+      env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     program = [str(WORKER), str(sigterm_after)] if sigterm_after else ["main.py"]
     procs.append(subprocess.Popen(
         [sys.executable, *program, "--config", "configs/tiny.py", "--workdir", str(workdir),
