@@ -78,7 +78,7 @@ def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tmp_path):
 
 def test_missing_pretrained_weights_name_the_converter(tmp_path):
   result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path / "run"),
-                    "--config.data.root=/data",
+                    f"--config.data.root={tmp_path}",  # Exists: the weights are what is missing.
                     f"--config.init.checkpoint={tmp_path}/weights/d2_r101")
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]

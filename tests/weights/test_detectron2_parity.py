@@ -143,7 +143,7 @@ def test_detections_and_masks(outputs):
 def test_msra_imagenet_backbone(tmp_path):
   """R-50.pkl (Caffe2 blobs, folded BN) through the converter = detectron2's ResNet."""
   from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
-  from maskrcnn_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(os.path.dirname(GOLDEN), "detectron2_msra_r50.npz")
   with np.load(path, allow_pickle=False) as data:
