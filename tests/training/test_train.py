@@ -114,17 +114,24 @@ def test_each_step_is_evaluated_once(data_root, tmp_path, monkeypatch):
   config = tiny.get_config()
   config.data.root = str(data_root / "data")
   config.train.eval_every_steps = 2  # The stages end at steps 2 and 4.
-  evaluated, val_losses = [], []
+  evaluated, val_losses, made = [], [], []
+
+  class Evaluation:  # Made once per run (the predict step compiles once), called per step.
+    def __init__(self, *args):
+      made.append(args)
+
+    def __call__(self, variables, workdir, step, **kwargs):
+      evaluated.append(step)
+      return {"segm/AP": float(step)}
+
   monkeypatch.setattr(run_eval, "validation_loss",
                       lambda *args, **kwargs: val_losses.append(1) or {"total_loss": 1.0})
-  monkeypatch.setattr(run_eval, "evaluate",
-                      lambda config, model, variables, mesh, workdir, step, **kwargs:
-                      evaluated.append(step) or {"segm/AP": float(step)})
+  monkeypatch.setattr(run_eval, "Evaluation", Evaluation)
   result = train.train_and_evaluate(config, str(tmp_path), evaluate=True)
-  assert evaluated == [2, 4] and len(val_losses) == 2
+  assert evaluated == [2, 4] and len(val_losses) == 2 and len(made) == 1
   assert result["metrics"]["segm/AP"] == 4.0
   again = train.train_and_evaluate(config, str(tmp_path), evaluate=True)  # Trained: eval only.
-  assert evaluated == [2, 4, 4] and again["metrics"]["segm/AP"] == 4.0
+  assert evaluated == [2, 4, 4] and again["metrics"]["segm/AP"] == 4.0 and len(made) == 2
 
 
 def painted_batch(n: int, config) -> dict[str, np.ndarray]:
