@@ -15,12 +15,12 @@ detections:
 """
 
 import json
-import os
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -60,9 +60,9 @@ def fake_ground_truth(path: str, num_images: int, height: int, width: int, class
                        segmentation=rle, area=float((label == coco_id).sum()),
                        bbox=[0, 0, width, height], iscrowd=0))
   images = [dict(id=i, height=height, width=width) for i in range(1, num_images + 1)]
-  with open(path, "w") as f:
-    json.dump(dict(images=images, annotations=anns,
-                   categories=categories.coco_json_categories(class_set.coco_ids)), f)
+  epath.Path(path).write_text(json.dumps(dict(
+      images=images, annotations=anns,
+      categories=categories.coco_json_categories(class_set.coco_ids))))
 
 
 def blob_masks(rng, shape: tuple[int, ...], m: int = 28) -> np.ndarray:
@@ -110,8 +110,8 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   """Times both paths on the same detections; returns seconds (keys in the module doc)."""
   rng = np.random.default_rng(0)
   class_set = categories.get_class_set(class_set_name)
-  os.makedirs(out_dir, exist_ok=True)
-  gt_path = os.path.join(out_dir, "gt.json")
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  gt_path = str(epath.Path(out_dir) / "gt.json")
   fake_ground_truth(gt_path, num_images, height, width, class_set, rng)
   # A few distinct batches of detections, repeated with new image ids: the device pastes
   # each distinct one once (its output depends on the detections only).
@@ -164,7 +164,7 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   for backend in coco_eval.BACKENDS:
     ev.coco_backend = backend
     after, times[f"result/{backend}"] = _timed(ev.result)
-  times["write"] = _timed(ev.write, os.path.join(out_dir, "eval"))[1]
+  times["write"] = _timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
   for k, v in before.items():  # The same numbers (up to a pixel at mask boundaries).
     if not np.isclose(v, after[k], atol=1e-3, equal_nan=True):
       logging.warning("%s: %.6f before, %.6f after", k, v, after[k])
