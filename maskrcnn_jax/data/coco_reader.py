@@ -267,6 +267,18 @@ def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
   }, counts, warnings
 
 
+def _well_formed(entries, fields, path, what: str, counts) -> Iterator[dict]:
+  """The entries `_malformed` finds nothing wrong with; the others logged and counted."""
+  for i, entry in enumerate(entries):
+    problem = _malformed(entry, fields)
+    if problem:
+      ident = entry.get("id", f"#{i}") if isinstance(entry, dict) else f"#{i}"
+      logging.warning("%s: %s %s %s: skipped", path, what, ident, problem)
+      counts["malformed_entry"] += 1
+      continue
+    yield entry
+
+
 def _index(root: epath.Path, split: str, class_set, counts, partial):
   """(images by id, [(file name, annotation)] by image id) of the split's JSON files."""
   images, anns_by_image, ids_by_file = {}, collections.defaultdict(list), {}
@@ -274,23 +286,11 @@ def _index(root: epath.Path, split: str, class_set, counts, partial):
     path = annotation_path(root, split, kind)
     data = _load_json(path)
     known = set()
-    for i, image in enumerate(data["images"]):
-      problem = _malformed(image, _IMAGE_FIELDS)
-      if problem:
-        ident = image.get("id", f"#{i}") if isinstance(image, dict) else f"#{i}"
-        logging.warning("%s: image entry %s %s: skipped", path, ident, problem)
-        counts["malformed_entry"] += 1
-        continue
+    for image in _well_formed(data["images"], _IMAGE_FIELDS, path, "image entry", counts):
       images.setdefault(image["id"], image)
       known.add(image["id"])
     ids_by_file[path.name] = known
-    for i, ann in enumerate(data["annotations"]):
-      problem = _malformed(ann, _ANNOTATION_FIELDS)
-      if problem:
-        ident = ann.get("id", f"#{i}") if isinstance(ann, dict) else f"#{i}"
-        logging.warning("%s: annotation %s %s: skipped", path, ident, problem)
-        counts["malformed_entry"] += 1
-        continue
+    for ann in _well_formed(data["annotations"], _ANNOTATION_FIELDS, path, "annotation", counts):
       if ann["image_id"] not in known:
         counts["orphan_annotation"] += 1
         continue
