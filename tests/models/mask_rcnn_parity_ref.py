@@ -21,7 +21,8 @@ from torchvision.models.detection import mask_rcnn
 from torchvision.ops import misc
 
 
-def build(s, num_classes, mean, std, sizes):
+def build(s, num_classes, mean, std, sizes, **kwargs):
+  """The seeded model in eval mode; `kwargs` go to MaskRCNN (e.g. training settings)."""
   torch.manual_seed(0)
   backbone = backbone_utils.resnet_fpn_backbone(
       backbone_name="resnet18", weights=None, norm_layer=misc.FrozenBatchNorm2d,
@@ -36,7 +37,7 @@ def build(s, num_classes, mean, std, sizes):
       box_predictor=faster_rcnn.FastRCNNPredictor(64, num_classes),
       box_detections_per_img=20,
       mask_head=mask_rcnn.MaskRCNNHeads(channels, (32, 32), 1),
-      mask_predictor=mask_rcnn.MaskRCNNPredictor(32, 32, num_classes))
+      mask_predictor=mask_rcnn.MaskRCNNPredictor(32, 32, num_classes), **kwargs)
   gen = torch.Generator().manual_seed(1)
   with torch.no_grad():
     for name, buf in model.named_buffers():

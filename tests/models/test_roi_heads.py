@@ -162,6 +162,8 @@ def test_losses_by_value():
                          features, proposal, image_hw, gt, train=True)
   bbox_pred = variables["params"]["box_head"]["bbox_pred"]
   bbox_pred["kernel"] = bbox_pred["kernel"] * 300  # Deltas of O(1) that differ by class.
+  mask_pred = variables["params"]["mask_head"]["mask_logits"]
+  mask_pred["kernel"] = mask_pred["kernel"] * 10  # Likewise the mask logits.
   out = heads.apply(variables, features, proposal, image_hw, gt, train=True,
                     rngs={"sampling": jax.random.key(2)})
 
@@ -181,7 +183,7 @@ def test_losses_by_value():
   logits, deltas = np.asarray(logits, np.float64), np.asarray(deltas, np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   class_loss = -np.mean([log_probs[b, r, labels[b][r]] for b in range(2) for r in range(5)])
-  box_sum, other_sum, mask_bce = 0.0, 0.0, []
+  box_sum, other_sum, mask_bce, other_bce = 0.0, 0.0, [], []
   smooth_l1 = lambda d: np.where(np.abs(d) < 1 / 9, 4.5 * d**2, np.abs(d) - 0.5 / 9).sum()
   for b in range(2):
     pos = np.flatnonzero(labels[b])
@@ -191,13 +193,16 @@ def test_losses_by_value():
     mask_logits = heads.apply(variables, features, jnp.asarray(cands[b:b + 1, pos]),
                               method=lambda m, f, r: m.mask_head(m._pool(
                                   [x[b:b + 1] for x in f], r, 14)))[0]
-    x = np.asarray(mask_logits, np.float64)[np.arange(len(pos)), ..., labels[b][pos]]
     y = np.asarray(roi_heads.mask_targets(gt["masks"][b][matched[b][pos]],
                                           gt["boxes"][b][matched[b][pos]],
                                           jnp.asarray(cands[b][pos])))
-    mask_bce.append(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
+    for bce, channel in ((mask_bce, labels[b][pos]), (other_bce, labels[b][pos] % 3 + 1)):
+      x = np.asarray(mask_logits, np.float64)[np.arange(len(pos)), ..., channel]
+      bce.append(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
   np.testing.assert_allclose(out["rcnn_class_loss"], class_loss, rtol=1e-5)
   np.testing.assert_allclose(out["rcnn_box_loss"], box_sum / 10, rtol=1e-5)
   assert abs(other_sum - box_sum) > 0.05 * box_sum  # Another class's deltas would show.
-  np.testing.assert_allclose(out["mask_loss"], np.concatenate(mask_bce).mean(), rtol=1e-5)
+  mask_loss = np.concatenate(mask_bce).mean()  # Over the positives' pixels only.
+  np.testing.assert_allclose(out["mask_loss"], mask_loss, rtol=1e-5)
+  assert abs(np.concatenate(other_bce).mean() - mask_loss) > 0.05 * mask_loss  # The GT class's.
   np.testing.assert_allclose([out["num_fg_rois"], out["num_bg_rois"]], [2.5, 2.5])
