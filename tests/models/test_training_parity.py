@@ -2,21 +2,23 @@
 
 parity_model's ResNet-18 FPN Mask R-CNN at 128 px, training mode, with the converted
 random weights of training_parity_ref.py (torchvision, its own process), on its batch: a
-square and a landscape image padded to 128 x 128, 3 and 2 GT instances (the second image
-has a padded GT slot). Sampling keeps every candidate on both sides: the RPN samples all
-anchors, the RoI heads all proposals plus GT, positive fraction 1; the losses are means,
-so the order of the samples does not matter.
+square and a landscape image padded to 128 x 128 with 3 and 2 GT instances (the second
+image has a padded GT slot). Sampling keeps every candidate on both sides: the RPN samples
+all anchors, the RoI heads all proposals plus GT, positive fraction 1; the losses are
+means, so the order of the samples does not matter.
 
 Fed to both sides alike, so that only the losses' definitions and normalisation are
-compared: the RoI heads get torchvision's proposals (its RPN's and shifted GT boxes;
-NMS ties cannot differ), and our mask targets are torchvision's project_masks_on_boxes
-output for the same RoI (`roi_heads.mask_targets` is replaced by a look-up; ours crop
-the box-cropped GT masks by design, tests/models/test_roi_heads.py checks them). The RPN
-losses come from the model's own features and anchors.
+compared: the RoI heads get torchvision's proposals (its RPN's, then the GT boxes shifted
+by a few pixels), so NMS ties cannot differ; and our mask targets are torchvision's
+project_masks_on_boxes output for the same RoI (`roi_heads.mask_targets` is replaced by a
+look-up: ours sample the box-cropped GT masks, torchvision's the full-image ones, by
+design; tests/models/test_roi_heads.py checks ours). The RPN losses come from the model's
+own features and anchors.
 
-Compared: the five losses (relative 1e-4), the sampled counts, and the gradient of their
-sum (training.train.total_loss) for every parameter torchvision trains (ResNet stages 3-5,
-FPN, RPN head, box head, mask head; the stem and stage 2 are frozen on both sides).
+Compared: the five losses (within 1e-4 relative; measured 1e-6), the sampled counts, and
+the gradient of their sum (training.train.total_loss) for every parameter torchvision
+trains: ResNet stages 3-5, FPN, RPN head, box head, mask head (within 1e-3 of the tensor's
+largest |gradient|; measured 4e-5), the stem and stage 2 frozen on both sides.
 """
 
 from unittest import mock
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.parity
 
 REF = "tests/models/training_parity_ref.py"
 S = parity_model.S
+BATCH = 2  # Images (training_parity_ref.GT).
 HEIGHT = 96  # Of the second image: landscape.
 M = 3  # GT slots per image.
 MASK_SIZE = 28  # Of our box-cropped GT masks.
@@ -77,7 +80,7 @@ def _fed_mask_targets(ref):
 
   def mask_targets(gt_masks, gt_boxes, rois):
     del gt_masks, gt_boxes
-    row_image = jnp.arange(rois.shape[0]) // (rois.shape[0] // 2)
+    row_image = jnp.arange(rois.shape[0]) // (rois.shape[0] // BATCH)
     same = (rois[:, None] == boxes[None]).all(-1) & (row_image[:, None] == image[None])
     return jnp.where(same.any(1)[:, None, None], targets[jnp.argmax(same, 1)], 0.0)
 
@@ -97,13 +100,15 @@ def reference(torch_reference):
 def outputs(reference):
   """(our losses and statistics, our gradients as a flat {path: array})."""
   model = _model()
-  x = np.zeros((2, S, S, 3), np.float32)
-  image_hw = np.zeros((2, 2), np.float32)
-  gt = {"boxes": np.zeros((2, M, 4), np.float32), "classes": np.zeros((2, M), np.int32),
-        "masks": np.zeros((2, M, MASK_SIZE, MASK_SIZE), np.uint8),
-        "valid": np.zeros((2, M), bool)}
-  proposals = {"boxes": np.zeros((2, P, 4), np.float32), "valid": np.zeros((2, P), bool)}
-  for i in range(2):
+  x = np.zeros((BATCH, S, S, 3), np.float32)
+  image_hw = np.zeros((BATCH, 2), np.float32)
+  gt = {"boxes": np.zeros((BATCH, M, 4), np.float32),
+        "classes": np.zeros((BATCH, M), np.int32),
+        "masks": np.zeros((BATCH, M, MASK_SIZE, MASK_SIZE), np.uint8),
+        "valid": np.zeros((BATCH, M), bool)}
+  proposals = {"boxes": np.zeros((BATCH, P, 4), np.float32),
+               "valid": np.zeros((BATCH, P), bool)}
+  for i in range(BATCH):
     image, boxes = reference[f"image/{i}"], reference[f"boxes/{i}"]
     h, w = image.shape[:2]
     x[i, :h, :w] = (image - np.array(model.pixel_mean)) / np.array(model.pixel_std)
@@ -131,10 +136,10 @@ def test_every_candidate_is_sampled(reference, outputs):
   out, _ = outputs
   np.testing.assert_allclose([out["num_rpn_fg"], out["num_rpn_bg"]],
                              [reference["rpn_fg"].mean(), reference["rpn_bg"].mean()])
-  num_fg = len(reference["mask_rois"]) / 2
-  candidates = sum(len(reference[f"proposals/{i}"]) + len(reference[f"boxes/{i}"])
-                   for i in range(2)) / 2
-  assert num_fg >= 4  # Shifted GT boxes are positives besides the GT.
+  num_fg = len(reference["mask_rois"]) / BATCH
+  num_gt = sum(len(reference[f"boxes/{i}"]) for i in range(BATCH)) / BATCH
+  candidates = sum(len(reference[f"proposals/{i}"]) for i in range(BATCH)) / BATCH + num_gt
+  assert num_fg > num_gt  # Positives besides the GT boxes (the shifted ones).
   np.testing.assert_allclose([out["num_fg_rois"], out["num_bg_rois"]],
                              [num_fg, candidates - num_fg])
 
