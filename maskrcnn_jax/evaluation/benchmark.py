@@ -1,7 +1,7 @@
-"""Evaluation speed with fake detections: host pasting (before) against device pasting.
+"""Evaluation speed: the host's share with fake detections, and a whole `--mode=eval`.
 
   python -m maskrcnn_jax.evaluation.benchmark --num_images=100 --height=480 --width=640 \
-      --detections=100 --out_dir=/tmp/eval_bench
+      --detections=100 --out_dir=/tmp/eval_bench [--eval_images=16 --config=configs/demo.py]
 
 Writes a stuff JSON of random rectangular regions and batches of random detections
 (random boxes, smooth 28 × 28 mask probabilities, scores, classes), then times, on the same
@@ -11,7 +11,15 @@ detections:
   after   `masks.paste_batch_device` jitted (`device`: on this machine's jax backend) and
           `Evaluator.add` of its output: per image `rle` (transitions → RLE) and the rest;
   and `result` (COCOeval with each backend) and `write`. Logs seconds per image, the
-  after/before ratios and images/s of a whole evaluation (model forward excluded).
+  after/before ratios and images/s of the host's work (model forward excluded).
+
+With `--eval_images=N`, also a whole `--mode=eval` (`run_eval.Evaluation`: data pipeline,
+jitted model forward, pasting, metrics, files) of `--config` (`--config.key=value`
+overrides) with random weights on N synthetic images of height × width, on this machine's
+jax backend: test-time score threshold 0 and `--detections` detections per image, so that
+every image has that many valid detections. It evaluates twice (the first compiles) and
+times the second: images/s of the whole, the host's `Evaluator.add` and `write`, and the
+predict step alone on the same batches.
 """
 
 import json
@@ -22,14 +30,25 @@ from absl import flags
 from absl import logging
 from etils import epath
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
 import numpy as np
 
+from ml_collections import config_flags
+
+from maskrcnn_jax import models
+from maskrcnn_jax import validation
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import synthetic
 from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import masks as masks_lib
+from maskrcnn_jax.evaluation import run_eval
+from maskrcnn_jax.training import train
 
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Evaluated images.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 100,
+                                   "Images of the host share with fake detections; 0: none.")
 _HEIGHT = flags.DEFINE_integer("height", 480, "Original image height.")
 _WIDTH = flags.DEFINE_integer("width", 640, "Original image width.")
 _SCALE = flags.DEFINE_float("scale", 1.6, "Padded-image pixels per original pixel.")
@@ -38,6 +57,9 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Images per batch.")
 _PICTURES = flags.DEFINE_integer("num_pictures", 0, "Images drawn by write().")
 _CLASS_SET = flags.DEFINE_string("class_set", "stuff", "Class set.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "/tmp/eval_bench", "Where files are written.")
+_EVAL_IMAGES = flags.DEFINE_integer("eval_images", 0, "Images of a whole --mode=eval; 0: none.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py",
+                                          "Config of the whole --mode=eval.", lock_config=True)
 
 
 DISTINCT_BATCHES = 3
@@ -171,6 +193,91 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   return times
 
 
+def _timing(times: dict[str, float], key: str, fn, *, block: bool = False):
+  """`fn` adding its wall seconds to `times[key]` (after the result is ready with `block`)."""
+  def timed(*args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if block:
+      jax.block_until_ready(out)
+    times[key] = times.get(key, 0.0) + time.perf_counter() - t
+    return out
+  return timed
+
+
+def whole_eval(config: ml_collections.ConfigDict, out_dir: str, *, num_images: int,
+               height: int, width: int, num_detections: int, batch_size: int,
+               scale: float = 1.6) -> dict[str, float]:
+  """Times `run_eval.Evaluation` of `config` with random weights; wall seconds.
+
+  The data: `num_images` synthetic height × width images (written to OUT_DIR once), input
+  side max(height, width) · scale. Test-time score threshold 0 and `num_detections`
+  detections per image. After a first evaluation of one batch (compiling), evaluates twice
+  as `--mode=eval` does (a new `Evaluation`: the ground truth decoded as it is used, the
+  compiled predict step): `whole`, where the host scores a batch while the device predicts
+  the next; and with every predict step waited for, timed in parts (`serial/predict`,
+  `serial/add`, `serial/write`; `serial/whole`).
+
+  Returns:
+    `compile` (the first evaluation), `whole`, the `serial/*` parts and `detections` (COCO
+    results per image).
+  """
+  side = round(max(height, width) * scale / 64) * 64
+  root = epath.Path(out_dir) / f"data_{height}x{width}_{num_images}"
+  config = config.copy_and_resolve_references()
+  config.data.root = str(root)
+  config.data.tfds_data_dir = ""
+  config.data.synthetic.enabled = False  # Written here at height × width.
+  config.data.image_size = side
+  config.data.eval_batch_size = batch_size
+  config.model.roi_heads.score_threshold = 0.0
+  config.model.roi_heads.detections_per_image = num_detections
+  config.eval.num_images = num_images
+  validation.validate(config)
+  if not (root / "annotations").exists():
+    synthetic.write_synthetic(root, num_train=1, num_val=num_images, image_size=(height, width),
+                              seed=config.data.synthetic.seed)
+  pipeline.prepare(config.data)
+  class_set = categories.get_class_set(config.data.class_set)
+  model = models.build(config.model, num_classes=class_set.num_classes + 1)
+  mesh = train.make_mesh()
+  variables = train.init_variables(model, config.data, jax.random.key(config.seed),
+                                   NamedSharding(mesh, P()))
+  workdir = str(epath.Path(out_dir) / "eval_run")
+  times = {}
+  # Compiling on one batch; then each evaluation is new, as a `--mode=eval` (ground truth
+  # not yet decoded), with the compiled predict step.
+  warm_config = config.copy_and_resolve_references()
+  warm_config.eval.num_images = batch_size
+  warm = run_eval.Evaluation(warm_config, model, mesh)
+  _timing(times, "compile", warm)(variables, workdir, 0)
+  evaluation = run_eval.Evaluation(config, model, mesh)
+  evaluation.predict = warm.predict
+  _timing(times, "whole", evaluation)(variables, workdir, 1)
+  evaluation = run_eval.Evaluation(config, model, mesh)
+  ev = evaluation.evaluator
+  ev.add, ev.write = _timing(times, "serial/add", ev.add), _timing(times, "serial/write", ev.write)
+  evaluation.predict = _timing(times, "serial/predict", warm.predict, block=True)
+  _timing(times, "serial/whole", evaluation)(variables, workdir, 2)
+  results = json.loads((epath.Path(workdir) / "eval" / "2" / "coco_results.json").read_text())
+  times["detections"] = len(results) / num_images
+  return times
+
+
+def eval_summary(times: dict[str, float], num_images: int) -> str:
+  """Images/s of the whole evaluation and of its parts."""
+  per_s = lambda k: num_images / times[k]
+  other = times["serial/whole"] - sum(times[f"serial/{k}"] for k in ("predict", "add", "write"))
+  return "\n".join([
+      f"whole --mode=eval on {jax.default_backend()} ({times['detections']:.1f} detections "
+      f"per image): {per_s('whole'):.2f} images/s (compiling, on one batch: "
+      f"{times['compile']:.1f} s)",
+      f"waiting for each predict step: {per_s('serial/whole'):.2f} images/s; s/image: "
+      f"predict step {times['serial/predict'] / num_images:.3f}, host Evaluator.add "
+      f"{times['serial/add'] / num_images:.3f}, write {times['serial/write'] / num_images:.3f}, "
+      f"data and the rest {other / num_images:.3f}"])
+
+
 def summary(times: dict[str, float], num_images: int) -> str:
   """A before/after table in ms per image, ratios and images/s of the host's work."""
   ms = {k: v / num_images * 1e3 for k, v in times.items()}
@@ -202,12 +309,21 @@ def summary(times: dict[str, float], num_images: int) -> str:
 
 def main(argv):
   del argv
-  times = run(_NUM_IMAGES.value, _HEIGHT.value, _WIDTH.value, _DETECTIONS.value,
-              _BATCH.value, _CLASS_SET.value, _OUT_DIR.value, scale=_SCALE.value,
-              num_pictures=_PICTURES.value)
-  print(f"Evaluation of {_NUM_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}, "
-        f"{_DETECTIONS.value} detections):\n{summary(times, _NUM_IMAGES.value)}")
-  print(json.dumps(times))
+  if _NUM_IMAGES.value:
+    times = run(_NUM_IMAGES.value, _HEIGHT.value, _WIDTH.value, _DETECTIONS.value,
+                _BATCH.value, _CLASS_SET.value, _OUT_DIR.value, scale=_SCALE.value,
+                num_pictures=_PICTURES.value)
+    print(f"Evaluation of {_NUM_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}, "
+          f"{_DETECTIONS.value} detections):\n{summary(times, _NUM_IMAGES.value)}")
+    print(json.dumps(times))
+  if _EVAL_IMAGES.value:
+    times = whole_eval(_CONFIG.value, _OUT_DIR.value, num_images=_EVAL_IMAGES.value,
+                       height=_HEIGHT.value, width=_WIDTH.value,
+                       num_detections=_DETECTIONS.value, batch_size=_BATCH.value,
+                       scale=_SCALE.value)
+    print(f"Whole evaluation of {_EVAL_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}):\n"
+          f"{eval_summary(times, _EVAL_IMAGES.value)}")
+    print(json.dumps(times))
 
 
 if __name__ == "__main__":
