@@ -10,16 +10,18 @@ detections:
           rest (`metrics`: painting, confusion, per-image precision/recall);
   after   `masks.paste_batch_device` jitted (`device`: on this machine's jax backend) and
           `Evaluator.add` of its output: per image `rle` (transitions → RLE) and the rest;
-  and `result` (COCOeval with each backend) and `write`. Logs seconds per image, the
-  after/before ratios and images/s of the host's work (model forward excluded).
+  and `result` (COCOeval with each backend) and `write` (files; the pictures apart: they
+  cost the same for any number of images). Logs milliseconds per image, the after/before
+  ratio and images/s of the host's work (model forward excluded), for N and for 5,000
+  images.
 
 With `--eval_images=N`, also a whole `--mode=eval` (`run_eval.Evaluation`: data pipeline,
 jitted model forward, pasting, metrics, files) of `--config` (`--config.key=value`
 overrides) with random weights on N synthetic images of height × width, on this machine's
 jax backend: test-time score threshold 0 and `--detections` detections per image, so that
-every image has that many valid detections. It evaluates twice (the first compiles) and
-times the second: images/s of the whole, the host's `Evaluator.add` and `write`, and the
-predict step alone on the same batches.
+every image has that many valid detections. Logs images/s of the whole evaluation, and of
+one that waits for each predict step, in parts: the predict step, the host's
+`Evaluator.add` and `write`, and the rest (data input) (`whole_eval`).
 """
 
 import json
@@ -63,6 +65,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py",
 
 
 DISTINCT_BATCHES = 3
+FULL_SCALE = 5000  # COCO-Stuff's validation images.
 
 
 def fake_ground_truth(path: str, num_images: int, height: int, width: int, class_set,
@@ -186,6 +189,7 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   for backend in coco_eval.BACKENDS:
     ev.coco_backend = backend
     after, times[f"result/{backend}"] = _timed(ev.result)
+  times["pictures"] = _timed(ev.pictures)[1]  # Once per evaluation, whatever its size.
   times["write"] = _timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
   for k, v in before.items():  # The same numbers (up to a pixel at mask boundaries).
     if not np.isclose(v, after[k], atol=1e-3, equal_nan=True):
@@ -278,29 +282,39 @@ def eval_summary(times: dict[str, float], num_images: int) -> str:
       f"data and the rest {other / num_images:.3f}"])
 
 
-def summary(times: dict[str, float], num_images: int) -> str:
-  """A before/after table in ms per image, ratios and images/s of the host's work."""
+def summary(times: dict[str, float], num_images: int, full: int = FULL_SCALE) -> str:
+  """A before/after table in ms per image, ratios and images/s of the host's work.
+
+  The pictures (confusion matrices, counts: `Evaluator.pictures`) cost the same for any
+  number of images: images/s are given for `num_images` and for `full` images.
+  """
   ms = {k: v / num_images * 1e3 for k, v in times.items()}
   rest_before = ms["before/add"] - ms["before/paste"] - ms["before/encode"]
   rest_after = ms["after/add"] - ms["after/rle"]
+  files = ms["write"] - ms["pictures"]
   rows = [  # (part, before, after)
       ("paste", ms["before/paste"], 0.0),
       ("encode (RLE)", ms["before/encode"], ms["after/rle"]),
       ("metrics: GT label maps", ms["gt"], 0.0),
       ("metrics: painting, confusion, P/R", rest_before, rest_after),
       ("metrics: COCOeval pycocotools", ms["result/pycocotools"], ms["result/pycocotools"]),
-      ("write", ms["write"], ms["write"]),
+      ("write: files", files, files),
   ]
   before = sum(r[1] for r in rows)
   after = sum(r[2] for r in rows)
   faster = after - ms["result/pycocotools"] + ms["result/faster_coco_eval"]
+  per_s = lambda per_image, n: n / (n * per_image + times["pictures"] * 1e3) * 1e3
   lines = [f"{'host CPU ms/image':36s} {'before':>9s} {'after':>9s}"]
   lines += [f"{name:36s} {b:9.2f} {a:9.2f}" for name, b, a in rows]
+  lines += [f"{'total':36s} {before:9.2f} {after:9.2f}",
+            f"{'total, COCOeval faster_coco_eval':36s} {'':9s} {faster:9.2f}",
+            f"write: pictures, once per evaluation: {times['pictures']:.2f} s"]
+  for n in (num_images, full):
+    lines.append(f"host images/s, {n} images: before {per_s(before, n):.1f}, after "
+                 f"{per_s(after, n):.1f} (pycocotools), {per_s(faster, n):.1f} "
+                 f"(faster_coco_eval)")
   lines += [
-      f"{'total':36s} {before:9.2f} {after:9.2f}",
-      f"{'total, COCOeval faster_coco_eval':36s} {'':9s} {faster:9.2f}",
-      f"host images/s: before {1e3 / before:.1f}, after {1e3 / after:.1f} (pycocotools), "
-      f"{1e3 / faster:.1f} (faster_coco_eval); after/before {after / before:.3f}",
+      f"after/before (per image) {after / before:.3f}",
       f"device pasting on {jax.default_backend()}: {ms['device']:.1f} ms/image (wall)",
       "after: GT label maps decoded in an earlier evaluation of the run; model forward "
       "not included"]
