@@ -10,10 +10,10 @@ detections:
           rest (`metrics`: painting, confusion, per-image precision/recall);
   after   `masks.paste_batch_device` jitted (`device`: on this machine's jax backend) and
           `Evaluator.add` of its output: per image `rle` (transitions → RLE) and the rest;
-  and `result` (COCOeval with each backend) and `write` (files; the pictures apart: they
-  cost the same for any number of images). Logs milliseconds per image, the after/before
-  ratio and images/s of the host's work (model forward excluded), for N and for 5,000
-  images.
+  and `result` (COCOeval with each backend) and `write` (also of the first batch alone:
+  the pictures and tables that do not grow with N apart from the rest). Logs milliseconds
+  per image, the after/before ratio and images/s of the host's work (model forward
+  excluded), for N and for 5,000 images.
 
 With `--eval_images=N`, also a whole `--mode=eval` (`run_eval.Evaluation`: data pipeline,
 jitted model forward, pasting, metrics, files) of `--config` (`--config.key=value`
@@ -189,8 +189,13 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   for backend in coco_eval.BACKENDS:
     ev.coco_backend = backend
     after, times[f"result/{backend}"] = _timed(ev.result)
-  times["pictures"] = _timed(ev.pictures)[1]  # Once per evaluation, whatever its size.
   times["write"] = _timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
+  # The same files of the first batch alone: what does not grow with the images (the
+  # pictures, the tables of classes) apart from what does.
+  ev.reset()
+  ev.add(batches[0][0], pasted[0])
+  times["write/first_batch"] = _timed(ev.write, str(epath.Path(out_dir) / "eval_first"))[1]
+  times["write/first_batch_images"] = ev.num_images
   for k, v in before.items():  # The same numbers (up to a pixel at mask boundaries).
     if not np.isclose(v, after[k], atol=1e-3, equal_nan=True):
       logging.warning("%s: %.6f before, %.6f after", k, v, after[k])
@@ -285,33 +290,36 @@ def eval_summary(times: dict[str, float], num_images: int) -> str:
 def summary(times: dict[str, float], num_images: int, full: int = FULL_SCALE) -> str:
   """A before/after table in ms per image, ratios and images/s of the host's work.
 
-  The pictures (confusion matrices, counts: `Evaluator.pictures`) cost the same for any
-  number of images: images/s are given for `num_images` and for `full` images.
+  `write` is split by its time on the first batch alone: a part per evaluation (the
+  pictures, the tables of classes) and a part per image. Images/s are given for
+  `num_images` and for `full` images.
   """
   ms = {k: v / num_images * 1e3 for k, v in times.items()}
   rest_before = ms["before/add"] - ms["before/paste"] - ms["before/encode"]
   rest_after = ms["after/add"] - ms["after/rle"]
-  files = ms["write"] - ms["pictures"]
+  n = times["write/first_batch_images"]
+  files = max(times["write"] - times["write/first_batch"], 0.0) / max(num_images - n, 1) * 1e3
+  fixed = times["write"] - files * num_images / 1e3  # Seconds per evaluation.
   rows = [  # (part, before, after)
       ("paste", ms["before/paste"], 0.0),
       ("encode (RLE)", ms["before/encode"], ms["after/rle"]),
       ("metrics: GT label maps", ms["gt"], 0.0),
       ("metrics: painting, confusion, P/R", rest_before, rest_after),
       ("metrics: COCOeval pycocotools", ms["result/pycocotools"], ms["result/pycocotools"]),
-      ("write: files", files, files),
+      ("write: results, per-image tables", files, files),
   ]
   before = sum(r[1] for r in rows)
   after = sum(r[2] for r in rows)
   faster = after - ms["result/pycocotools"] + ms["result/faster_coco_eval"]
-  per_s = lambda per_image, n: n / (n * per_image + times["pictures"] * 1e3) * 1e3
+  per_s = lambda per_image, count: count / (count * per_image + fixed * 1e3) * 1e3
   lines = [f"{'host CPU ms/image':36s} {'before':>9s} {'after':>9s}"]
   lines += [f"{name:36s} {b:9.2f} {a:9.2f}" for name, b, a in rows]
   lines += [f"{'total':36s} {before:9.2f} {after:9.2f}",
             f"{'total, COCOeval faster_coco_eval':36s} {'':9s} {faster:9.2f}",
-            f"write: pictures, once per evaluation: {times['pictures']:.2f} s"]
-  for n in (num_images, full):
-    lines.append(f"host images/s, {n} images: before {per_s(before, n):.1f}, after "
-                 f"{per_s(after, n):.1f} (pycocotools), {per_s(faster, n):.1f} "
+            f"write: pictures and tables, once per evaluation: {fixed:.2f} s"]
+  for count in (num_images, full):
+    lines.append(f"host images/s, {count} images: before {per_s(before, count):.1f}, after "
+                 f"{per_s(after, count):.1f} (pycocotools), {per_s(faster, count):.1f} "
                  f"(faster_coco_eval)")
   lines += [
       f"after/before (per image) {after / before:.3f}",

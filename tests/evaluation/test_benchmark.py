@@ -8,7 +8,9 @@ def test_benchmark_runs_on_a_few_images(tmp_path):
   times = benchmark.run(num_images=5, height=30, width=40, num_detections=3, batch_size=2,
                         class_set_name="stuff_no_other", out_dir=str(tmp_path))
   assert {"gt", "before/paste", "before/add", "device", "after/add", "after/rle",
-          "result/pycocotools", "result/faster_coco_eval", "pictures", "write"} <= set(times)
+          "result/pycocotools", "result/faster_coco_eval", "write",
+          "write/first_batch"} <= set(times)
+  assert times["write/first_batch_images"] == 2
   assert all(t >= 0 for t in times.values())
   assert os.path.exists(tmp_path / "eval" / "metrics.json")
   assert "host images/s, 5000 images" in benchmark.summary(times, 5)
