@@ -10,8 +10,8 @@ detections:
           rest (`metrics`: painting, confusion, per-image precision/recall);
   after   `masks.paste_batch_device` jitted (`device`: on this machine's jax backend) and
           `Evaluator.add` of its output: per image `rle` (transitions → RLE) and the rest;
-  and `result` (COCOeval with each backend) and `write` (also of the first batch alone:
-  the pictures and tables that do not grow with N apart from the rest). Logs milliseconds
+  and `result` (COCOeval with each backend) and `write` (the COCO results JSON, which grows
+  with N, apart from the pictures and tables, which do not). Logs milliseconds
   per image, the after/before ratio and images/s of the host's work (model forward
   excluded), for N and for 5,000 images.
 
@@ -181,21 +181,23 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   pasted = [pasted[j % DISTINCT_BATCHES] for j in range(len(batches))]
   ev.reset()
   times["after/rle"] = times["after/add"] = 0.0
+  results = []
   for (batch, _), dets in zip(batches, pasted):
     for b in np.flatnonzero(batch["image_valid"]):
-      times["after/rle"] += _timed(evaluator_lib.pasted_image_detections, dets, b,
-                                   batch["image_info"][b])[1]
+      image_dets, t = _timed(evaluator_lib.pasted_image_detections, dets, b,
+                             batch["image_info"][b])
+      times["after/rle"] += t
+      results += evaluator_lib.detections_to_coco(int(batch["image_id"][b]), image_dets,
+                                                  class_set)
     times["after/add"] += _timed(ev.add, batch, dets)[1]
   for backend in coco_eval.BACKENDS:
     ev.coco_backend = backend
     after, times[f"result/{backend}"] = _timed(ev.result)
   times["write"] = _timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
-  # The same files of the first batch alone: what does not grow with the images (the
-  # pictures, the tables of classes) apart from what does.
-  ev.reset()
-  ev.add(batches[0][0], pasted[0])
-  times["write/first_batch"] = _timed(ev.write, str(epath.Path(out_dir) / "eval_first"))[1]
-  times["write/first_batch_images"] = ev.num_images
+  # The part of write() that grows with the images: the COCO results (the per-image table
+  # is far smaller); the rest (pictures, tables of classes) is once per evaluation.
+  times["write/results"] = _timed(coco_eval.write_results,
+                                  str(epath.Path(out_dir) / "results.json"), results)[1]
   for k, v in before.items():  # The same numbers (up to a pixel at mask boundaries).
     if not np.isclose(v, after[k], atol=1e-3, equal_nan=True):
       logging.warning("%s: %.6f before, %.6f after", k, v, after[k])
@@ -290,23 +292,20 @@ def eval_summary(times: dict[str, float], num_images: int) -> str:
 def summary(times: dict[str, float], num_images: int, full: int = FULL_SCALE) -> str:
   """A before/after table in ms per image, ratios and images/s of the host's work.
 
-  `write` is split by its time on the first batch alone: a part per evaluation (the
-  pictures, the tables of classes) and a part per image. Images/s are given for
-  `num_images` and for `full` images.
+  Of `write`, the COCO results grow with the images, the rest (pictures, tables of
+  classes) is once per evaluation: images/s are given for `num_images` and `full` images.
   """
   ms = {k: v / num_images * 1e3 for k, v in times.items()}
   rest_before = ms["before/add"] - ms["before/paste"] - ms["before/encode"]
   rest_after = ms["after/add"] - ms["after/rle"]
-  n = times["write/first_batch_images"]
-  files = max(times["write"] - times["write/first_batch"], 0.0) / max(num_images - n, 1) * 1e3
-  fixed = times["write"] - files * num_images / 1e3  # Seconds per evaluation.
+  fixed = times["write"] - times["write/results"]  # Seconds per evaluation.
   rows = [  # (part, before, after)
       ("paste", ms["before/paste"], 0.0),
       ("encode (RLE)", ms["before/encode"], ms["after/rle"]),
       ("metrics: GT label maps", ms["gt"], 0.0),
       ("metrics: painting, confusion, P/R", rest_before, rest_after),
       ("metrics: COCOeval pycocotools", ms["result/pycocotools"], ms["result/pycocotools"]),
-      ("write: results, per-image tables", files, files),
+      ("write: COCO results", ms["write/results"], ms["write/results"]),
   ]
   before = sum(r[1] for r in rows)
   after = sum(r[2] for r in rows)
