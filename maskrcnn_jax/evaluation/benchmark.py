@@ -1,7 +1,7 @@
-"""Evaluation speed with fake detections: host pasting (before) against device pasting.
+"""Evaluation speed: the host's share with fake detections, and a whole `--mode=eval`.
 
   python -m maskrcnn_jax.evaluation.benchmark --num_images=100 --height=480 --width=640 \
-      --detections=100 --out_dir=/tmp/eval_bench
+      --detections=100 --out_dir=/tmp/eval_bench [--eval_images=16 --config=configs/demo.py]
 
 Writes a stuff JSON of random rectangular regions and batches of random detections
 (random boxes, smooth 28 × 28 mask probabilities, scores, classes), then times, on the same
@@ -10,8 +10,18 @@ detections:
           rest (`metrics`: painting, confusion, per-image precision/recall);
   after   `masks.paste_batch_device` jitted (`device`: on this machine's jax backend) and
           `Evaluator.add` of its output: per image `rle` (transitions → RLE) and the rest;
-  and `result` (COCOeval with each backend) and `write`. Logs seconds per image, the
-  after/before ratios and images/s of a whole evaluation (model forward excluded).
+  and `result` (COCOeval with each backend) and `write` (the COCO results JSON, which grows
+  with N, apart from the pictures and tables, which do not). Logs milliseconds
+  per image, the after/before ratio and images/s of the host's work (model forward
+  excluded), for N and for 5,000 images.
+
+With `--eval_images=N`, also a whole `--mode=eval` (`run_eval.Evaluation`: data pipeline,
+jitted model forward, pasting, metrics, files) of `--config` (`--config.key=value`
+overrides) with random weights on N synthetic images of height × width, on this machine's
+jax backend: test-time score threshold 0 and `--detections` detections per image, so that
+every image has that many valid detections. Logs images/s of the whole evaluation, and of
+one that waits for each predict step, in parts: the predict step, the host's
+`Evaluator.add` and `write`, and the rest (data input) (`whole_eval`).
 """
 
 import json
@@ -22,14 +32,25 @@ from absl import flags
 from absl import logging
 from etils import epath
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
 import numpy as np
 
+from ml_collections import config_flags
+
+from maskrcnn_jax import models
+from maskrcnn_jax import validation
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import synthetic
 from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import masks as masks_lib
+from maskrcnn_jax.evaluation import run_eval
+from maskrcnn_jax.training import train
 
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Evaluated images.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 100,
+                                   "Images of the host share with fake detections; 0: none.")
 _HEIGHT = flags.DEFINE_integer("height", 480, "Original image height.")
 _WIDTH = flags.DEFINE_integer("width", 640, "Original image width.")
 _SCALE = flags.DEFINE_float("scale", 1.6, "Padded-image pixels per original pixel.")
@@ -38,9 +59,13 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Images per batch.")
 _PICTURES = flags.DEFINE_integer("num_pictures", 0, "Images drawn by write().")
 _CLASS_SET = flags.DEFINE_string("class_set", "stuff", "Class set.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "/tmp/eval_bench", "Where files are written.")
+_EVAL_IMAGES = flags.DEFINE_integer("eval_images", 0, "Images of a whole --mode=eval; 0: none.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py",
+                                          "Config of the whole --mode=eval.", lock_config=True)
 
 
 DISTINCT_BATCHES = 3
+FULL_SCALE = 5000  # COCO-Stuff's validation images.
 
 
 def fake_ground_truth(path: str, num_images: int, height: int, width: int, class_set,
@@ -156,44 +181,147 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   pasted = [pasted[j % DISTINCT_BATCHES] for j in range(len(batches))]
   ev.reset()
   times["after/rle"] = times["after/add"] = 0.0
+  results = []
   for (batch, _), dets in zip(batches, pasted):
     for b in np.flatnonzero(batch["image_valid"]):
-      times["after/rle"] += _timed(evaluator_lib.pasted_image_detections, dets, b,
-                                   batch["image_info"][b])[1]
+      image_dets, t = _timed(evaluator_lib.pasted_image_detections, dets, b,
+                             batch["image_info"][b])
+      times["after/rle"] += t
+      results += evaluator_lib.detections_to_coco(int(batch["image_id"][b]), image_dets,
+                                                  class_set)
     times["after/add"] += _timed(ev.add, batch, dets)[1]
   for backend in coco_eval.BACKENDS:
     ev.coco_backend = backend
     after, times[f"result/{backend}"] = _timed(ev.result)
   times["write"] = _timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
+  # The part of write() that grows with the images: the COCO results (the per-image table
+  # is far smaller); the rest (pictures, tables of classes) is once per evaluation.
+  times["write/results"] = _timed(coco_eval.write_results,
+                                  str(epath.Path(out_dir) / "results.json"), results)[1]
   for k, v in before.items():  # The same numbers (up to a pixel at mask boundaries).
     if not np.isclose(v, after[k], atol=1e-3, equal_nan=True):
       logging.warning("%s: %.6f before, %.6f after", k, v, after[k])
   return times
 
 
-def summary(times: dict[str, float], num_images: int) -> str:
-  """A before/after table in ms per image, ratios and images/s of the host's work."""
+def _timing(times: dict[str, float], key: str, fn, *, block: bool = False):
+  """`fn` adding its wall seconds to `times[key]` (after the result is ready with `block`)."""
+  def timed(*args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if block:
+      jax.block_until_ready(out)
+    times[key] = times.get(key, 0.0) + time.perf_counter() - t
+    return out
+  return timed
+
+
+def whole_eval(config: ml_collections.ConfigDict, out_dir: str, *, num_images: int,
+               height: int, width: int, num_detections: int, batch_size: int,
+               scale: float = 1.6) -> dict[str, float]:
+  """Times `run_eval.Evaluation` of `config` with random weights; wall seconds.
+
+  The data: `num_images` synthetic height × width images (written to OUT_DIR once), input
+  side max(height, width) · scale. Test-time score threshold 0 and `num_detections`
+  detections per image. After a first evaluation of one batch (compiling), evaluates twice
+  as `--mode=eval` does (a new `Evaluation`: the ground truth decoded as it is used, the
+  compiled predict step): `whole`, where the host scores a batch while the device predicts
+  the next; and with every predict step waited for, timed in parts (`serial/predict`,
+  `serial/add`, `serial/write`; `serial/whole`).
+
+  Returns:
+    `compile` (the first evaluation), `whole`, the `serial/*` parts and `detections` (COCO
+    results per image).
+  """
+  side = round(max(height, width) * scale / 64) * 64
+  root = epath.Path(out_dir) / f"data_{height}x{width}_{num_images}"
+  config = config.copy_and_resolve_references()
+  config.data.root = str(root)
+  config.data.tfds_data_dir = ""
+  config.data.synthetic.enabled = False  # Written here at height × width.
+  config.data.image_size = side
+  config.data.eval_batch_size = batch_size
+  config.model.roi_heads.score_threshold = 0.0
+  config.model.roi_heads.detections_per_image = num_detections
+  config.eval.num_images = num_images
+  validation.validate(config)
+  if not (root / "annotations").exists():
+    synthetic.write_synthetic(root, num_train=1, num_val=num_images, image_size=(height, width),
+                              seed=config.data.synthetic.seed)
+  pipeline.prepare(config.data)
+  class_set = categories.get_class_set(config.data.class_set)
+  model = models.build(config.model, num_classes=class_set.num_classes + 1)
+  mesh = train.make_mesh()
+  variables = train.init_variables(model, config.data, jax.random.key(config.seed),
+                                   NamedSharding(mesh, P()))
+  workdir = str(epath.Path(out_dir) / "eval_run")
+  times = {}
+  # Compiling on one batch; then each evaluation is new, as a `--mode=eval` (ground truth
+  # not yet decoded), with the compiled predict step.
+  warm_config = config.copy_and_resolve_references()
+  warm_config.eval.num_images = batch_size
+  warm = run_eval.Evaluation(warm_config, model, mesh)
+  _timing(times, "compile", warm)(variables, workdir, 0)
+  evaluation = run_eval.Evaluation(config, model, mesh)
+  evaluation.predict = warm.predict
+  _timing(times, "whole", evaluation)(variables, workdir, 1)
+  evaluation = run_eval.Evaluation(config, model, mesh)
+  ev = evaluation.evaluator
+  ev.add, ev.write = _timing(times, "serial/add", ev.add), _timing(times, "serial/write", ev.write)
+  evaluation.predict = _timing(times, "serial/predict", warm.predict, block=True)
+  _timing(times, "serial/whole", evaluation)(variables, workdir, 2)
+  results = json.loads((epath.Path(workdir) / "eval" / "2" / "coco_results.json").read_text())
+  times["detections"] = len(results) / num_images
+  return times
+
+
+def eval_summary(times: dict[str, float], num_images: int) -> str:
+  """Images/s of the whole evaluation and of its parts."""
+  per_s = lambda k: num_images / times[k]
+  other = times["serial/whole"] - sum(times[f"serial/{k}"] for k in ("predict", "add", "write"))
+  return "\n".join([
+      f"whole --mode=eval on {jax.default_backend()} ({times['detections']:.1f} detections "
+      f"per image): {per_s('whole'):.2f} images/s (compiling, on one batch: "
+      f"{times['compile']:.1f} s)",
+      f"waiting for each predict step: {per_s('serial/whole'):.2f} images/s; s/image: "
+      f"predict step {times['serial/predict'] / num_images:.3f}, host Evaluator.add "
+      f"{times['serial/add'] / num_images:.3f}, write {times['serial/write'] / num_images:.3f}, "
+      f"data and the rest {other / num_images:.3f}"])
+
+
+def summary(times: dict[str, float], num_images: int, full: int = FULL_SCALE) -> str:
+  """A before/after table in ms per image, ratios and images/s of the host's work.
+
+  Of `write`, the COCO results grow with the images, the rest (pictures, tables of
+  classes) is once per evaluation: images/s are given for `num_images` and `full` images.
+  """
   ms = {k: v / num_images * 1e3 for k, v in times.items()}
   rest_before = ms["before/add"] - ms["before/paste"] - ms["before/encode"]
   rest_after = ms["after/add"] - ms["after/rle"]
+  fixed = times["write"] - times["write/results"]  # Seconds per evaluation.
   rows = [  # (part, before, after)
       ("paste", ms["before/paste"], 0.0),
       ("encode (RLE)", ms["before/encode"], ms["after/rle"]),
       ("metrics: GT label maps", ms["gt"], 0.0),
       ("metrics: painting, confusion, P/R", rest_before, rest_after),
       ("metrics: COCOeval pycocotools", ms["result/pycocotools"], ms["result/pycocotools"]),
-      ("write", ms["write"], ms["write"]),
+      ("write: COCO results", ms["write/results"], ms["write/results"]),
   ]
   before = sum(r[1] for r in rows)
   after = sum(r[2] for r in rows)
   faster = after - ms["result/pycocotools"] + ms["result/faster_coco_eval"]
+  per_s = lambda per_image, count: count / (count * per_image + fixed * 1e3) * 1e3
   lines = [f"{'host CPU ms/image':36s} {'before':>9s} {'after':>9s}"]
   lines += [f"{name:36s} {b:9.2f} {a:9.2f}" for name, b, a in rows]
+  lines += [f"{'total':36s} {before:9.2f} {after:9.2f}",
+            f"{'total, COCOeval faster_coco_eval':36s} {'':9s} {faster:9.2f}",
+            f"write: pictures and tables, once per evaluation: {fixed:.2f} s"]
+  for count in (num_images, full):
+    lines.append(f"host images/s, {count} images: before {per_s(before, count):.1f}, after "
+                 f"{per_s(after, count):.1f} (pycocotools), {per_s(faster, count):.1f} "
+                 f"(faster_coco_eval)")
   lines += [
-      f"{'total':36s} {before:9.2f} {after:9.2f}",
-      f"{'total, COCOeval faster_coco_eval':36s} {'':9s} {faster:9.2f}",
-      f"host images/s: before {1e3 / before:.1f}, after {1e3 / after:.1f} (pycocotools), "
-      f"{1e3 / faster:.1f} (faster_coco_eval); after/before {after / before:.3f}",
+      f"after/before (per image) {after / before:.3f}",
       f"device pasting on {jax.default_backend()}: {ms['device']:.1f} ms/image (wall)",
       "after: GT label maps decoded in an earlier evaluation of the run; model forward "
       "not included"]
@@ -202,12 +330,21 @@ def summary(times: dict[str, float], num_images: int) -> str:
 
 def main(argv):
   del argv
-  times = run(_NUM_IMAGES.value, _HEIGHT.value, _WIDTH.value, _DETECTIONS.value,
-              _BATCH.value, _CLASS_SET.value, _OUT_DIR.value, scale=_SCALE.value,
-              num_pictures=_PICTURES.value)
-  print(f"Evaluation of {_NUM_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}, "
-        f"{_DETECTIONS.value} detections):\n{summary(times, _NUM_IMAGES.value)}")
-  print(json.dumps(times))
+  if _NUM_IMAGES.value:
+    times = run(_NUM_IMAGES.value, _HEIGHT.value, _WIDTH.value, _DETECTIONS.value,
+                _BATCH.value, _CLASS_SET.value, _OUT_DIR.value, scale=_SCALE.value,
+                num_pictures=_PICTURES.value)
+    print(f"Evaluation of {_NUM_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}, "
+          f"{_DETECTIONS.value} detections):\n{summary(times, _NUM_IMAGES.value)}")
+    print(json.dumps(times))
+  if _EVAL_IMAGES.value:
+    times = whole_eval(_CONFIG.value, _OUT_DIR.value, num_images=_EVAL_IMAGES.value,
+                       height=_HEIGHT.value, width=_WIDTH.value,
+                       num_detections=_DETECTIONS.value, batch_size=_BATCH.value,
+                       scale=_SCALE.value)
+    print(f"Whole evaluation of {_EVAL_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}):\n"
+          f"{eval_summary(times, _EVAL_IMAGES.value)}")
+    print(json.dumps(times))
 
 
 if __name__ == "__main__":
