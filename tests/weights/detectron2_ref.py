@@ -73,6 +73,11 @@ def build(spec):
   cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = spec["sampling_ratio"]
   model = build_model(cfg).eval()
   model.backbone._square_pad = spec["size"]  # pylint: disable=protected-access
+  if spec.get("dtype") == "float64":
+    model.double()
+    for name in ("pixel_mean", "pixel_std"):  # The config's, not their float32 roundings.
+      getattr(model, name).copy_(torch.tensor(getattr(cfg.MODEL, name.upper()),
+                                              dtype=torch.float64).view(-1, 1, 1))
   return model, config_file
 
 
@@ -98,6 +103,26 @@ def calibrate(model, batch):
     h.remove()
 
 
+def float64_boxes():
+  """detectron2's box decoding and NMS at the deltas' and scores' float64.
+
+  Box2BoxTransform.apply_deltas casts deltas to float32, whose rounding at the far corner
+  of a clamped, image-wide RPN box (|x| ~ 4e4) is ~4e-3 px; its own code is run without
+  that cast. Boxes still store float32. torchvision's nms wants the scores' dtype.
+  """
+  import inspect  # pylint: disable=g-import-not-at-top
+  import textwrap  # pylint: disable=g-import-not-at-top
+  from detectron2.modeling import box_regression  # pylint: disable=g-import-not-at-top
+  cast = "deltas = deltas.float()"
+  source = textwrap.dedent(inspect.getsource(box_regression.Box2BoxTransform.apply_deltas))
+  assert source.count(cast) == 1, "detectron2's apply_deltas changed"
+  scope = dict(vars(box_regression))
+  exec(source.replace(cast, "pass"), scope)  # pylint: disable=exec-used
+  box_regression.Box2BoxTransform.apply_deltas = scope["apply_deltas"]
+  nms = torchvision.ops.boxes.nms
+  torchvision.ops.boxes.nms = lambda boxes, scores, t: nms(boxes.to(scores.dtype), scores, t)
+
+
 def run(model, batch):
   with torch.no_grad():
     images = model.preprocess_image(batch)
@@ -111,7 +136,7 @@ def run(model, batch):
     out[f"boxes/{i}"] = r.pred_boxes.tensor.numpy()
     out[f"scores/{i}"] = r.scores.numpy()
     out[f"classes/{i}"] = r.pred_classes.numpy()
-    out[f"masks/{i}"] = r.pred_masks[:, 0].numpy()
+    out[f"masks/{i}"] = r.pred_masks[:, 0].float().numpy()  # Compared pasted, at 0.5.
   return out, tuple(images.tensor.shape)
 
 
@@ -154,7 +179,7 @@ def main(spec, out_path):
   if spec.get("kind") == "msra":
     msra(spec, out_path)
     return
-  model, config_file = build(spec)
+  model, config_file = build({**spec, "dtype": "float32"})  # Calibrated in float32.
   shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
   state = detectron2_states.random_state(shapes, spec["seed"])
   model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -171,6 +196,9 @@ def main(spec, out_path):
     DetectionCheckpointer(fresh).load(pkl)  # The model-zoo layout, read by detectron2.
   loaded = fresh.state_dict()
   assert all(np.array_equal(loaded[k].numpy(), v) for k, v in state.items())
+  if spec.get("dtype") == "float64":  # Exact: the float32 weights and uint8 images.
+    float64_boxes()
+    batch = [{**x, "image": x["image"].double()} for x in batch]
   out, padded = run(fresh, batch)
 
   keys = sorted(state)
@@ -183,7 +211,8 @@ def main(spec, out_path):
       "script": "tests/weights/detectron2_ref.py", "spec": spec, "config": config_file,
       "overrides": {"MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "",
                     "POOLER_SAMPLING_RATIO (box, mask)": spec["sampling_ratio"],
-                    "backbone square_pad": spec["size"]},
+                    "backbone square_pad": spec["size"],
+                    "dtype": spec.get("dtype", "float32")},
       "padded_batch": padded, "detectron2_commit": _commit(),
       "detectron2": detectron2.__version__, "torch": torch.__version__,
       "torchvision": torchvision.__version__, "numpy": np.__version__}))
