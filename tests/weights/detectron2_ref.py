@@ -2,13 +2,21 @@
 
   python3 -m venv /tmp/d2venv && /tmp/d2venv/bin/pip install -r requirements-detectron2.txt
   git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
-  git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The golden's.
+  git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The goldens'.
+  PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
+      '{"depth": 101, "size": 256, "images": [[192, 256], [256, 192]], "seed": 0,
+        "sampling_ratio": 0, "dtype": "float64"}' \
+      tests/weights/goldens/detectron2_r101_fpn_float64.npz
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
       '{"depth": 50, "size": 320, "images": [[240, 320], [320, 240]], "seed": 0,
         "sampling_ratio": 0}' tests/weights/goldens/detectron2_r50_fpn.npz
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
       '{"kind": "msra", "depth": 50, "hw": [32, 48], "seed": 0}' \
       tests/weights/goldens/detectron2_msra_r50.npz
+
+A source tree without .git (`git archive 02b5c4e... | tar -x -C /tmp/d2src`) records its
+commit from DETECTRON2_COMMIT=02b5c4e295e990042a714712c21dc79b731e8833. Each run takes about
+a minute on 2 CPU cores.
 
 detectron2 is used from its source tree, not built: its ROIAlign and NMS wrap
 torchvision's, so no C++ extension is needed. The model is
@@ -19,6 +27,11 @@ written as a model-zoo pickle ({"model": {name: ndarray}, "__author__": ...}) an
 back through detectron2's DetectionCheckpointer into a fresh model, which computes the
 reference: two images (H x W in spec["images"], uint8 RGB, fed as BGR), padded with 0
 after normalisation to a size x size square (the FPN backbone's square_pad), no resizing.
+
+`"dtype": "float64"`: the BN statistics are calibrated in float32 (the golden's, exact in
+either precision), then the model runs `model.double()` on float64 images, with the config's
+pixel mean and std (103.53 is no float32) and box decoding and NMS at float64
+(`float64_boxes`); boxes stay float32 (detectron2's Boxes). The masks are stored float32.
 
 The golden holds the provenance, the state dict's keys, shapes and per-key sums of |x|,
 the calibrated BN statistics `stats/KEY`, and per image I: `proposals/I` [P, 4],
