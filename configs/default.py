@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.depth = 101
-  config.model.dtype = "float32"  # float32 | bfloat16 (compute); params stay float32.
+  # float32 | bfloat16 | float64 (compute; float64 under jax_enable_x64); params stay float32.
+  config.model.dtype = "float32"
   config.model.freeze_at = 2  # Stem (1) and res2 (2) always frozen, as detectron2.
   config.model.remat = False
   config.model.fpn_channels = 256

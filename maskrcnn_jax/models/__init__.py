@@ -15,6 +15,7 @@ Each module's docstring names its torchvision counterpart for weight conversion.
 convolution is a `layers.Conv` (nn.Conv's parameters, CPU-friendly gradients).
 """
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -26,13 +27,15 @@ from maskrcnn_jax.models import rpn
 
 MaskRCNN = mask_rcnn.MaskRCNN
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def build(config: ml_collections.ConfigDict, *, num_classes: int) -> MaskRCNN:
   """The model of `config` (= `config.model`); `num_classes` counts the background."""
   if config.dtype not in _DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("model.dtype float64 needs jax_enable_x64 (e.g. `with jax.enable_x64():`)")
   if num_classes < 2:
     raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
   dtype = _DTYPES[config.dtype]

@@ -64,9 +64,10 @@ class MaskRCNN(nn.Module):
       raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
     if self.input_format == "BGR":
       image = image[..., ::-1]
-    mean = jnp.asarray(self.pixel_mean, jnp.float32)
-    std = jnp.asarray(self.pixel_std, jnp.float32)
-    x = (image.astype(jnp.float32) - mean) / std
+    compute = jnp.promote_types(self.dtype, jnp.float32)  # bfloat16 normalises in float32.
+    mean = jnp.asarray(self.pixel_mean, compute)
+    std = jnp.asarray(self.pixel_std, compute)
+    x = (image.astype(compute) - mean) / std
     image_hw = batch["image_info"][:, 3:5].astype(jnp.float32)
     x = jnp.where(_inside(image_hw, x.shape[1:3])[..., None], x, 0.0).astype(self.dtype)
     features = self.fpn(self.backbone(x))

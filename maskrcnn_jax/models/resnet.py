@@ -39,6 +39,9 @@ class FrozenBatchNorm(nn.Module):
     bias = self.variable("frozen_bn", "bias", jnp.zeros, shape, jnp.float32).value
     mean = self.variable("frozen_bn", "mean", jnp.zeros, shape, jnp.float32).value
     var = self.variable("frozen_bn", "var", jnp.ones, shape, jnp.float32).value
+    # At least float32 (bfloat16 computes in float32), float64 for float64.
+    scale, bias, mean, var = (v.astype(jnp.promote_types(self.dtype, jnp.float32))
+                              for v in (scale, bias, mean, var))
     mult = scale * jax.lax.rsqrt(var + self.eps)
     shift = bias - mean * mult
     return x * mult.astype(self.dtype) + shift.astype(self.dtype)

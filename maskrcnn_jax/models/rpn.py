@@ -34,7 +34,8 @@ class RPNHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """features: P_l [B, H_l, W_l, C] -> objectness [B, N] and deltas [B, N, 4], float32."""
+    """features: P_l [B, H_l, W_l, C] -> objectness [B, N] and deltas [B, N, 4], float32
+    (float64 for a float64 model)."""
     init = nn.initializers.normal(0.01)
     conv = lambda features, kernel, name: layers.Conv(
         features, kernel, use_bias=True, dtype=self.dtype, kernel_init=init, name=name)
@@ -47,8 +48,9 @@ class RPNHead(nn.Module):
       b = x.shape[0]
       objectness.append(cls_logits(x).reshape(b, -1))
       deltas.append(bbox_pred(x).reshape(b, -1, 4))
-    return (jnp.concatenate(objectness, 1).astype(jnp.float32),
-            jnp.concatenate(deltas, 1).astype(jnp.float32))
+    dtype = jnp.promote_types(self.dtype, jnp.float32)
+    return (jnp.concatenate(objectness, 1).astype(dtype),
+            jnp.concatenate(deltas, 1).astype(dtype))
 
 
 def propose(anchors: Sequence[np.ndarray], objectness: jax.Array, deltas: jax.Array,
@@ -90,9 +92,9 @@ def propose(anchors: Sequence[np.ndarray], objectness: jax.Array, deltas: jax.Ar
                                          jnp.concatenate(levels),
                                          iou_threshold=nms_threshold,
                                          max_outputs=post_nms_topk, valid=valid)
-  return {
-      "boxes": jnp.where(keep_valid[:, None], boxes[keep], 0.0),
-      "scores": jnp.where(keep_valid, scores[keep], 0.0),
+  return {  # float32, as detectron2's Boxes (decoded in float64 for a float64 model).
+      "boxes": jnp.where(keep_valid[:, None], boxes[keep], 0.0).astype(jnp.float32),
+      "scores": jnp.where(keep_valid, scores[keep], 0.0).astype(jnp.float32),
       "valid": keep_valid,
   }
 

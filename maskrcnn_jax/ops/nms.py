@@ -83,7 +83,7 @@ def _greedy(boxes, scores, groups, valid, iou_threshold, max_outputs, tile):
     if kept_groups is not None:
       kept_groups = kept_groups.at[dest].set(tgroups, mode="drop")
     keep = jax.lax.dynamic_update_slice_in_dim(keep, kept, start, 0)
-    return t + 1, count + jnp.sum(kept), kept_boxes, kept_groups, keep
+    return t + 1, count + jnp.sum(kept, dtype=jnp.int32), kept_boxes, kept_groups, keep
 
   def more(state):
     t, count = state[:2]

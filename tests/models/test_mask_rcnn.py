@@ -158,6 +158,8 @@ def test_bfloat16_losses_are_float32(tiny):
 def test_build_rejects_bad_config():
   with pytest.raises(ValueError, match="dtype"):
     models.build(tiny_config(dtype="float16"), num_classes=3)
+  with pytest.raises(ValueError, match="jax_enable_x64"):
+    models.build(tiny_config(dtype="float64"), num_classes=3)
   with pytest.raises(ValueError, match="num_classes"):
     models.build(tiny_config(), num_classes=1)
 

@@ -2,13 +2,21 @@
 
   python3 -m venv /tmp/d2venv && /tmp/d2venv/bin/pip install -r requirements-detectron2.txt
   git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
-  git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The golden's.
+  git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The goldens'.
+  PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
+      '{"depth": 101, "size": 256, "images": [[192, 256], [256, 192]], "seed": 0,
+        "sampling_ratio": 0, "dtype": "float64"}' \
+      tests/weights/goldens/detectron2_r101_fpn_float64.npz
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
       '{"depth": 50, "size": 320, "images": [[240, 320], [320, 240]], "seed": 0,
         "sampling_ratio": 0}' tests/weights/goldens/detectron2_r50_fpn.npz
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
       '{"kind": "msra", "depth": 50, "hw": [32, 48], "seed": 0}' \
       tests/weights/goldens/detectron2_msra_r50.npz
+
+A source tree without .git (`git archive 02b5c4e... | tar -x -C /tmp/d2src`) records its
+commit from DETECTRON2_COMMIT=02b5c4e295e990042a714712c21dc79b731e8833. Each run takes about
+a minute on 2 CPU cores.
 
 detectron2 is used from its source tree, not built: its ROIAlign and NMS wrap
 torchvision's, so no C++ extension is needed. The model is
@@ -19,6 +27,11 @@ written as a model-zoo pickle ({"model": {name: ndarray}, "__author__": ...}) an
 back through detectron2's DetectionCheckpointer into a fresh model, which computes the
 reference: two images (H x W in spec["images"], uint8 RGB, fed as BGR), padded with 0
 after normalisation to a size x size square (the FPN backbone's square_pad), no resizing.
+
+`"dtype": "float64"`: the BN statistics are calibrated in float32 (the golden's, exact in
+either precision), then the model runs `model.double()` on float64 images, with the config's
+pixel mean and std (103.53 is no float32) and box decoding and NMS at float64
+(`float64_boxes`); boxes stay float32 (detectron2's Boxes). The masks are stored float32.
 
 The golden holds the provenance, the state dict's keys, shapes and per-key sums of |x|,
 the calibrated BN statistics `stats/KEY`, and per image I: `proposals/I` [P, 4],
@@ -73,6 +86,11 @@ def build(spec):
   cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = spec["sampling_ratio"]
   model = build_model(cfg).eval()
   model.backbone._square_pad = spec["size"]  # pylint: disable=protected-access
+  if spec.get("dtype") == "float64":
+    model.double()
+    for name in ("pixel_mean", "pixel_std"):  # The config's, not their float32 roundings.
+      getattr(model, name).copy_(torch.tensor(getattr(cfg.MODEL, name.upper()),
+                                              dtype=torch.float64).view(-1, 1, 1))
   return model, config_file
 
 
@@ -98,6 +116,26 @@ def calibrate(model, batch):
     h.remove()
 
 
+def float64_boxes():
+  """detectron2's box decoding and NMS at the deltas' and scores' float64.
+
+  Box2BoxTransform.apply_deltas casts deltas to float32, whose rounding at the far corner
+  of a clamped, image-wide RPN box (|x| ~ 4e4) is ~4e-3 px; its own code is run without
+  that cast. Boxes still store float32. torchvision's nms wants the scores' dtype.
+  """
+  import inspect  # pylint: disable=g-import-not-at-top
+  import textwrap  # pylint: disable=g-import-not-at-top
+  from detectron2.modeling import box_regression  # pylint: disable=g-import-not-at-top
+  cast = "deltas = deltas.float()"
+  source = textwrap.dedent(inspect.getsource(box_regression.Box2BoxTransform.apply_deltas))
+  assert source.count(cast) == 1, "detectron2's apply_deltas changed"
+  scope = dict(vars(box_regression))
+  exec(source.replace(cast, "pass"), scope)  # pylint: disable=exec-used
+  box_regression.Box2BoxTransform.apply_deltas = scope["apply_deltas"]
+  nms = torchvision.ops.boxes.nms
+  torchvision.ops.boxes.nms = lambda boxes, scores, t: nms(boxes.to(scores.dtype), scores, t)
+
+
 def run(model, batch):
   with torch.no_grad():
     images = model.preprocess_image(batch)
@@ -111,7 +149,7 @@ def run(model, batch):
     out[f"boxes/{i}"] = r.pred_boxes.tensor.numpy()
     out[f"scores/{i}"] = r.scores.numpy()
     out[f"classes/{i}"] = r.pred_classes.numpy()
-    out[f"masks/{i}"] = r.pred_masks[:, 0].numpy()
+    out[f"masks/{i}"] = r.pred_masks[:, 0].float().numpy()  # Compared pasted, at 0.5.
   return out, tuple(images.tensor.shape)
 
 
@@ -154,7 +192,7 @@ def main(spec, out_path):
   if spec.get("kind") == "msra":
     msra(spec, out_path)
     return
-  model, config_file = build(spec)
+  model, config_file = build({**spec, "dtype": "float32"})  # Calibrated in float32.
   shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
   state = detectron2_states.random_state(shapes, spec["seed"])
   model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -171,6 +209,9 @@ def main(spec, out_path):
     DetectionCheckpointer(fresh).load(pkl)  # The model-zoo layout, read by detectron2.
   loaded = fresh.state_dict()
   assert all(np.array_equal(loaded[k].numpy(), v) for k, v in state.items())
+  if spec.get("dtype") == "float64":  # Exact: the float32 weights and uint8 images.
+    float64_boxes()
+    batch = [{**x, "image": x["image"].double()} for x in batch]
   out, padded = run(fresh, batch)
 
   keys = sorted(state)
@@ -183,7 +224,8 @@ def main(spec, out_path):
       "script": "tests/weights/detectron2_ref.py", "spec": spec, "config": config_file,
       "overrides": {"MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "",
                     "POOLER_SAMPLING_RATIO (box, mask)": spec["sampling_ratio"],
-                    "backbone square_pad": spec["size"]},
+                    "backbone square_pad": spec["size"],
+                    "dtype": spec.get("dtype", "float32")},
       "padded_batch": padded, "detectron2_commit": _commit(),
       "detectron2": detectron2.__version__, "torch": torch.__version__,
       "torchvision": torchvision.__version__, "numpy": np.__version__}))
