@@ -88,7 +88,7 @@ def _rerun_with_latency(workdir: pathlib.Path, latency_ms: float) -> None:
 
 
 def _config(root: pathlib.Path, image_size: int,
-            mask_size: int = 56) -> ml_collections.ConfigDict:
+            mask_size: int = 112) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       root=str(root), tfds_data_dir=str(root / "tfds"), class_set="stuff",
       image_size=image_size, max_instances=100, mask_size=mask_size, class_balanced=False,
@@ -208,7 +208,7 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_integer("num_images", 240, "Synthetic training images to write and build.")
   flags.DEFINE_string("sizes", "1024,512", "Output sizes S to time.")
-  flags.DEFINE_string("mask_sizes", "56", "Stored mask sides Sm (data.mask_size) to time.")
+  flags.DEFINE_string("mask_sizes", "112", "Stored mask sides Sm (data.mask_size) to time.")
   flags.DEFINE_integer("rounds", 1, "Times to time every (S, Sm) case, in turn.")
   flags.DEFINE_integer("batch_size", 8, "Images per batch.")
   flags.DEFINE_integer("steps", 40, "Timed batches per size (after 3 warm-up batches).")
