@@ -18,7 +18,7 @@ the stored bit-packed mask (Sm² / 8, before zlib).
 
 The cost in the training step (`--time_rois R`, 0: off): `roi_heads.mask_targets` jitted
 alone on R RoIs per Sm (8 images x 32 positive slots at 128 RoIs per image: 256), its
-median time over 20 calls and XLA's FLOP count; sampling ceil(Sm / 28) points per bin and
+median time over 20 calls, XLA's FLOP and byte counts; sampling ceil(Sm / 28) points per bin and
 axis makes it grow with Sm².
 """
 
@@ -184,7 +184,8 @@ def time_targets(sizes, n_rois: int) -> None:
     cost = (cost[0] if isinstance(cost, list) else cost) or {}
     ms = bench_ops.median_ms(targets, masks, boxes, rois, repeats=20)
     print(f"mask_targets, {n_rois} RoIs, crop {sm}: {ms:.2f} ms, "
-          f"{cost.get('flops', float('nan')) / 1e6:.0f} MFLOP, sampling ratio "
+          f"{cost.get('flops', float('nan')) / 1e6:.0f} MFLOP, "
+          f"{cost.get('bytes accessed', float('nan')) / 1e6:.0f} MB accessed, sampling ratio "
           f"{max(2, -(-sm // SIDE))}", flush=True)
 
 
