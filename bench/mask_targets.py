@@ -1,7 +1,7 @@
 """Fidelity of the 28x28 mask targets: box-cropped GT masks of side Sm vs torchvision's.
 
   python -m bench.mask_targets [--sizes 28,56,112,224] [--rois 16]
-                               [--samples ../shared/coco_samples]
+                               [--samples ../shared/coco_samples] [--time_rois 256]
 
 For every instance, `--rois` proposals at IoU >= 0.5 with its box (jittered boxes), and
 for each of them the target a perfect resampler would give: the area average of the
@@ -15,6 +15,11 @@ binarised at 0.5 with the binarised perfect target. Instances: the real COCO-Stu
 masks of `--samples` (`stuff_examples.json`, RLE) and synthetic thin shapes (1-4 px
 lines, rings) and solid objects of 100-500 px in a 640x640 image. Bytes per instance are
 the stored bit-packed mask (Sm² / 8, before zlib).
+
+The cost in the training step (`--time_rois R`, 0: off): `roi_heads.mask_targets` jitted
+alone on R RoIs per Sm (8 images x 32 positive slots at 128 RoIs per image: 256), its
+median time over 20 calls, XLA's FLOP and byte counts; sampling ceil(Sm / 28) points per bin and
+axis makes it grow with Sm².
 """
 
 import argparse
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from bench import ops as bench_ops
 from maskrcnn_jax.data import coco_reader
 from maskrcnn_jax.models import roi_heads
 from maskrcnn_jax.ops import boxes as box_ops
@@ -164,15 +170,38 @@ def evaluate(masks, sizes, n_rois, rng) -> dict[str, tuple[float, float]]:
   return out
 
 
+def time_targets(sizes, n_rois: int) -> None:
+  """Prints the time and FLOPs of `roi_heads.mask_targets` on n_rois RoIs per Sm."""
+  rng = np.random.default_rng(1)
+  box = np.array([100.0, 120.0, 400.0, 360.0], np.float32)
+  rois = jnp.asarray(np.concatenate([proposals(box, 1, rng, (640, 640))
+                                     for _ in range(n_rois)]))
+  boxes = jnp.broadcast_to(jnp.asarray(box), (n_rois, 4))
+  targets = jax.jit(roi_heads.mask_targets)
+  for sm in sizes:
+    masks = jnp.asarray(rng.integers(0, 2, (n_rois, sm, sm), dtype=np.uint8))
+    cost = targets.lower(masks, boxes, rois).compile().cost_analysis()
+    cost = (cost[0] if isinstance(cost, list) else cost) or {}
+    ms = bench_ops.median_ms(targets, masks, boxes, rois, repeats=20)
+    print(f"mask_targets, {n_rois} RoIs, crop {sm}: {ms:.2f} ms, "
+          f"{cost.get('flops', float('nan')) / 1e6:.0f} MFLOP, "
+          f"{cost.get('bytes accessed', float('nan')) / 1e6:.0f} MB accessed, sampling ratio "
+          f"{max(2, -(-sm // SIDE))}", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="28,56,112,224")
   parser.add_argument("--rois", type=int, default=16, help="proposals per instance")
   parser.add_argument("--samples", default=os.path.join(os.path.dirname(__file__), "..", "..",
                                                         "shared", "coco_samples"))
+  parser.add_argument("--time_rois", type=int, default=0,
+                      help="also time mask_targets on this many RoIs per size (0: no)")
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   sizes = [int(s) for s in args.sizes.split(",")]
+  if args.time_rois:
+    time_targets(sizes, args.time_rois)
   sets = {"real stuff (COCO-Stuff)": real_masks(args.samples), **synthetic_masks(rng)}
   methods = ["torchvision"] + [f"crop {s}" for s in sizes]
   print(f"{'instances':<26} {'n':>3} | " + " | ".join(f"{m:>16}" for m in methods))

@@ -2,7 +2,7 @@
 
   python -m bench.memory --config configs/default.py --batch 8 --dtype bfloat16
                          [--image_size 1024] [--depth 101] [--parts all|whole|none]
-                         [--set model.KEY=VALUE] [--json FILE]
+                         [--set model.KEY=VALUE] [--json FILE] [--keep_barriers]
 
 Nothing runs: every function is lowered on abstract shapes (`jax.ShapeDtypeStruct`) and
 compiled for the default backend (CPU here, GPU/TPU unchanged), then
@@ -21,11 +21,19 @@ per-device batch; one device's shard of `train.make_train_step`):
 Columns: arguments, outputs, temporaries (XLA's buffer assignment) and peak = arguments
 + outputs - aliased + temporaries in MB; GFLOP and GB accessed from the cost analysis
 (XLA counts loop bodies once: while loops such as NMS are under-counted); compile seconds.
+
+Rematerialisation (`model.remat`) needs --keep_barriers on CPU: XLA:CPU removes the
+optimization barriers that `jax.checkpoint` places around the recomputed forward before
+it assigns buffers (its `cse_barrier_expander` pass), so CSE merges the recomputation back
+into the forward and the numbers come out as without remat. The flag disables that pass
+(`XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander`; the program is only compiled,
+never run); GPU compilers keep the barriers until after their own scheduling.
 """
 
 import argparse
 import importlib.util
 import json
+import os
 import time
 
 import jax
@@ -155,7 +163,12 @@ def main():
   parser.add_argument("--set", action="append", default=[], dest="raw_set",
                       help="config override, e.g. model.roi_heads.rois_per_image=512")
   parser.add_argument("--json", default="", help="also write the numbers to this file")
+  parser.add_argument("--keep_barriers", action="store_true",
+                      help="keep XLA:CPU's optimization barriers (needed to see model.remat)")
   args = parser.parse_args()
+  if args.keep_barriers:  # Before the first backend starts: XLA reads its flags then.
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_disable_hlo_passes=cse_barrier_expander"]).strip()
 
   config = load_config(args.config)
   overrides = [tuple(s.split("=", 1)) for s in args.raw_set]

@@ -50,7 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff | coco
   config.data.image_size = 1024  # Longest side resized to this, then padded to a square.
   config.data.max_instances = 100
-  config.data.mask_size = 56  # GT masks stored cropped to their box at this size.
+  # GT masks stored cropped to their box at this size; 112 gives mask targets closer to the
+  # full-resolution mask than torchvision's (docs/benchmarks.md, mask targets).
+  config.data.mask_size = 112
   config.data.read_parallelism = 16  # Records read at once: raise it for a remote data dir.
   # Train on images listed in only one of the stuff and instances files (things_and_stuff).
   config.data.allow_partial_annotations = False

@@ -1,14 +1,17 @@
 """Input-pipeline benchmark: build cost and training throughput with augmentation.
 
     python -m maskrcnn_jax.data.bench [--num_images 240] [--sizes 1024,512] [--workdir DIR]
-        [--read_latency_ms 20] [--num_workers 2]
+        [--mask_sizes 56,112] [--rounds 3] [--read_latency_ms 20] [--num_workers 2]
 
 Writes a synthetic set at COCO's typical 640×480 (or reuses the one in --workdir), times
 its build on --num_workers processes (wall and CPU seconds per 1,000 images past a 16-image
 build, which holds the fixed cost; off with --notime_build), then times the augmented
-training pipeline (hflip, scale jitter 0.8-1.25, photometric) per output size S, in images
-per second, on every CPU core of the machine. The CPU time per image is printed too, with
-the load average: on a shared machine it bounds what idle cores would reach.
+training pipeline (hflip, scale jitter 0.8-1.25, photometric) per output size S and stored
+mask side Sm (`data.mask_size`, one build each; its TFRecord bytes per training image are
+printed), in images per second, on every CPU core of the machine; --rounds repeats the
+(S, Sm) cases in turn, so that a changing load hits them alike. The CPU time per image is
+printed too, with the load average: on a shared machine it bounds what idle cores would
+reach.
 
 A slow filesystem (a bucket, NFS) is simulated with --read_latency_ms: the benchmark
 re-runs itself with an LD_PRELOAD shim (compiled here with `cc`) that sleeps that long
@@ -16,6 +19,7 @@ before every read(2)/pread(2) of a file under the workdir, so each round trip of
 reader costs a fixed latency while the CPU work stays the same.
 """
 
+import json
 import os
 import pathlib
 import resource
@@ -83,10 +87,11 @@ def _rerun_with_latency(workdir: pathlib.Path, latency_ms: float) -> None:
   os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
 
 
-def _config(root: pathlib.Path, image_size: int) -> ml_collections.ConfigDict:
+def _config(root: pathlib.Path, image_size: int,
+            mask_size: int = 112) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       root=str(root), tfds_data_dir=str(root / "tfds"), class_set="stuff",
-      image_size=image_size, max_instances=100, mask_size=56, class_balanced=False,
+      image_size=image_size, max_instances=100, mask_size=mask_size, class_balanced=False,
       repeat_threshold=0.001, read_parallelism=16, allow_partial_annotations=False,
       augment=dict(hflip=True, scale_range=(0.8, 1.25), photometric=True),
       synthetic=dict(enabled=False)))
@@ -150,8 +155,9 @@ def _time_build(workdir: pathlib.Path, root: pathlib.Path, image_size: int,
         f"(decoding); load average {os.getloadavg()[0]:.1f}")
 
 
-def run(workdir: pathlib.Path, *, num_images: int, sizes, batch_size: int, steps: int,
-        read_parallelism: int, num_workers: int, latency_ms: float, time_build: bool) -> None:
+def run(workdir: pathlib.Path, *, num_images: int, sizes, mask_sizes, rounds: int,
+        batch_size: int, steps: int, read_parallelism: int, num_workers: int,
+        latency_ms: float, time_build: bool) -> None:
   root = workdir / "coco"
   if root.exists():
     print(f"reusing the set at {root}")
@@ -159,23 +165,32 @@ def run(workdir: pathlib.Path, *, num_images: int, sizes, batch_size: int, steps
     _write(root, num_images)
   if time_build:
     _time_build(workdir, root, sizes[0] if sizes else 1024, num_workers)
+  stuff = json.loads((root / "annotations" / "stuff_train2017.json").read_text())
+  per_image = len(stuff["annotations"]) / len(stuff["images"])
+  for mask_size in mask_sizes:
+    split = pipeline.prepare(_config(root, 1024, mask_size)).info.splits["train"]
+    print(f"TFRecords Sm={mask_size}: {split.num_bytes / split.num_examples / 1024:.1f} KiB "
+          f"per training image ({per_image:.1f} stuff annotations per image)")
   cores = os.cpu_count()
-  for size in sizes:
-    config = _config(root, size)
-    config.read_parallelism = read_parallelism
-    pipeline.prepare(config)
-    rate, cpu = _throughput(config, batch_size=batch_size, warmup=3, steps=steps)
-    print(f"train pipeline S={size}, augmented, batch {batch_size}, read latency "
-          f"{latency_ms:g} ms, read parallelism {read_parallelism}: {rate:.1f} images/s; "
-          f"{cpu * 1000:.1f} ms CPU per image (at most {cores / cpu:.0f} images/s on "
-          f"{cores} idle cores); load average {os.getloadavg()[0]:.1f}")
+  for _ in range(rounds):
+    for size in sizes:
+      for mask_size in mask_sizes:
+        config = _config(root, size, mask_size)
+        config.read_parallelism = read_parallelism
+        rate, cpu = _throughput(config, batch_size=batch_size, warmup=3, steps=steps)
+        print(f"train pipeline S={size} Sm={mask_size}, augmented, batch {batch_size}, read "
+              f"latency {latency_ms:g} ms, read parallelism {read_parallelism}: {rate:.1f} "
+              f"images/s; {cpu * 1000:.1f} ms CPU per image (at most {cores / cpu:.0f} "
+              f"images/s on {cores} idle cores); load average {os.getloadavg()[0]:.1f}")
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
   sizes = [int(s) for s in f.sizes.split(",") if s]
-  kwargs = dict(num_images=f.num_images, sizes=sizes, batch_size=f.batch_size, steps=f.steps,
+  mask_sizes = [int(s) for s in f.mask_sizes.split(",") if s]
+  kwargs = dict(num_images=f.num_images, sizes=sizes, mask_sizes=mask_sizes, rounds=f.rounds,
+                batch_size=f.batch_size, steps=f.steps,
                 read_parallelism=f.read_parallelism, num_workers=f.num_workers,
                 latency_ms=f.read_latency_ms, time_build=f.time_build)
   if f.read_latency_ms > 0:
@@ -193,6 +208,8 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_integer("num_images", 240, "Synthetic training images to write and build.")
   flags.DEFINE_string("sizes", "1024,512", "Output sizes S to time.")
+  flags.DEFINE_string("mask_sizes", "112", "Stored mask sides Sm (data.mask_size) to time.")
+  flags.DEFINE_integer("rounds", 1, "Times to time every (S, Sm) case, in turn.")
   flags.DEFINE_integer("batch_size", 8, "Images per batch.")
   flags.DEFINE_integer("steps", 40, "Timed batches per size (after 3 warm-up batches).")
   flags.DEFINE_string("workdir", "",

@@ -3,7 +3,8 @@
 One builder config per (class set, mask side Sm). Each record holds the encoded JPEG, the
 image id and size, and per instance its box (original pixels), training id, crowd flag,
 mask area and box-cropped Sm×Sm mask, bit-packed (Sm² / 8 bytes) and zlib-compressed
-(at Sm = 56 at most 392 bytes per mask, beside 100-200 KiB of JPEG per COCO image).
+(at Sm = 112 at most 1568 bytes per mask, about 220 zlib-compressed for COCO-Stuff's stuff
+masks, beside 100-200 KiB of JPEG per COCO image).
 Examples are written in image-id order. The bad-input counts of the build (see
 `coco_reader`) are stored in the dataset's metadata.json as `counts/<split>`, and the ids of
 images with partial annotations (in one of the stuff and instances files only) as
@@ -21,7 +22,7 @@ import tensorflow_datasets as tfds
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import coco_reader
 
-MASK_SIZES = (28, 56)
+MASK_SIZES = (28, 56, 112)
 
 
 def packed_mask_bytes(mask_size: int) -> int:
@@ -38,7 +39,7 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class CocoStuffConfig(tfds.core.BuilderConfig):
   class_set: str = "stuff"
-  mask_size: int = 56
+  mask_size: int = 112
 
 
 def builder_config(class_set: str, mask_size: int) -> CocoStuffConfig:

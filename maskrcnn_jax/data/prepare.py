@@ -1,7 +1,7 @@
 """Builds the TFRecords of a COCO-Stuff root once and prints what the build skipped.
 
     python -m maskrcnn_jax.data.prepare --root ROOT --data_dir DIR \
-        [--class_set stuff|stuff_no_other|things_and_stuff] [--mask_size 56] \
+        [--class_set stuff|stuff_no_other|things_and_stuff] [--mask_size 112] \
         [--num_workers N] [--max_instances 100]
 
 --num_workers processes decode the images (JPEG check, RLE and polygon decoding, mask
@@ -39,7 +39,8 @@ if __name__ == "__main__":
                       required=True)
   flags.DEFINE_string("data_dir", "", "TFDS data dir; default ROOT/tfds.")
   flags.DEFINE_enum("class_set", "stuff", list(categories.CLASS_SET_NAMES), "Class set.")
-  flags.DEFINE_integer("mask_size", 56, "Side of the stored box-cropped masks.")
+  flags.DEFINE_integer("mask_size", 112, "Side of the stored box-cropped masks "
+                       "(data.mask_size; configs/default.py: 112).")
   flags.DEFINE_integer("num_workers", 1, "Processes decoding the images.", lower_bound=1)
   flags.DEFINE_integer("max_instances", 100,
                        "data.max_instances of training: images above it are reported.")
