@@ -4,7 +4,7 @@
   git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
   git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The goldens'.
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
-      '{"depth": 101, "size": 256, "images": [[192, 256], [256, 192]], "seed": 0,
+      '{"depth": 101, "size": 160, "images": [[120, 160], [160, 120]], "seed": 0,
         "sampling_ratio": 0, "dtype": "float64"}' \
       tests/weights/goldens/detectron2_r101_fpn_float64.npz
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \

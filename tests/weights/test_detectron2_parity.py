@@ -10,13 +10,13 @@ RoIAlign sampling: proposals, detections and masks agree.
 
 R101-FPN (mask_rcnn_R_101_FPN_3x) at float64 on both sides (`model.dtype` float64 under
 `jax.enable_x64`; detectron2 `model.double()`): rounding no longer hides implementation
-differences, and the issue's bar holds: proposals equal, boxes within 1e-3 px (1e-4 seen:
-the box head's float32 outputs), scores within 1e-4, the same classes, every pasted mask's
+differences, and torchvision parity's bar holds: proposals equal, boxes within 1e-3 px
+(3e-5 seen: the box head's float32 outputs), scores within 1e-4, the same classes, every pasted mask's
 IoU >= 0.99.
 
 R50-FPN at float32: float32 through ResNet-50 differs between XLA and torch by ~1e-5
 relative (RPN scores to 7e-6): box deltas carry that, so box corners differ by ~2e-5 of the
-box size (median 1.6e-3 px, at most 2.3e-2 px at 320 px), beyond the 1e-3 px of the issue.
+box size (median 1.6e-3 px, at most 2.3e-2 px at 320 px), beyond that bar.
 Masks are compared as pasted pixels: random weights make checkerboard masks, and a few-pixel
 mask of a thin box changes its IoU by a pixel.
 """
