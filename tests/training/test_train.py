@@ -178,8 +178,6 @@ def test_nonfinite_step_leaves_state_unchanged():
 def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: int = 0):
   """The README's manual launch of main.py on localhost (tiny config, global batch 4).
 
-  No validation loss (val_loss_batches=0): its program would compile in every process,
-  and the runs are compared on their training losses and parameters only.
   sigterm_after: process 0 gets SIGTERM after that train step (equivalence_worker.py);
   every process must then exit with main.EXIT_PREEMPTED.
   """
@@ -200,8 +198,7 @@ def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: i
     procs.append(subprocess.Popen(
         [sys.executable, *program, "--config", "configs/tiny.py", "--workdir", str(workdir),
          "--mode", "train", f"--config.data.root={data_root}",
-         "--config.train.global_batch_size=4", "--config.data.eval_batch_size=4",
-         "--config.train.val_loss_batches=0"],
+         "--config.train.global_batch_size=4", "--config.data.eval_batch_size=4"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   for proc in procs:
     out, _ = proc.communicate(timeout=900)
