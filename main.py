@@ -16,7 +16,6 @@ from absl import logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow's C++ start-up notes.
 import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
-import tensorflow as tf
 
 from maskrcnn_jax import distributed
 from maskrcnn_jax import run
@@ -62,11 +61,13 @@ def _override_error(argv) -> str | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
   try:
     run.validate(FLAGS.config, FLAGS.mode, FLAGS.workdir)  # Before any set-up or compile.
     if FLAGS.mode in ("train", "train_and_eval"):
       run.check_resume(FLAGS.config, FLAGS.workdir)
+    # Imported once the config is valid: a bad one is reported without TF's start-up.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
     distributed.initialize(distributed.detect(), timeout_s=FLAGS.join_timeout)
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())

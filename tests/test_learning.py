@@ -18,7 +18,10 @@ def test_tiny_model_learns_synthetic_stuff(tmp_path):
   config.data.synthetic.num_val = 8
   config.data.eval_batch_size = 4
   config.train.global_batch_size = 4
-  config.train.stages = [default.stage("all", "all", steps=1, lr=1e-6)]
+  # Untrained: one step of the same schedule, whose first (warm-up) step has lr 0.02e-3.
+  # Only `steps` differs between the runs, so the trained run's train step is the
+  # untrained run's compiled program (the compile cache).
+  config.train.stages = [default.stage("all", "all", steps=1, lr=0.02)]
   config.train.log_every_steps = 1
   untrained = train.train_and_evaluate(config, str(tmp_path / "untrained"))
   config.train.stages = [default.stage("all", "all", steps=300, lr=0.02)]

@@ -1,6 +1,7 @@
 """main.py's command line: overrides reach the config; bad ones exit with one line."""
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -10,11 +11,16 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A clean environment, plus the tests' compile settings (tests/conftest.py): main.py's
+# programs compile unoptimised, once per suite.
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+       **{k: os.environ[k] for k in ("JAX_COMPILATION_CACHE_DIR",
+                                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}}
 
 
 def run_main(*args):
   return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+                        text=True, timeout=300, env=ENV)
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -60,8 +66,7 @@ def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tmp_path):
   log = tmp_path / "stderr.txt"
   with log.open("w") as err:
     proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stderr=err,
-                            stdout=subprocess.DEVNULL,
-                            env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+                            stdout=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
     while "Stage heads" not in log.read_text() and time.time() < deadline:
       time.sleep(0.5)
