@@ -1,7 +1,7 @@
 """Evaluation speed: the host's share with fake detections, and a whole `--mode=eval`.
 
   python -m maskrcnn_jax.evaluation.benchmark --num_images=100 --height=480 --width=640 \
-      --detections=100 --out_dir=/tmp/eval_bench [--eval_images=16 --config=configs/demo.py]
+      --detections=100 --out_dir=/tmp/eval_bench [--eval_images=16 --eval_config=configs/demo.py]
 
 Writes a stuff JSON of random rectangular regions and batches of random detections
 (random boxes, smooth 28 × 28 mask probabilities, scores, classes), then times, on the same
@@ -16,9 +16,9 @@ detections:
   excluded), for N and for 5,000 images.
 
 With `--eval_images=N`, also a whole `--mode=eval` (`run_eval.Evaluation`: data pipeline,
-jitted model forward, pasting, metrics, files) of `--config` (`--config.key=value`
-overrides) with random weights on N synthetic images of height × width, on this machine's
-jax backend: test-time score threshold 0 and `--detections` detections per image, so that
+jitted model forward, pasting, metrics, files) of `--eval_config`
+(`--eval_config.key=value` overrides; `--config` is main.py's flag) with random weights on
+N synthetic images of height × width, on this machine's jax backend: test-time score threshold 0 and `--detections` detections per image, so that
 every image has that many valid detections. Logs images/s of the whole evaluation, and of
 one that waits for each predict step, in parts: the predict step, the host's
 `Evaluator.add` and `write`, and the rest (data input) (`whole_eval`).
@@ -60,7 +60,7 @@ _PICTURES = flags.DEFINE_integer("num_pictures", 0, "Images drawn by write().")
 _CLASS_SET = flags.DEFINE_string("class_set", "stuff", "Class set.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "/tmp/eval_bench", "Where files are written.")
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 0, "Images of a whole --mode=eval; 0: none.")
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py",
+_CONFIG = config_flags.DEFINE_config_file("eval_config", "configs/demo.py",
                                           "Config of the whole --mode=eval.", lock_config=True)
 
 
