@@ -18,12 +18,14 @@ detections:
 With `--eval_images=N`, also a whole `--mode=eval` (`run_eval.Evaluation`: data pipeline,
 jitted model forward, pasting, metrics, files) of `--eval_config`
 (`--eval_config.key=value` overrides; `--config` is main.py's flag) with random weights on
-N synthetic images of height × width, on this machine's jax backend: test-time score threshold 0 and `--detections` detections per image, so that
-every image has that many valid detections. Logs images/s of the whole evaluation, and of
+N synthetic images of height × width, on this machine's jax backend: test-time score
+threshold 0 and `--detections` detections per image, so that every image has that many
+valid detections. Logs images/s of the whole evaluation, and of
 one that waits for each predict step, in parts: the predict step, the host's
 `Evaluator.add` and `write`, and the rest (data input) (`whole_eval`).
 """
 
+import functools
 import json
 import time
 
@@ -34,11 +36,9 @@ from etils import epath
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
-from ml_collections import config_flags
-
-from maskrcnn_jax import models
 from maskrcnn_jax import validation
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
@@ -47,7 +47,7 @@ from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import run_eval
-from maskrcnn_jax.training import train
+from maskrcnn_jax.weights import load
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 100,
                                    "Images of the host share with fake detections; 0: none.")
@@ -206,12 +206,10 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
 
 def _timing(times: dict[str, float], key: str, fn, *, block: bool = False):
   """`fn` adding its wall seconds to `times[key]` (after the result is ready with `block`)."""
+  call = (lambda *a, **k: jax.block_until_ready(fn(*a, **k))) if block else fn
   def timed(*args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    if block:
-      jax.block_until_ready(out)
-    times[key] = times.get(key, 0.0) + time.perf_counter() - t
+    out, seconds = _timed(call, *args, clock=time.perf_counter, **kwargs)
+    times[key] = times.get(key, 0.0) + seconds
     return out
   return timed
 
@@ -249,11 +247,10 @@ def whole_eval(config: ml_collections.ConfigDict, out_dir: str, *, num_images: i
     synthetic.write_synthetic(root, num_train=1, num_val=num_images, image_size=(height, width),
                               seed=config.data.synthetic.seed)
   pipeline.prepare(config.data)
-  class_set = categories.get_class_set(config.data.class_set)
-  model = models.build(config.model, num_classes=class_set.num_classes + 1)
-  mesh = train.make_mesh()
-  variables = train.init_variables(model, config.data, jax.random.key(config.seed),
-                                   NamedSharding(mesh, P()))
+  _, model, mesh = run_eval.build(config)
+  init = jax.jit(functools.partial(load.init_inference, model),
+                 out_shardings=NamedSharding(mesh, P()))
+  variables = init(jax.random.key(config.seed))
   workdir = str(epath.Path(out_dir) / "eval_run")
   times = {}
   # Compiling on one batch; then each evaluation is new, as a `--mode=eval` (ground truth

@@ -222,7 +222,8 @@ def _load_variables(config: ml_collections.ConfigDict, workdir: str, model, clas
   return jax.device_put(variables, NamedSharding(mesh, P())), step
 
 
-def _build(config: ml_collections.ConfigDict):
+def build(config: ml_collections.ConfigDict):
+  """(class set, model, mesh) of an evaluation of `config`."""
   class_set = categories.get_class_set(config.data.class_set)
   model = models.build(config.model, num_classes=class_set.num_classes + 1)
   mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
@@ -232,7 +233,7 @@ def _build(config: ml_collections.ConfigDict):
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """`--mode=eval`: the latest checkpoint in `workdir` (or `config.eval.checkpoint`)."""
   pipeline.prepare(config.data)
-  class_set, model, mesh = _build(config)
+  class_set, model, mesh = build(config)
   variables, step = _load_variables(config, workdir, model, class_set, mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   metrics = evaluate(config, model, variables, mesh, workdir, step, writer=writer)
@@ -251,7 +252,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
   """
   if jax.process_count() > 1:
     raise ValueError("--mode=predict runs in one process; start it without a cluster")
-  class_set, model, mesh = _build(config)
+  class_set, model, mesh = build(config)
   variables, _ = _load_variables(config, workdir, model, class_set, mesh)
   predict_step = make_predict_step(mesh, model)
   sharding = NamedSharding(mesh, P(AXIS))

@@ -89,6 +89,15 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
                layout=layout, class_set=class_set, require_classes=require_classes)
 
 
+def init_inference(model, rng: jax.Array) -> dict[str, Any]:
+  """`model.init` of the inference path (random weights), on a 64² dummy image: the
+  variables' shapes do not depend on the image."""
+  batch = {"image": np.zeros((1, 64, 64, 3), np.uint8),
+           "image_info": np.array([[64, 64, 1, 64, 64]], np.float32)}
+  k1, k2 = jax.random.split(rng)
+  return model.init({"params": k1, "sampling": k2}, batch, train=False)
+
+
 def inference_variables(model, path: str, class_set: categories.ClassSet
                         ) -> tuple[dict[str, Any], int]:
   """(`params` and `frozen_bn` for `model`, training step or 0) from the checkpoint at `path`.
@@ -97,10 +106,7 @@ def inference_variables(model, path: str, class_set: categories.ClassSet
   every class of `class_set` must come from the checkpoint. Leaves the checkpoint does not
   fill (detectron2's unused background rows of box deltas and mask logits) are zero.
   """
-  batch = {"image": np.zeros((1, 64, 64, 3), np.uint8),
-           "image_info": np.array([[64, 64, 1, 64, 64]], np.float32)}
-  shapes = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.key(0), "sampling": jax.random.key(1)}, batch, train=False))
+  shapes = jax.eval_shape(lambda: init_inference(model, jax.random.key(0)))
   zeros = {c: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes[c]) for c in COLLECTIONS}
   loaded = checkpoint.load_variables(path)
   variables = merge(zeros, loaded, scope="full", source=path,
