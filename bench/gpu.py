@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 
-
 from bench import model as bench_model
 from bench import run as bench_run
 

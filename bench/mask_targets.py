@@ -18,8 +18,8 @@ the stored bit-packed mask (Sm² / 8, before zlib).
 
 The cost in the training step (`--time_rois R`, 0: off): `roi_heads.mask_targets` jitted
 alone on R RoIs per Sm (8 images x 32 positive slots at 128 RoIs per image: 256), its
-median time over 20 calls, XLA's FLOP and byte counts; sampling ceil(Sm / 28) points per bin and
-axis makes it grow with Sm².
+median time over 20 calls, XLA's FLOP and byte counts; sampling ceil(Sm / 28) points per
+bin and axis makes it grow with Sm².
 """
 
 import argparse
