@@ -80,3 +80,25 @@ def test_bfloat16_and_remat_match_float32(r18):
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0.1,
                                atol=0.05 * float(jnp.abs(w).max()))
+
+
+def test_block_boundary_is_kept_and_exact():
+  """On CPU each block's output passes a conditional that XLA keeps (the fusion boundary
+  against recomputed residual chains); values and gradients equal the unbounded stage's,
+  NaN included."""
+  stage = resnet.Stage(resnet.Bottleneck, 3, 8, 1)
+  x = jax.random.normal(jax.random.key(0), (1, 6, 6, 32))
+  variables = stage.init(jax.random.key(1), x)
+  loss = lambda v, x: jnp.sum(stage.apply(v, x) ** 2)
+  compiled = jax.jit(jax.value_and_grad(loss)).lower(variables, x).compile().as_text()
+  if jax.default_backend() == "cpu":
+    assert compiled.count("conditional(") >= 2 * 3  # forward and backward, every block
+  value, grad = jax.jit(jax.value_and_grad(loss))(variables, x)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(resnet, "_block_boundary", lambda v: v)
+    want_value, want_grad = jax.jit(jax.value_and_grad(loss))(variables, x)
+    nan = jax.jit(stage.apply)(variables, x.at[0, 0, 0, 0].set(jnp.nan))
+  np.testing.assert_array_equal(value, want_value)
+  jax.tree.map(np.testing.assert_array_equal, grad, want_grad)
+  np.testing.assert_array_equal(jax.jit(stage.apply)(variables, x.at[0, 0, 0, 0].set(jnp.nan)),
+                                nan)
