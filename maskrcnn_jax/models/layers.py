@@ -3,8 +3,8 @@
 `Conv` keeps nn.Conv's parameter layout (`kernel` [k, k, in, out], optional `bias` [out])
 and torch's symmetric padding (k // 2 on every side), so torchvision weights convert 1:1.
 On XLA:CPU both of nn.Conv's kernel-gradient lowerings are slow for large maps:
-  k = 1  a channel matmul instead of a window convolution (about 6x faster kernel
-         gradient at 128x128x256);
+  k = 1  `ops.conv.conv1x1`, a channel matmul instead of a window convolution (about 6x
+         faster kernel gradient at 128x128x256);
   k > 1  `ops.conv.conv2d`, whose kernel gradient is summed over cache-sized row chunks
          on CPU (about 4.8x at 200x200x256 for 3x3).
 Forward values are those of nn.Conv.
@@ -44,7 +44,7 @@ class Conv(nn.Module):
                         jnp.float32).astype(self.dtype)
     x = x.astype(self.dtype)
     if k == 1:
-      y = jnp.einsum("bhwc,cd->bhwd", x[:, ::self.stride, ::self.stride], kernel[0, 0])
+      y = conv_ops.conv1x1(x[:, ::self.stride, ::self.stride], kernel[0, 0])
     else:
       y = conv_ops.conv2d(x, kernel, self.stride)
     if self.use_bias:

@@ -76,3 +76,27 @@ def _backward(stride, residuals, g):
 
 
 conv2d.defvjp(_forward, _backward)
+
+
+@jax.custom_vjp
+def conv1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """1x1 convolution as a channel matmul. x: [B, H, W, Cin]; kernel: [Cin, Cout] -> [B, H, W, Cout].
+
+  Its kernel gradient contracts the pixels of x and g in the order `x^T g`: XLA:CPU then
+  runs it as a YNNPACK matmul (transposing x), where JAX's own transpose rule (`(g^T x)^T`)
+  gets a plain dot, 10-20% slower per res4 1x1 convolution (forward + backward).
+  """
+  return jnp.einsum("bhwc,cd->bhwd", x, kernel)
+
+
+def _forward1x1(x, kernel):
+  return conv1x1(x, kernel), (x, kernel)
+
+
+def _backward1x1(residuals, g):
+  x, kernel = residuals
+  return (jnp.einsum("bhwd,cd->bhwc", g, kernel).astype(x.dtype),
+          jnp.einsum("bhwc,bhwd->cd", x, g).astype(kernel.dtype))
+
+
+conv1x1.defvjp(_forward1x1, _backward1x1)

@@ -65,3 +65,19 @@ def test_bfloat16_gradients():
   want = _grads(_reference, x.astype(jnp.float32), kernel.astype(jnp.float32), 1)
   np.testing.assert_allclose(dkernel.astype(jnp.float32), want[1], rtol=0.05,
                              atol=0.02 * float(jnp.abs(want[1]).max()))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_conv1x1_values_and_gradients_equal_the_einsum(dtype):
+  x = jax.random.normal(jax.random.key(0), (2, 5, 7, 24)).astype(dtype)
+  kernel = jax.random.normal(jax.random.key(1), (24, 16)).astype(dtype)
+  g = jax.random.normal(jax.random.key(2), (2, 5, 7, 16)).astype(dtype)
+  einsum = lambda x, k: jnp.einsum("bhwc,cd->bhwd", x, k)
+  got, got_vjp = jax.vjp(conv_ops.conv1x1, x, kernel)
+  want, want_vjp = jax.vjp(einsum, x, kernel)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_array_equal(got, want)
+  for a, b in zip(got_vjp(g), want_vjp(g)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=tol, atol=tol * np.abs(np.asarray(b, np.float32)).max())
