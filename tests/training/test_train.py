@@ -178,8 +178,9 @@ def test_nonfinite_step_leaves_state_unchanged():
 def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: int = 0):
   """The README's manual launch of main.py on localhost (tiny config, global batch 4).
 
-  sigterm_after: process 0 gets SIGTERM after that train step (equivalence_worker.py);
-  every process must then exit with main.EXIT_PREEMPTED.
+  Several processes run main.py through equivalence_worker.py, which compiles the job's
+  programs once. sigterm_after: process 0 gets SIGTERM after that train step; every
+  process must then exit with main.EXIT_PREEMPTED.
   """
   port = free_port()
   procs = []
@@ -191,10 +192,11 @@ def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: i
     if processes > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                  JAX_PROCESS_ID=str(i))
-      # Only process 0 finds its programs in the shared compile cache: the others would
-      # compile alone, and gloo gives a late process 30 s to join the first collective.
-      env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    program = [str(WORKER), str(sigterm_after)] if sigterm_after else ["main.py"]
+      # Each program compiles once, in process 0 (equivalence_worker.py); a program that
+      # never arrives fails the run in minutes, not jax's default 20.
+      env.update(JAX_SHARE_BINARY_BETWEEN_HOSTS="true",
+                 JAX_SHARE_BINARY_BETWEEN_HOSTS_TIMEOUT_MS="300000")
+    program = [str(WORKER), str(sigterm_after)] if processes > 1 else ["main.py"]
     procs.append(subprocess.Popen(
         [sys.executable, *program, "--config", "configs/tiny.py", "--workdir", str(workdir),
          "--mode", "train", f"--config.data.root={data_root}",
