@@ -46,6 +46,9 @@ def share_compiled_programs() -> None:
   each process sees it, so the processes' keys differ. Here the key hashes the layout all
   processes agree on instead: every device's id, process and kind.
   """
+  if not hasattr(cache_key, "_hash_accelerator_config"):  # Else: a 5-minute wait, then a timeout.
+    raise RuntimeError("jax's compile-cache key has changed: update share_compiled_programs")
+
   def hash_layout(hash_obj, devices):
     for d in devices.flat:
       cache_key._hash_string(hash_obj, f"{d.id}:{d.process_index}:{d.device_kind}")
