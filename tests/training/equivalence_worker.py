@@ -1,10 +1,12 @@
-"""main.py, preempted: process 0 sends itself SIGTERM after train step STEP.
+"""main.py in one process of a localhost job; STEP > 0: process 0 sends itself SIGTERM
+after train step STEP.
 
   JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=I \
       python tests/training/equivalence_worker.py STEP --config configs/tiny.py ...
 
 Started by test_train.py the way the README's manual launch starts main.py; only the
-signal is added, at a known step, as a scheduler's would arrive at an unknown one.
+signal is added, at a known step, as a scheduler's would arrive at an unknown one, and
+the job's programs are compiled once (`share_compiled_programs`).
 """
 
 import os
@@ -13,6 +15,7 @@ import sys
 
 from absl import app
 import jax
+from jax._src import cache_key
 
 import main
 from maskrcnn_jax.training import train
@@ -34,6 +37,28 @@ def sigterm_after(step: int) -> None:
   train.make_train_step = make
 
 
+def share_compiled_programs() -> None:
+  """Process 0 compiles each program of the job and hands it to the others (with
+  JAX_SHARE_BINARY_BETWEEN_HOSTS=true), which would otherwise compile it too: 4 compiles
+  on 2 cores for 4 processes.
+
+  jax finds the shared program by its compile-cache key, which hashes the CPU topology as
+  each process sees it, so the processes' keys differ. Here the key hashes the layout all
+  processes agree on instead: every device's id, process and kind.
+  """
+  if not hasattr(cache_key, "_hash_accelerator_config"):  # Else: a 5-minute wait, then a timeout.
+    raise RuntimeError("jax's compile-cache key has changed: update share_compiled_programs")
+
+  def hash_layout(hash_obj, devices):
+    for d in devices.flat:
+      cache_key._hash_string(hash_obj, f"{d.id}:{d.process_index}:{d.device_kind}")
+
+  cache_key._hash_accelerator_config = hash_layout
+
+
 if __name__ == "__main__":
-  sigterm_after(int(sys.argv.pop(1)))
+  share_compiled_programs()
+  step = int(sys.argv.pop(1))
+  if step:
+    sigterm_after(step)
   app.run(main.main, flags_parser=main.parse_flags)
