@@ -18,7 +18,9 @@ R50-FPN at float32: float32 through ResNet-50 differs between XLA and torch by ~
 relative (RPN scores to 7e-6): box deltas carry that, so box corners differ by ~2e-5 of the
 box size (median 1.6e-3 px, at most 2.3e-2 px at 320 px), beyond that bar.
 Masks are compared as pasted pixels: random weights make checkerboard masks, and a few-pixel
-mask of a thin box changes its IoU by a pixel.
+mask of a thin box changes its IoU by a pixel: with float32 rounding one such mask of 100
+falls to IoU 0.3 on some CPUs, so there the mean IoU over detections has the bar 0.98
+(all pixels together still 0.99).
 """
 import functools
 import json
@@ -42,10 +44,10 @@ GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
 # Golden file -> the model's dtype and tolerances (px for proposals and boxes).
 CASES = {
     "detectron2_r50_fpn.npz": dict(dtype="float32", proposal=5e-2, box=5e-2, box_median=5e-3,
-                                   score=1e-4, mask_prob=5e-2, min_iou=0.0),
+                                   score=1e-4, mask_prob=5e-2, min_iou=0.0, mean_iou=0.98),
     "detectron2_r101_fpn_float64.npz": dict(dtype="float64", proposal=1e-3, box=1e-3,
                                             box_median=1e-3, score=1e-4, mask_prob=1e-3,
-                                            min_iou=0.99),
+                                            min_iou=0.99, mean_iou=0.99),
 }
 
 
@@ -155,7 +157,7 @@ def test_detections_and_masks(outputs):
     assert box_err.max() < tol["box"] and np.median(box_err) < tol["box_median"]
     assert score_err.max() < tol["score"]
     assert mask_err.max() < tol["mask_prob"]
-    assert iou.mean() >= 0.99 and pixel_iou >= 0.99 and iou.min() >= tol["min_iou"]
+    assert iou.mean() >= tol["mean_iou"] and pixel_iou >= 0.99 and iou.min() >= tol["min_iou"]
 
 
 def test_msra_imagenet_backbone(tmp_path):
