@@ -196,7 +196,8 @@ def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: i
       # never arrives fails the run in minutes, not jax's default 20.
       env.update(JAX_SHARE_BINARY_BETWEEN_HOSTS="true",
                  JAX_SHARE_BINARY_BETWEEN_HOSTS_TIMEOUT_MS="300000")
-    program = [str(WORKER), str(sigterm_after)] if processes > 1 else ["main.py"]
+    worker = processes > 1 or sigterm_after
+    program = [str(WORKER), str(sigterm_after)] if worker else ["main.py"]
     procs.append(subprocess.Popen(
         [sys.executable, *program, "--config", "configs/tiny.py", "--workdir", str(workdir),
          "--mode", "train", f"--config.data.root={data_root}",
