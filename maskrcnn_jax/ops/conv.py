@@ -4,7 +4,10 @@ XLA:CPU computes a convolution's kernel gradient as one window convolution over 
 feature map; once the map outgrows the cache it runs 4-6x slower than on cache-sized
 pieces (a 3x3, 256-channel kernel gradient: 1.43 s at 200x200, 0.30 s in 10-row
 pieces; `bench/profile.py`, `docs/benchmarks.md`). On CPU, `conv2d`'s gradient therefore
-sums the kernel gradients of row chunks of the output (each with its input halo); other
+sums the kernel gradients of row chunks of the output (each with its input halo). A strided
+convolution's input gradient is, in XLA, a convolution of the zero-dilated cotangent, which
+XLA:CPU runs outside its fast convolution library (res3's first 3x3: ~45 ms at 800²); on CPU
+it is computed as stride² stride-1 convolutions, one per output phase (~11 ms). Other
 backends take XLA's own gradient. Values equal `lax.conv_general_dilated`'s.
 """
 
@@ -62,10 +65,41 @@ def chunked_kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, stride: i
   return total.astype(kernel.dtype)
 
 
+def phase_input_grad(g: jax.Array, kernel: jax.Array, stride: int, size: tuple[int, int]
+                     ) -> jax.Array:
+  """The input gradient of `conv2d` as one stride-1 convolution of g per output phase.
+
+  Input pixel r of the padded map receives g[i] W[t] for s i + t = r: for the phase
+  r = s m + p that is a correlation of g with the taps W[p], W[p + s], ... reversed.
+  g (output cotangent): [B, Ho, Wo, Cout]; kernel: [k, k, Cin, Cout], stride <= k;
+  size: x's (H, W) -> [B, H, W, Cin].
+  """
+  pad = kernel.shape[0] // 2
+  ho, wo = g.shape[1:3]
+  phases = [-(-(n + 2 * pad) // stride) for n in size]  # rows / cols of each phase
+  rows = []
+  for py in range(stride):
+    cols = []
+    for px in range(stride):
+      taps = kernel[py::stride][::-1, px::stride][:, ::-1]  # [ny, nx, Cin, Cout]
+      padding = ((taps.shape[0] - 1, phases[0] - ho), (taps.shape[1] - 1, phases[1] - wo))
+      cols.append(lax.conv_general_dilated(g, jnp.swapaxes(taps, 2, 3), (1, 1), padding,
+                                           dimension_numbers=_DIMS))
+    rows.append(jnp.stack(cols, axis=3))  # [B, My, Mx, px, Cin]
+  full = jnp.stack(rows, axis=2)  # [B, My, py, Mx, px, Cin]
+  full = full.reshape(g.shape[0], phases[0] * stride, phases[1] * stride, -1)
+  return full[:, pad:pad + size[0], pad:pad + size[1]]
+
+
 def _backward(stride, residuals, g):
   x, kernel = residuals
   conv = lambda x, w: conv2d.fun(x, w, stride)
-  dx = jax.vjp(lambda x: conv(x, kernel), x)[1](g)[0]
+  xla_dx = lambda g, w: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
+  if 1 < stride <= kernel.shape[0]:
+    phased = lambda g, w: phase_input_grad(g, w, stride, x.shape[1:3]).astype(x.dtype)
+    dx = lax.platform_dependent(g, kernel, cpu=phased, default=xla_dx)
+  else:
+    dx = xla_dx(g, kernel)
   whole = lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
   row_bytes = x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize
   rows = max(_CHUNK_BYTES // row_bytes, 1)

@@ -1,4 +1,5 @@
-"""conv2d: torch-padded values, and its (row-chunked on CPU) gradients equal XLA's."""
+"""conv2d: torch-padded values, and its CPU gradients (row-chunked kernel gradient, per-phase
+strided input gradient) equal XLA's."""
 
 import jax
 import jax.numpy as jnp
@@ -81,3 +82,19 @@ def test_conv1x1_values_and_gradients_equal_the_einsum(dtype):
     assert a.dtype == b.dtype and a.shape == b.shape
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                rtol=tol, atol=tol * np.abs(np.asarray(b, np.float32)).max())
+
+
+@pytest.mark.parametrize("shape,k,stride", [
+    ((1, 13, 14, 5, 7), 3, 2),
+    ((2, 12, 9, 3, 4), 3, 2),
+    ((1, 15, 16, 3, 4), 7, 2),
+    ((1, 11, 10, 3, 2), 5, 3),
+])
+def test_phase_input_grad_equals_xla(shape, k, stride):
+  b, h, w, cin, cout = shape
+  x = jax.random.normal(jax.random.key(0), (b, h, w, cin))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+  y, vjp = jax.vjp(lambda x: _reference(x, kernel, stride), x)
+  g = jax.random.normal(jax.random.key(2), y.shape)
+  got = conv_ops.phase_input_grad(g, kernel, stride, (h, w))
+  np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-5)
