@@ -10,9 +10,11 @@ import importlib.util
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from maskrcnn_jax import hostmem
+hostmem.restart_with_huge_pages()  # Before the heavy imports: may start the process over.
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow's C++ start-up notes.
 import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags

@@ -20,6 +20,7 @@ import re
 import tempfile
 
 from bench import run as bench_run
+from maskrcnn_jax import hostmem
 
 # HLO instruction name -> op_name metadata, from the compiled module's text.
 _HLO_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"")
@@ -81,6 +82,7 @@ def host_op_times(trace_dir: str) -> dict[str, float]:
 
 
 def main():
+  hostmem.restart_with_huge_pages()  # As main.py and bench.run run.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--what", default="train", choices=("train", "infer"))
   parser.add_argument("--depth", type=int, default=101)

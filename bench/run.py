@@ -42,6 +42,8 @@ import numpy as np
 
 import bench
 from bench import model as bench_model
+from maskrcnn_jax import hostmem
+
 
 def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -363,6 +365,7 @@ def _fmt(x, spec: str, width: int) -> str:
 
 
 def main():
+  hostmem.restart_with_huge_pages()  # Both sides' processes inherit the tunable.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--what", default="train,infer")
   parser.add_argument("--depth", default="50,101")
@@ -395,7 +398,8 @@ def main():
   if not args.no_torch:
     args.torch_python = ensure_torch_python(args.torch_python)
   print(f"# load average at start {os.getloadavg()}; {os.cpu_count()} CPUs; steps "
-        f"{args.steps} timed after {args.warmup} warm-up; overrides {args.override}", flush=True)
+        f"{args.steps} timed after {args.warmup} warm-up; overrides {args.override}; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}", flush=True)
   header = (f"{'case':<6} {'model':<5} {'size':>4} {'B':>2} | {'ours s':>7} {'img/s':>6} "
             f"{'compile s':>9} {'RSS MB':>7} | {'tv s':>7} {'img/s':>6} {'1st s':>6} "
             f"{'RSS MB':>7} {'masks':>7} | {'tv/ours':>7} {'best':>5} | load")
