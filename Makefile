@@ -36,8 +36,9 @@ $(TORCH_VENV)/.installed: requirements-torch.txt
 demo: venv
 	$(PY) main.py --config configs/demo.py --workdir $(WORKDIR) --mode train_and_eval
 
+# Huge pages for the in-process tests' XLA buffers, as main.py gives itself (maskrcnn_jax/hostmem.py).
 test: venv torch-venv
-	$(PY) -m pytest -q tests
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(PY) -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) $(TORCH_VENV) *.egg-info
