@@ -11,7 +11,8 @@ import os
 import sys
 
 from maskrcnn_jax import hostmem
-hostmem.restart_with_huge_pages()  # Before the heavy imports: may start the process over.
+if __name__ == "__main__":  # Not on import (tests): a restart starts the process over.
+  hostmem.restart_with_huge_pages()  # Before the heavy imports.
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
