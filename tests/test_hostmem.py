@@ -57,5 +57,6 @@ def test_restart_gives_huge_pages_unless_switched_off():
   assert tunables == "glibc.malloc.hugetlb=1"
   off_tunables, off_faults = _child("glibc.malloc.hugetlb=0")
   assert off_tunables == "glibc.malloc.hugetlb=0"
-  # 256 MiB is 65536 small pages, 128 huge ones.
-  assert off_faults > 60000 and faults < 10000, (faults, off_faults)
+  # 256 MiB is 65536 small pages, 128 huge ones (~640 faults here); the kernel may fall back to
+  # small pages for some of them when its memory is fragmented.
+  assert off_faults > 60000 and faults * 4 < off_faults, (faults, off_faults)
