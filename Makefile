@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= /tmp/maskrcnn_jax_demo/workdir
 
-.PHONY: demo test venv torch-venv clean
+.PHONY: demo test test-fast venv torch-venv clean
 
 venv: $(VENV)/.installed
 
@@ -36,9 +36,20 @@ $(TORCH_VENV)/.installed: requirements-torch.txt
 demo: venv
 	$(PY) main.py --config configs/demo.py --workdir $(WORKDIR) --mode train_and_eval
 
-# Huge pages for the in-process tests' XLA buffers, as main.py gives itself (maskrcnn_jax/hostmem.py).
+# Tests run on TEST_WORKERS pytest-xdist processes; the tests of one costly session fixture
+# share a worker (tests/conftest.py). Huge pages for the in-process tests' XLA buffers, as
+# main.py gives itself (maskrcnn_jax/hostmem.py).
+TEST_WORKERS ?= 2
+PYTEST := GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(PY) -m pytest -q \
+	-n $(TEST_WORKERS) --dist loadgroup
+
+# The whole suite: what CI runs.
 test: venv torch-venv
-	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(PY) -m pytest -q tests
+	$(PYTEST) tests
+
+# The edit loop: no torch, no multi-process runs, no long trainings (setup.cfg's markers).
+test-fast: venv
+	$(PYTEST) -m "not slow and not parity" tests
 
 clean:
 	rm -rf $(VENV) $(TORCH_VENV) *.egg-info

@@ -44,12 +44,17 @@ def _glibc_has_hugetlb() -> bool:
   return name == "glibc" and parts >= (2, 35)
 
 
+def huge_pages_on_request() -> bool:
+  """Whether glibc can ask for huge pages: the kernel's mode is `madvise`, glibc >= 2.35."""
+  return thp_mode() == "madvise" and _glibc_has_hugetlb()
+
+
 def restart_with_huge_pages() -> None:
   """Re-executes this process with `glibc.malloc.hugetlb=1` where that changes anything.
 
   Call it first thing, before heavy imports: the process starts over from the same command.
   """
   tunables = with_huge_pages(os.environ.get("GLIBC_TUNABLES", ""))
-  if tunables is None or thp_mode() != "madvise" or not _glibc_has_hugetlb():
+  if tunables is None or not huge_pages_on_request():
     return
   os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": tunables})

@@ -3,13 +3,18 @@
 - Parity tests compare with torch, which runs in its own process (tests/torch_parity.py):
   the `torch_reference` fixture. A test that uses it, or is marked `parity`, fails when it
   is skipped (no torch venv, ...) unless MASKRCNN_JAX_ALLOW_SKIP_PARITY=1.
+- The tiny config's synthetic data and a run of it trained through both stages are made
+  once per test run (`tiny_data`, `tiny_run`); tests that write to a run copy it first
+  (`tiny_workdir`). Under pytest-xdist the tests of each such fixture share a worker.
 - Tests compile many small programs and run them a few times, so XLA's optimisation
   passes would dominate their time: they are off unless a test is marked `optimized`
   (it runs many steps). Compiled programs are also cached on disk for the session, so
   tests (and the subprocesses they start) that build the same step do not compile again.
 """
 
+import copy
 import os
+import shutil
 import tempfile
 
 import jax
@@ -45,22 +50,67 @@ def torch_reference(tmp_path_factory):
   python, why = torch_parity.torch_python()
   if python is None:
     pytest.skip(why)
+  worker = torch_parity.Worker(python, str(tmp_path_factory.mktemp("torch_worker") / "log.txt"))
 
   def run(script, inputs=None, **spec):
     out = tmp_path_factory.mktemp("torch_reference") / "out.npz"
     try:
-      return torch_parity.run(python, script, spec, str(out), inputs)
+      return worker.run(script, spec, str(out), inputs)
     finally:  # Reference weights are large; the arrays are in memory.
       out.unlink(missing_ok=True)
       out.with_name(out.name + ".inputs.npz").unlink(missing_ok=True)
 
-  return run
+  yield run
+  worker.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+  """The tiny config's synthetic data root with its TFRecords; tests must not modify it."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.root = str(tmp_path_factory.mktemp("tiny_data") / "data")
+  pipeline.prepare(config.data)
+  return config.data.root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+  """(config, workdir, result) of `--mode=train` with the tiny config on `tiny_data`: its
+  stages heads (2 steps) and 4+ (2 steps), as main.py runs them; tests must not modify it."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax import run  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.root = tiny_data
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  run.write_config(config, str(workdir))
+  return config, workdir, run.run(config, str(workdir), "train")
+
+
+@pytest.fixture
+def tiny_workdir(tiny_run, tmp_path):
+  """(config, workdir): a copy of `tiny_run`'s config and workdir this test may change."""
+  config, workdir, _ = tiny_run
+  copied = tmp_path / "run"
+  shutil.copytree(workdir, copied)
+  return copy.deepcopy(config), copied
+
+
+# Session fixtures that are costly to make: under pytest-xdist (`make test`), the tests that
+# use one run on one worker (`--dist loadgroup`), so that each is made once per test run.
+_GROUPS = {"torch_reference": "torch", "tiny_data": "tiny", "tiny_run": "tiny",
+           "tiny_workdir": "tiny"}
 
 
 def pytest_collection_modifyitems(items):
   for item in items:
-    if "torch_reference" in getattr(item, "fixturenames", ()):
+    fixtures = getattr(item, "fixturenames", ())
+    if "torch_reference" in fixtures:
       item.add_marker(pytest.mark.parity)
+    group = next((g for f, g in _GROUPS.items() if f in fixtures), None)
+    if group:
+      item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,14 +1,23 @@
-"""main.py's command line: overrides reach the config; bad ones exit with one line."""
+"""main.py's command line: overrides reach the config; bad ones exit with one line.
+
+Flag parsing and `main.main` run in this process (`exit_message`); a real `main.py` process
+is started where the process itself is what is tested: the exit code of a preempted run
+and the one line a refused resume prints.
+"""
 
 import json
+import logging
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import pytest
+
+import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A clean environment, plus the tests' compile settings (tests/conftest.py): main.py's
@@ -23,6 +32,22 @@ def run_main(*args):
                         text=True, timeout=300, env=ENV)
 
 
+def exit_message(*args) -> str:
+  """What main.py exits with (its last line on stderr) for `args`, run in this process."""
+  argv = ["main.py", *args]
+  absl_level = logging.getLogger("absl").level  # Parsing sets it from --verbosity.
+  try:  # ml_collections reads the `--config.` overrides from sys.argv.
+    with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as e:
+      main.main(main.parse_flags(argv))
+  finally:  # The next call parses afresh: the config's override flags are defined per parse.
+    main.FLAGS.unparse_flags()
+    for name in [n for n in main.FLAGS if n.startswith("config.")]:
+      delattr(main.FLAGS, name)
+    logging.getLogger("absl").setLevel(absl_level)
+  assert isinstance(e.value.code, str)  # A message: Python prints it and exits with 1.
+  return e.value.code
+
+
 @pytest.mark.parametrize("override, expected", [
     ("--config.no_such_key=1", "Invalid config: unknown key 'no_such_key' in --config.no_such_key=1"),
     ("--config.model.depth=77", "Invalid config: config.model.depth = 77: must be one of 18, 34, 50, 101, 152"),
@@ -30,18 +55,14 @@ def run_main(*args):
      "config.train.stages has 3 stages (0..2) in --config.train.stages[7].lr=0.1"),
 ])
 def test_bad_override_exits_with_one_line(tmp_path, override, expected):
-  result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path), override)
-  assert result.returncode != 0
-  last = result.stderr.strip().splitlines()[-1]
-  assert last == expected
+  assert exit_message("--config", str(ROOT / "configs/default.py"), "--workdir", str(tmp_path),
+                      override) == expected
 
 
 def test_override_reaches_the_config(tmp_path):
   """The overridden value is what validation sees, and nothing runs after a bad config."""
-  result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path),
-                    "--config.data.root=/data", "--config.data.image_size=1000")
-  assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1] == (
+  assert exit_message("--config", str(ROOT / "configs/default.py"), "--workdir", str(tmp_path),
+                      "--config.data.root=/data", "--config.data.image_size=1000") == (
       "Invalid config: config.data.image_size = 1000: must be a positive multiple of 64")
   assert not (tmp_path / "config.json").exists()
 
@@ -57,12 +78,11 @@ def test_resolved_config_written(tmp_path):
   assert written["train"]["stages"][1]["trainable"] == "4+"
 
 
-def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tmp_path):
+def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tiny_data, tmp_path):
   """SIGTERM during the first stage: checkpoint, exit 143; resuming with another seed: 1."""
-  data = tmp_path / "data"
   workdir = tmp_path / "workdir"
   args = ["--config", "configs/tiny.py", "--workdir", str(workdir), "--mode", "train",
-          f"--config.data.root={data}"]
+          f"--config.data.root={tiny_data}"]
   log = tmp_path / "stderr.txt"
   with log.open("w") as err:
     proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stderr=err,
@@ -82,11 +102,10 @@ def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tmp_path):
 
 
 def test_missing_pretrained_weights_name_the_converter(tmp_path):
-  result = run_main("--config", "configs/default.py", "--workdir", str(tmp_path / "run"),
-                    f"--config.data.root={tmp_path}",  # Exists: the weights are what is missing.
-                    f"--config.init.checkpoint={tmp_path}/weights/d2_r101")
-  assert result.returncode != 0
-  last = result.stderr.strip().splitlines()[-1]
+  last = exit_message("--config", str(ROOT / "configs/default.py"), "--workdir",
+                      str(tmp_path / "run"),
+                      f"--config.data.root={tmp_path}",  # Exists: the weights are missing.
+                      f"--config.init.checkpoint={tmp_path}/weights/d2_r101")
   assert last.startswith(f"Invalid config: config.init.checkpoint = '{tmp_path}/weights/d2_r101'"
                          ": no converted weights there; convert them once with `python -m "
                          "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl")

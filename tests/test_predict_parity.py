@@ -79,6 +79,7 @@ def test_predict_matches_torchvision(images, tmp_path, torch_reference):
     boxes = np.array([r["bbox"] for r in ours])
     scores = np.array([r["score"] for r in ours])
     classes = np.array([r["category_id"] for r in ours])
+    assert len(ref[f"{i}/boxes"]) >= TOP, (path.name, len(ref[f"{i}/boxes"]))  # Detections.
     theirs = ref[f"{i}/boxes"][:TOP]
     theirs = np.concatenate([theirs[:, :2], theirs[:, 2:] - theirs[:, :2]], -1)  # xywh
     worst_iou, worst_score = 1.0, 0.0

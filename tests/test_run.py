@@ -10,6 +10,7 @@ go to local disk there.
 import io
 import json
 import logging
+import pathlib
 
 from etils import epath
 from etils.epath import backend
@@ -126,26 +127,24 @@ def ram(monkeypatch):
   root.rmtree(missing_ok=True)
 
 
-def test_train_eval_predict_outputs_on_ram(ram, tmp_path, monkeypatch):
+def test_train_eval_predict_outputs_on_ram(ram, tiny_data, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # A path taken as local would land here, e.g. ./ram:/...
   local_checkpoints = tmp_path / "local"
   real_manager = checkpoint.manager
   monkeypatch.setattr(checkpoint, "manager",
                       lambda workdir, keep: real_manager(str(local_checkpoints), keep=keep))
   config = tiny.get_config()
-  config.data.root = str(tmp_path / "data")
+  config.data.root = tiny_data
   # TFDS builds into a temporary directory it renames, and ram:// cannot rename directories:
   # built locally, then copied without the record index (which the run writes).
-  local_tfds = tmp_path / "tfds"
-  config.data.tfds_data_dir = str(local_tfds)
-  pipeline.prepare(config.data)
+  local_tfds = pathlib.Path(pipeline.data_dir(config.data))
   for path in local_tfds.rglob("*"):
     if path.is_file() and path.suffix != ".npz":
       target = ram / "tfds" / path.relative_to(local_tfds)
       target.parent.mkdir(parents=True, exist_ok=True)
       target.write_bytes(path.read_bytes())
   config.data.tfds_data_dir = str(ram / "tfds")
-  config.train.stages = [default.stage("heads", "heads", steps=1, lr=0.01)]
+  config.train.stages = config.train.stages[:1]  # Heads, 2 steps.
   config.eval.checkpoint = str(local_checkpoints)
   inputs = ram / "inputs"
   inputs.mkdir(parents=True)
@@ -167,9 +166,9 @@ def test_train_eval_predict_outputs_on_ram(ram, tmp_path, monkeypatch):
   assert {"train/total_loss", "val/total_loss", "segm/AP"} <= set(pictures.read_scalars(
       str(workdir)))
   assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
-  out = workdir / "eval" / "1"
+  out = workdir / "eval" / "2"
   metrics = json.loads((out / "metrics.json").read_text())
-  assert metrics["step"] == 1 and metrics["segm/AP"] == pytest.approx(evaluated["segm/AP"])
+  assert metrics["step"] == 2 and metrics["segm/AP"] == pytest.approx(evaluated["segm/AP"])
   assert isinstance(json.loads((out / "coco_results.json").read_text()), list)
   for name in ("per_class", "per_supercategory", "per_image", "confusion"):
     assert (out / f"{name}.csv").read_text().count("\n") >= 1, name
@@ -184,5 +183,5 @@ def test_train_eval_predict_outputs_on_ram(ram, tmp_path, monkeypatch):
   assert len(indexes) == 2  # train, validation: written again on ram:// by the run.
   for index in indexes:
     assert (ram / "tfds" / index.relative_to(local_tfds)).read_bytes() == index.read_bytes()
-  # Nothing but the data root, its local build and the checkpoints is local.
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "local", "tfds"]
+  # Nothing but the checkpoints is local (the data root and its build are elsewhere).
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]

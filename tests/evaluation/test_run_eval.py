@@ -14,7 +14,6 @@ from pycocotools import coco as coco_lib
 from pycocotools import cocoeval
 import pytest
 
-from configs import default
 from configs import tiny
 from maskrcnn_jax import models
 from maskrcnn_jax import run
@@ -25,12 +24,8 @@ from maskrcnn_jax.weights import checkpoint
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_eval_and_predict_modes(tmp_path):
-  config = tiny.get_config()
-  config.data.root = str(tmp_path / "data")
-  config.train.stages = [default.stage("all", "all", steps=1, lr=0.001)]
-  workdir = tmp_path / "run"
-  run.run(config, str(workdir), "train")
+def test_eval_and_predict_modes(tiny_workdir, tmp_path):
+  config, workdir = tiny_workdir  # Trained by --mode=train to step 4.
   assert not (workdir / "eval").exists()  # --mode=train does not evaluate.
 
   metrics = run.run(config, str(workdir), "eval")  # On the CPU: pasted on the host.
@@ -40,16 +35,16 @@ def test_eval_and_predict_modes(tmp_path):
   on_device = run.run(config, str(workdir), "eval")
   for k, v in metrics.items():
     assert on_device[k] == pytest.approx(v, abs=1e-4, nan_ok=True), k
-  written = json.loads((workdir / "eval" / "1" / "metrics.json").read_text())
-  assert written["step"] == 1 and "segm/AP" in written
+  written = json.loads((workdir / "eval" / "4" / "metrics.json").read_text())
+  assert written["step"] == 4 and "segm/AP" in written
   # The stuff class set: the official results, nothing panoptic.
-  assert (workdir / "eval" / "1" / "stuff_results.json").exists()
-  assert not (workdir / "eval" / "1" / "panoptic.json").exists()
+  assert (workdir / "eval" / "4" / "stuff_results.json").exists()
+  assert not (workdir / "eval" / "4" / "panoptic.json").exists()
   assert not any(k.startswith("panoptic/") for k in on_device)
 
   images = tmp_path / "images"
   images.mkdir()
-  for i, path in enumerate(sorted((tmp_path / "data" / "val2017").glob("*.jpg"))[:3]):
+  for i, path in enumerate(sorted(pathlib.Path(config.data.root, "val2017").glob("*.jpg"))[:3]):
     Image.open(path).convert("L").save(images / f"img{i}.png")  # Grayscale PNGs too.
   config.predict.input_dir = str(images)
   out = pathlib.Path(run.run(config, str(workdir), "predict"))

@@ -64,7 +64,7 @@ def test_converted_variables_match_init_structure(reference):
 
 def test_fpn_features(outputs):
   torch_out, _, jax_features = outputs
-  for got, want in zip(jax_features, torch_out["features"]):
+  for got, want in zip(jax_features, torch_out["features"], strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 

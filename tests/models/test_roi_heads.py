@@ -74,15 +74,16 @@ def test_detection_drops_padded_proposals():
   features = [jnp.ones((1, 16 // 2**i, 16 // 2**i, 8)) for i in range(4)]
   proposals = {"boxes": jnp.tile(jnp.array([[[8.0, 8.0, 40.0, 40.0]]]), (1, 6, 1)),
                "valid": jnp.array([[True, False, False, False, False, False]])}
-  init = functools.partial(heads.init, train=False)
+  init = jax.jit(functools.partial(heads.init, train=False))  # One compile, not one per op.
   variables = init(jax.random.key(0), features, proposals, jnp.array([[64.0, 64.0]]))
-  det = heads.apply(variables, features, proposals, jnp.array([[64.0, 64.0]]), train=False)
+  apply = jax.jit(functools.partial(heads.apply, train=False))
+  det = apply(variables, features, proposals, jnp.array([[64.0, 64.0]]))
   # One valid proposal -> at most one box per foreground class (identical boxes of one class
   # would be suppressed, of different classes are kept): 2 detections.
   assert int(det["num_detections"][0]) == 2
   assert set(np.asarray(det["classes"][0][:2]).tolist()) == {1, 2}
   proposals["valid"] = jnp.zeros((1, 6), bool)
-  det = heads.apply(variables, features, proposals, jnp.array([[64.0, 64.0]]), train=False)
+  det = apply(variables, features, proposals, jnp.array([[64.0, 64.0]]))
   assert int(det["num_detections"][0]) == 0 and not det["masks"].any()
 
 
@@ -96,8 +97,10 @@ def test_topk_candidates_cap_keeps_the_best_scores():
   hw = jnp.array([[128.0, 128.0]])
   make = functools.partial(roi_heads.RoIHeads, num_classes=6, fc_dim=16, mask_convs=1,
                            mask_channels=8, score_threshold=0.0, nms_threshold=0.5)
-  variables = make().init(jax.random.key(0), features, proposals, hw, train=False)
-  run = lambda **kw: make(**kw).apply(variables, features, proposals, hw, train=False)
+  variables = jax.jit(functools.partial(make().init, train=False))(
+      jax.random.key(0), features, proposals, hw)
+  run = lambda **kw: jax.jit(functools.partial(make(**kw).apply, train=False))(
+      variables, features, proposals, hw)
   full = run(detections_per_image=10, topk_candidates=120)
   capped = run(detections_per_image=10, topk_candidates=40)
   assert int(full["num_candidates"][0]) == int(capped["num_candidates"][0]) == 120
@@ -158,14 +161,15 @@ def test_losses_by_value():
   proposal = {"boxes": jnp.asarray(proposals),
               "valid": jnp.array([[True, True, True, False], [True, True, True, True]])}
   image_hw = jnp.array([[64.0, 64.0]] * 2)
-  variables = heads.init({"params": jax.random.key(0), "sampling": jax.random.key(1)},
-                         features, proposal, image_hw, gt, train=True)
+  variables = jax.jit(functools.partial(heads.init, train=True))(
+      {"params": jax.random.key(0), "sampling": jax.random.key(1)}, features, proposal,
+      image_hw, gt)
   bbox_pred = variables["params"]["box_head"]["bbox_pred"]
   bbox_pred["kernel"] = bbox_pred["kernel"] * 300  # Deltas of O(1) that differ by class.
   mask_pred = variables["params"]["mask_head"]["mask_logits"]
   mask_pred["kernel"] = mask_pred["kernel"] * 10  # Likewise the mask logits.
-  out = heads.apply(variables, features, proposal, image_hw, gt, train=True,
-                    rngs={"sampling": jax.random.key(2)})
+  out = jax.jit(functools.partial(heads.apply, train=True))(
+      variables, features, proposal, image_hw, gt, rngs={"sampling": jax.random.key(2)})
 
   # The candidates: valid proposals, then valid GT; 5 per image, all sampled.
   cands, labels, matched = [], [], []
@@ -178,8 +182,9 @@ def test_losses_by_value():
     labels.append(np.where(iou.max(1) >= 0.5, np.asarray(gt["classes"][b])[iou.argmax(1)], 0))
   cands = np.stack(cands)
   assert [int((l > 0).sum()) for l in labels] == [3, 2]
-  logits, deltas = heads.apply(variables, features, jnp.asarray(cands),
-                               method=lambda m, f, r: m.box_head(m._pool(f, r, 7)))
+  logits, deltas = jax.jit(functools.partial(
+      heads.apply, method=lambda m, f, r: m.box_head(m._pool(f, r, 7))))(
+          variables, features, jnp.asarray(cands))
   logits, deltas = np.asarray(logits, np.float64), np.asarray(deltas, np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   class_loss = -np.mean([log_probs[b, r, labels[b][r]] for b in range(2) for r in range(5)])
@@ -190,9 +195,9 @@ def test_losses_by_value():
     targets = _encode(gt_boxes[b][matched[b][pos]], cands[b][pos])
     box_sum += smooth_l1(deltas[b, pos, labels[b][pos]] - targets)  # The GT class's deltas.
     other_sum += smooth_l1(deltas[b, pos, labels[b][pos] % 3 + 1] - targets)
-    mask_logits = heads.apply(variables, features, jnp.asarray(cands[b:b + 1, pos]),
-                              method=lambda m, f, r: m.mask_head(m._pool(
-                                  [x[b:b + 1] for x in f], r, 14)))[0]
+    mask_logits = jax.jit(functools.partial(heads.apply, method=lambda m, f, r: m.mask_head(
+        m._pool([x[b:b + 1] for x in f], r, 14))))(
+            variables, features, jnp.asarray(cands[b:b + 1, pos]))[0]
     y = np.asarray(roi_heads.mask_targets(gt["masks"][b][matched[b][pos]],
                                           gt["boxes"][b][matched[b][pos]],
                                           jnp.asarray(cands[b][pos])))

@@ -44,7 +44,9 @@ def share_compiled_programs() -> None:
 
   jax finds the shared program by its compile-cache key, which hashes the CPU topology as
   each process sees it, so the processes' keys differ. Here the key hashes the layout all
-  processes agree on instead: every device's id, process and kind.
+  processes agree on instead: every device's id, process and kind. jax 0.10.2 has no public
+  hook for that key, so this replaces the private `jax._src.cache_key._hash_accelerator_config`
+  (the only private jax API the tests use); the check below fails at start if it moves.
   """
   if not hasattr(cache_key, "_hash_accelerator_config"):  # Else: a 5-minute wait, then a timeout.
     raise RuntimeError("jax's compile-cache key has changed: update share_compiled_programs")

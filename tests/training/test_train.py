@@ -4,6 +4,7 @@ started as the README's manual launch, SIGTERM and resume)."""
 
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,25 +25,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKER = pathlib.Path(__file__).with_name("equivalence_worker.py")
 
 
-def tiny_config(tmp_path):
-  config = tiny.get_config()
-  config.data.root = str(tmp_path / "data")
-  return config
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  return tmp_path_factory.mktemp("tiny_data")
-
-
 def flat(tree):
   return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
 
 
-def test_stages_freeze_resume_and_preemption(data_root, tmp_path, monkeypatch):
-  config = tiny.get_config()
-  config.data.root = str(data_root / "data")
-  full = train.train_and_evaluate(config, str(tmp_path / "full"), evaluate=False)
+def test_stages_freeze_resume_and_preemption(tiny_run, tmp_path, monkeypatch):
+  config, _, full = tiny_run
+  config = config.copy_and_resolve_references()
   assert [s.name for s in full["stages"]] == ["heads", "4+"]
   assert int(full["state"].step) == 4
   assert all(np.isfinite(s.last_loss) for s in full["stages"])
@@ -90,9 +79,9 @@ def test_stages_freeze_resume_and_preemption(data_root, tmp_path, monkeypatch):
   assert second["stages"][-1].last_loss == pytest.approx(full["stages"][-1].last_loss, rel=1e-5)
 
 
-def test_nonfinite_steps_are_skipped_then_stop(data_root, tmp_path, monkeypatch):
+def test_nonfinite_steps_are_skipped_then_stop(tiny_data, tmp_path, monkeypatch):
   config = tiny.get_config()
-  config.data.root = str(data_root / "data")
+  config.data.root = tiny_data
   config.train.max_nonfinite_steps = 2
   real = train.global_batches
 
@@ -109,10 +98,10 @@ def test_nonfinite_steps_are_skipped_then_stop(data_root, tmp_path, monkeypatch)
   assert (tmp_path / "nan" / "checkpoints" / "2" / "state").is_dir()
 
 
-def test_each_step_is_evaluated_once(data_root, tmp_path, monkeypatch):
+def test_each_step_is_evaluated_once(tiny_data, tmp_path, monkeypatch):
   """Periodic evaluation on both stage boundaries, then a restart of the finished run."""
   config = tiny.get_config()
-  config.data.root = str(data_root / "data")
+  config.data.root = tiny_data
   config.train.eval_every_steps = 2  # The stages end at steps 2 and 4.
   evaluated, val_losses, made = [], [], []
 
@@ -175,6 +164,12 @@ def test_nonfinite_step_leaves_state_unchanged():
     np.testing.assert_array_equal(after[path], before[path], err_msg=path)
 
 
+# The equivalence runs: heads 2 steps, then 4+ 4 steps, so that a run resumed at the stage
+# boundary (step 2) can be preempted inside a stage and resumed again.
+STEPS = 6
+RESUME_AT = 2
+
+
 def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: int = 0):
   """The README's manual launch of main.py on localhost (tiny config, global batch 4).
 
@@ -201,7 +196,8 @@ def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: i
     procs.append(subprocess.Popen(
         [sys.executable, *program, "--config", "configs/tiny.py", "--workdir", str(workdir),
          "--mode", "train", f"--config.data.root={data_root}",
-         "--config.train.global_batch_size=4", "--config.data.eval_batch_size=4"],
+         "--config.train.global_batch_size=4", "--config.data.eval_batch_size=4",
+         f"--config.train.stages[1].steps={STEPS - RESUME_AT}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   for proc in procs:
     out, _ = proc.communicate(timeout=900)
@@ -215,7 +211,7 @@ def free_port():
 
 
 def run_of(workdir):
-  """(train/total_loss per step, the last checkpoint's params) of a run."""
+  """(train/total_loss per step, the last checkpoint's params, its step) of a run."""
   from maskrcnn_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
   steps, losses = pictures.read_scalars(str(workdir))["train/total_loss"]
@@ -224,12 +220,15 @@ def run_of(workdir):
 
 
 def assert_same_run(run, reference, name):
+  """The run's steps (those after RESUME_AT) took the reference's losses and end in its
+  parameters."""
   losses, params, step = run
   ref_losses, ref_params, ref_step = reference
-  assert step == ref_step == 4, name
-  assert sorted(losses) == sorted(ref_losses) == [1, 2, 3, 4], name
+  assert step == ref_step == STEPS, name
+  assert sorted(losses) == list(range(RESUME_AT + 1, STEPS + 1)), name
+  assert sorted(ref_losses) == list(range(1, STEPS + 1)), name
   np.testing.assert_allclose([losses[s] for s in sorted(losses)],
-                             [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-4, err_msg=name)
+                             [ref_losses[s] for s in sorted(losses)], rtol=1e-4, err_msg=name)
   assert params.keys() == ref_params.keys()
   for path in ref_params:
     np.testing.assert_allclose(params[path], ref_params[path], rtol=1e-4, atol=1e-6,
@@ -237,40 +236,54 @@ def assert_same_run(run, reference, name):
 
 
 @pytest.fixture(scope="module")
-def reference(data_root, tmp_path_factory):
-  """The data root and the run of 1 process x 4 devices the other topologies must match.
+def reference(tiny_data, tmp_path_factory):
+  """(data root, the run of 1 process x 4 devices the other topologies must match, its
+  workdir).
 
   Every device gets another image (global batch 4 of 8 distinct synthetic images), read by
   the real input pipeline: a wrongly assembled global batch changes the losses.
   """
   from maskrcnn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  root = data_root / "equivalence"
   workdir = tmp_path_factory.mktemp("1x4")
-  launch(workdir, root, processes=1, devices=4)
+  launch(workdir, tiny_data, processes=1, devices=4)
   config = tiny.get_config()
-  config.data.root = str(root)
+  config.data.root = tiny_data
   for batch, _ in zip(pipeline.create_train_dataset(
       config.data, global_batch_size=4, seed=config.seed).as_numpy_iterator(), range(4)):
     pixels = {batch["image"][i].tobytes() for i in range(4)}
     assert len(set(batch["image_id"].tolist())) == len(pixels) == 4
   run = run_of(workdir)
-  assert run[0][4] < run[0][1]
-  return root, run
+  assert run[0][STEPS] < run[0][1]
+  return tiny_data, run, workdir
+
+
+def resumed_at_stage_boundary(reference, workdir):
+  """`workdir` as the reference run left it at step RESUME_AT (the end of its heads stage):
+  its config and that checkpoint. The layouts resume there, so that each run compiles and
+  takes the 4+ stage only."""
+  _, _, ref_workdir = reference
+  shutil.copytree(ref_workdir / "configs", workdir / "configs")
+  shutil.copy(ref_workdir / "config.json", workdir / "config.json")
+  shutil.copytree(ref_workdir / "checkpoints" / str(RESUME_AT),
+                  workdir / "checkpoints" / str(RESUME_AT))
 
 
 def test_four_processes_train_as_one(reference, tmp_path):
-  root, expected = reference
+  root, expected, _ = reference
+  resumed_at_stage_boundary(reference, tmp_path)
   launch(tmp_path, root, processes=4, devices=1)
   assert_same_run(run_of(tmp_path), expected, "4 processes x 1 device")
 
 
 def test_sigterm_then_resume_trains_as_one(reference, tmp_path):
-  """2 processes x 2 devices: every step of the run is taken by this layout, so it is
-  also the 2 x 2 layout's equivalence check."""
-  root, expected = reference
-  launch(tmp_path, root, processes=2, devices=2, sigterm_after=1)
+  """2 processes x 2 devices: every step after the stage boundary is taken by this layout,
+  so it is also the 2 x 2 layout's equivalence check."""
+  root, expected, _ = reference
+  resumed_at_stage_boundary(reference, tmp_path)
+  launch(tmp_path, root, processes=2, devices=2, sigterm_after=RESUME_AT + 1)
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-  assert saved[-1] in (2, 3), saved  # The step both processes agreed on, before the end.
+  # The step both processes agreed on, before the end.
+  assert saved[-1] in (RESUME_AT + 2, RESUME_AT + 3), saved
   launch(tmp_path, root, processes=2, devices=2)
   assert_same_run(run_of(tmp_path), expected, "2 x 2, preempted and resumed")
 

@@ -58,11 +58,14 @@ def load_golden(name):
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
-  return load_golden(request.param), CASES[request.param]
+  return request.param, load_golden(request.param), CASES[request.param]
 
 
-def rebuilt_state(golden):
-  """The state dict detectron2 ran: seeded weights plus the golden's BN statistics."""
+@functools.lru_cache(maxsize=1)  # R101's state is built once for the two tests that read it.
+def rebuilt_state(name):
+  """The state dict detectron2 ran for golden `name`: seeded weights plus the golden's BN
+  statistics; callers must not modify it."""
+  golden = load_golden(name)
   spec = json.loads(str(golden["provenance"]))["spec"]
   shapes = json.loads(str(golden["shapes"]))
   state = detectron2_states.random_state(shapes, spec["seed"])
@@ -76,8 +79,8 @@ def rebuilt_state(golden):
 
 @pytest.fixture(scope="module")
 def outputs(case, tmp_path_factory):
-  golden, tol = case
-  state, spec = rebuilt_state(golden)
+  name, golden, tol = case
+  state, spec = rebuilt_state(name)
   assert spec.get("dtype", "float32") == tol["dtype"]
   tmp = tmp_path_factory.mktemp("d2")
   pkl = str(tmp / "model_final.pkl")
@@ -107,7 +110,7 @@ def outputs(case, tmp_path_factory):
 
 
 def test_state_dict_is_detectron2s_layout():
-  state, _ = rebuilt_state(load_golden("detectron2_r101_fpn_float64.npz"))
+  state, _ = rebuilt_state("detectron2_r101_fpn_float64.npz")
   assert "backbone.bottom_up.res2.0.conv1.norm.running_var" in state
   assert state["roi_heads.box_predictor.cls_score.weight"].shape == (81, 1024)
 
