@@ -23,7 +23,7 @@ from configs import default
 from configs import tiny
 from maskrcnn_jax import run
 from maskrcnn_jax import validation
-from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import build
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.weights import checkpoint
 
@@ -138,7 +138,7 @@ def test_train_eval_predict_outputs_on_ram(ram, tmp_path, monkeypatch):
   # built locally, then copied without the record index (which the run writes).
   local_tfds = tmp_path / "tfds"
   config.data.tfds_data_dir = str(local_tfds)
-  pipeline.prepare(config.data)
+  build.prepare(config.data)
   for path in local_tfds.rglob("*"):
     if path.is_file() and path.suffix != ".npz":
       target = ram / "tfds" / path.relative_to(local_tfds)

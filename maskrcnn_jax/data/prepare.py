@@ -15,8 +15,8 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
-from maskrcnn_jax.data import pipeline
 
 
 def main(argv):
@@ -26,7 +26,7 @@ def main(argv):
       root=f.root, tfds_data_dir=f.data_dir, class_set=f.class_set, mask_size=f.mask_size,
       max_instances=f.max_instances, synthetic=dict(enabled=False)))
   start = time.time()
-  builder = pipeline.prepare(data_config, num_workers=f.num_workers)
+  builder = build.prepare(data_config, num_workers=f.num_workers)
   print(f"{builder.data_dir} ready in {time.time() - start:.1f} s")
   for split, info in builder.info.splits.items():
     counts = builder.info.metadata.get(f"counts/{split}", {})
