@@ -24,7 +24,7 @@ from configs import default
 from configs import tiny
 from maskrcnn_jax import run
 from maskrcnn_jax import validation
-from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import build
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.weights import checkpoint
 
@@ -137,7 +137,7 @@ def test_train_eval_predict_outputs_on_ram(ram, tiny_data, tmp_path, monkeypatch
   config.data.root = tiny_data
   # TFDS builds into a temporary directory it renames, and ram:// cannot rename directories:
   # built locally, then copied without the record index (which the run writes).
-  local_tfds = pathlib.Path(pipeline.data_dir(config.data))
+  local_tfds = pathlib.Path(build.data_dir(config.data))
   for path in local_tfds.rglob("*"):
     if path.is_file() and path.suffix != ".npz":
       target = ram / "tfds" / path.relative_to(local_tfds)

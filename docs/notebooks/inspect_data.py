@@ -22,8 +22,10 @@
 # %%
 import numpy as np
 
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import preprocess
 from maskrcnn_jax.inspection import data as data_lib
 from maskrcnn_jax.inspection import notebook
 
@@ -31,7 +33,7 @@ NUM_IMAGES = 4
 
 config = notebook.load_config("configs/demo.py")
 show = notebook.picture_saver("/tmp/maskrcnn_jax_inspect/data")
-pipeline.prepare(config.data)  # Builds the TFRecords on first use.
+build.prepare(config.data)  # Builds the TFRecords on first use.
 class_set = categories.get_class_set(config.data.class_set)
 print(f"class set {class_set.name}: {class_set.num_classes} classes")
 
@@ -75,6 +77,6 @@ picture
 # One training image without augmentation, then three draws of the config's augmentation.
 
 # %%
-examples = pipeline.augmentation_examples(config.data, index=0, num_draws=3, seed=config.seed)
+examples = preprocess.augmentation_examples(config.data, index=0, num_draws=3, seed=config.seed)
 show("augmentation", data_lib.augmentation_picture(
     examples[0], examples[1:], class_set, title=f"augmentation: {config.data.augment}"))

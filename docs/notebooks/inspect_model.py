@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from maskrcnn_jax import models
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
@@ -40,7 +41,7 @@ NUM_IMAGES = 2
 
 config = notebook.load_config("configs/demo.py")
 show = notebook.picture_saver("/tmp/maskrcnn_jax_inspect/model")
-pipeline.prepare(config.data)
+build.prepare(config.data)
 class_set = categories.get_class_set(config.data.class_set)
 model = models.build(config.model, num_classes=class_set.num_classes + 1)
 variables, step = load.inference_variables(model, WORKDIR, class_set)
@@ -99,7 +100,7 @@ show("mask_targets", model_lib.mask_targets_picture(
 # ## Predictions on validation images
 
 # %%
-evaluator = evaluator_lib.Evaluator(pipeline.annotation_files(config.data, "validation"),
+evaluator = evaluator_lib.Evaluator(build.annotation_files(config.data, "validation"),
                                     class_set, num_pictures=NUM_IMAGES)
 ds = pipeline.create_eval_dataset(config.data, batch_size=NUM_IMAGES, split="validation",
                                   num_images=NUM_IMAGES, process_index=0, process_count=1)

@@ -33,6 +33,7 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import synthetic
 
@@ -121,7 +122,7 @@ def _build(root: pathlib.Path, data_dir: pathlib.Path, image_size: int, num_work
   config.tfds_data_dir = str(data_dir)
   start, cpu = time.perf_counter(), _cpu_seconds()
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  pipeline.prepare(config, num_workers=num_workers)
+  build.prepare(config, num_workers=num_workers)
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   workers = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
   return np.array([time.perf_counter() - start, _cpu_seconds() - cpu, workers])
@@ -168,7 +169,7 @@ def run(workdir: pathlib.Path, *, num_images: int, sizes, mask_sizes, rounds: in
   stuff = json.loads((root / "annotations" / "stuff_train2017.json").read_text())
   per_image = len(stuff["annotations"]) / len(stuff["images"])
   for mask_size in mask_sizes:
-    split = pipeline.prepare(_config(root, 1024, mask_size)).info.splits["train"]
+    split = build.prepare(_config(root, 1024, mask_size)).info.splits["train"]
     print(f"TFRecords Sm={mask_size}: {split.num_bytes / split.num_examples / 1024:.1f} KiB "
           f"per training image ({per_image:.1f} stuff annotations per image)")
   cores = os.cpu_count()

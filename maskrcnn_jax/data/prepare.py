@@ -2,31 +2,36 @@
 
     python -m maskrcnn_jax.data.prepare --root ROOT --data_dir DIR \
         [--class_set stuff|stuff_no_other|things_and_stuff] [--mask_size 112] \
-        [--num_workers N] [--max_instances 100]
+        [--num_workers N] [--max_instances 100] [--config configs/default.py]
 
---num_workers processes decode the images (JPEG check, RLE and polygon decoding, mask
-crops); this process reads the JSON once and writes the TFRecords in image-id order, so
-the result is the same for any N.
+What is built is `config.data` of --config (run from the repository root for the default
+path), with the keys the flags name replaced by the flags given. --num_workers processes
+decode the images (JPEG check, RLE and polygon decoding, mask crops); this process reads
+the JSON once and writes the TFRecords in image-id order, so the result is the same for
+any N.
 """
 
 import time
 
 from absl import app
 from absl import flags
-import ml_collections
+from ml_collections import config_flags
 
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
-from maskrcnn_jax.data import pipeline
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  data_config = ml_collections.ConfigDict(dict(
-      root=f.root, tfds_data_dir=f.data_dir, class_set=f.class_set, mask_size=f.mask_size,
-      max_instances=f.max_instances, synthetic=dict(enabled=False)))
+  data_config = f.config.data
+  overrides = dict(root=f.root, tfds_data_dir=f.data_dir, class_set=f.class_set,
+                   mask_size=f.mask_size, max_instances=f.max_instances)
+  data_config.update({k: v for k, v in overrides.items() if v is not None})
+  if not data_config.root:
+    raise app.UsageError("no data root: pass --root (or set data.root in --config)")
   start = time.time()
-  builder = pipeline.prepare(data_config, num_workers=f.num_workers)
+  builder = build.prepare(data_config, num_workers=f.num_workers)
   print(f"{builder.data_dir} ready in {time.time() - start:.1f} s")
   for split, info in builder.info.splits.items():
     counts = builder.info.metadata.get(f"counts/{split}", {})
@@ -35,13 +40,17 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("root", None, "COCO-Stuff root (train2017/, val2017/, annotations/).",
-                      required=True)
-  flags.DEFINE_string("data_dir", "", "TFDS data dir; default ROOT/tfds.")
-  flags.DEFINE_enum("class_set", "stuff", list(categories.CLASS_SET_NAMES), "Class set.")
-  flags.DEFINE_integer("mask_size", 112, "Side of the stored box-cropped masks "
-                       "(data.mask_size; configs/default.py: 112).")
+  config_flags.DEFINE_config_file("config", "configs/default.py",
+                                  "Config whose `data` is built.", lock_config=True)
+  flags.DEFINE_string("root", None, "COCO-Stuff root (train2017/, val2017/, annotations/); "
+                      "default: data.root.")
+  flags.DEFINE_string("data_dir", None, "TFDS data dir; default: data.tfds_data_dir, else "
+                      "ROOT/tfds.")
+  flags.DEFINE_enum("class_set", None, list(categories.CLASS_SET_NAMES),
+                    "Class set; default: data.class_set.")
+  flags.DEFINE_integer("mask_size", None, "Side of the stored box-cropped masks; default: "
+                       "data.mask_size.")
   flags.DEFINE_integer("num_workers", 1, "Processes decoding the images.", lower_bound=1)
-  flags.DEFINE_integer("max_instances", 100,
-                       "data.max_instances of training: images above it are reported.")
+  flags.DEFINE_integer("max_instances", None, "data.max_instances of training: images above "
+                       "it are reported; default: the config's.")
   app.run(main)

@@ -41,7 +41,7 @@ import numpy as np
 
 from maskrcnn_jax import validation
 from maskrcnn_jax.data import categories
-from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import synthetic
 from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
@@ -246,7 +246,7 @@ def whole_eval(config: ml_collections.ConfigDict, out_dir: str, *, num_images: i
   if not (root / "annotations").exists():
     synthetic.write_synthetic(root, num_train=1, num_val=num_images, image_size=(height, width),
                               seed=config.data.synthetic.seed)
-  pipeline.prepare(config.data)
+  build.prepare(config.data)
   _, model, mesh = run_eval.build(config)
   init = jax.jit(functools.partial(load.init_inference, model),
                  out_shardings=NamedSharding(mesh, P()))

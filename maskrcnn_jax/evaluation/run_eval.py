@@ -22,8 +22,10 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax import models
+from maskrcnn_jax.data import build as build_lib
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import predict_input
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import pictures
@@ -142,7 +144,7 @@ class Evaluation:
     self.mesh = mesh
     self.sharding = NamedSharding(mesh, P(AXIS))
     self.evaluator = evaluator_lib.Evaluator(
-        pipeline.annotation_files(config.data, "validation"),
+        build_lib.annotation_files(config.data, "validation"),
         categories.get_class_set(config.data.class_set),
         mask_threshold=config.eval.mask_threshold,
         # Process 0 draws its own first images: no input image crosses processes.
@@ -232,7 +234,7 @@ def build(config: ml_collections.ConfigDict):
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """`--mode=eval`: the latest checkpoint in `workdir` (or `config.eval.checkpoint`)."""
-  pipeline.prepare(config.data)
+  build_lib.prepare(config.data)
   class_set, model, mesh = build(config)
   variables, step = _load_variables(config, workdir, model, class_set, mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -269,7 +271,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
   results = []
   for start in range(0, len(files), batch_size):
     chunk = files[start:start + batch_size]
-    local = pipeline.load_images([str(p) for p in chunk], config.data, batch_size=batch_size)
+    local = predict_input.load_images([str(p) for p in chunk], config.data, batch_size=batch_size)
     inputs = {k: local[k] for k in ("image", "image_id", "image_info")}
     batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), inputs)
     detections = jax.device_get(predict_step(variables, batch))

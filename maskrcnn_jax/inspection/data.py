@@ -10,6 +10,7 @@ from matplotlib import figure as mfigure
 from matplotlib import patches
 import numpy as np
 
+from maskrcnn_jax.data import sampler
 from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.evaluation import stuff_metrics
@@ -138,10 +139,9 @@ class Statistics:
 
   def pictures(self, *, repeat_threshold: float) -> dict[str, np.ndarray]:
     """Class histogram, instance-size histogram and the images' repeat factors (LVIS)."""
-    from maskrcnn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     names = list(self.class_set.names)
     sizes = np.concatenate(self.sizes) if self.sizes else np.zeros(0)
-    factors = pipeline.repeat_factors(self.image_classes, repeat_threshold)
+    factors = sampler.repeat_factors(self.image_classes, repeat_threshold)
     small, large = COCO_SIZE_LIMITS
     return {
         "class_histogram": bar_figure(

@@ -18,8 +18,10 @@ import ml_collections
 import numpy as np
 
 from maskrcnn_jax import models
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import preprocess
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.evaluation import run_eval
@@ -99,8 +101,8 @@ def inspect_data(config, out: _Output, class_set) -> None:
   for name, image in stats.pictures(repeat_threshold=config.data.repeat_threshold).items():
     out.picture("data", name, image)
   out.table("data", "classes", stats.table())
-  examples = pipeline.augmentation_examples(config.data, index=0, num_draws=NUM_AUGMENTATIONS,
-                                            seed=config.seed)
+  examples = preprocess.augmentation_examples(config.data, index=0, num_draws=NUM_AUGMENTATIONS,
+                                              seed=config.seed)
   augment = config.data.augment
   out.picture("data", "augmentation", data_lib.augmentation_picture(
       examples[0], examples[1:], class_set,
@@ -157,7 +159,7 @@ def inspect_model(config, out: _Output, class_set, model, variables, note: str) 
 def inspect_predictions(config, out: _Output, class_set, model, variables) -> None:
   """Detections with masks, per-class AP bars and the confusion on validation images."""
   evaluator = evaluator_lib.Evaluator(
-      pipeline.annotation_files(config.data, "validation"), class_set,
+      build.annotation_files(config.data, "validation"), class_set,
       mask_threshold=config.eval.mask_threshold, num_pictures=config.inspect.num_images,
       score_threshold=config.eval.score_threshold)
   rng = jax.random.key(config.seed)
@@ -200,7 +202,7 @@ def inspect(config: ml_collections.ConfigDict, workdir: str, *,
   """
   if jax.process_count() > 1:
     raise ValueError("--mode=inspect runs in one process; start it without a cluster")
-  pipeline.prepare(config.data)
+  build.prepare(config.data)
   class_set = categories.get_class_set(config.data.class_set)
   model = models.build(config.model, num_classes=class_set.num_classes + 1)
   variables, step, trained = load_or_init(config, workdir, model, class_set)

@@ -26,6 +26,7 @@ import optax
 from maskrcnn_jax import distributed
 from maskrcnn_jax import models
 from maskrcnn_jax import validation
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import run_eval
@@ -182,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns a summary: per-stage first/last total loss, skipped steps, final metrics, and
   the final `state` (for tests).
   """
-  pipeline.prepare(config.data)
+  build.prepare(config.data)
   class_set = categories.get_class_set(config.data.class_set)
   model = models.build(config.model, num_classes=class_set.num_classes + 1)
   mesh = make_mesh()

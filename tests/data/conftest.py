@@ -1,10 +1,13 @@
-"""Fixtures of the data tests: a tiny synthetic COCO-Stuff root, and the shared real samples."""
+"""Fixtures of the data tests: a tiny synthetic COCO-Stuff root, its TFRecords, and the shared
+real samples."""
 
 import pathlib
 
 import pytest
 
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import synthetic
+import tiny_data
 
 SAMPLES = pathlib.Path(__file__).parents[2].parent / "shared" / "coco_samples"
 
@@ -15,6 +18,16 @@ def synthetic_root(tmp_path_factory) -> pathlib.Path:
   root = tmp_path_factory.mktemp("synthetic")
   synthetic.write_synthetic(root, num_train=8, num_val=5, image_size=64, seed=3)
   return root
+
+
+@pytest.fixture(scope="session")
+def config(synthetic_root, tmp_path_factory):
+  """`tiny_data.config` of the synthetic root, built once per session; tests must not modify
+  it."""
+  config = tiny_data.config(synthetic_root)
+  config.tfds_data_dir = str(tmp_path_factory.mktemp("tfds"))
+  build.prepare(config)
+  return config
 
 
 @pytest.fixture

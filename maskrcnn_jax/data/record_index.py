@@ -1,0 +1,127 @@
+"""The record index of a split: where each serialized example lies in its TFRecord files.
+
+The byte offsets of the records are scanned once and cached beside the TFRecords with
+what training needs to know per image (instance count, classes present), so the input
+order is decided in numpy before anything is read (`sampler`) and each record is then
+read alone (`read_record`), from any tf.io.gfile filesystem.
+"""
+
+import dataclasses
+import io
+import struct
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+  """Where each example of a split lies, and what training needs to know about it.
+
+  paths: the split's TFRecord files. For R records: image_id [R] int64, shard [R] int32
+  (index into paths), offset [R] int64 and length [R] int64 of the serialized example,
+  num_instances [R] int32 (non-crowd), and class_sets: the training ids present, as a flat
+  class_ids array split at class_splits [R + 1].
+  """
+
+  paths: tuple[str, ...]
+  image_id: np.ndarray
+  shard: np.ndarray
+  offset: np.ndarray
+  length: np.ndarray
+  num_instances: np.ndarray
+  class_ids: np.ndarray
+  class_splits: np.ndarray
+
+  def __len__(self):
+    return len(self.shard)
+
+  def image_classes(self, i: int) -> np.ndarray:
+    return self.class_ids[self.class_splits[i]:self.class_splits[i + 1]]
+
+
+def _scan_offsets(path: str) -> tuple[list[int], list[int]]:
+  """(data offsets, data lengths) of the records of a TFRecord file, reading headers only."""
+  offsets, lengths = [], []
+  with tf.io.gfile.GFile(path, "rb") as f:
+    size, pos = f.size(), 0
+    while pos < size:
+      f.seek(pos)
+      (length,) = struct.unpack("<Q", f.read(8))
+      offsets.append(pos + 12)  # uint64 length, uint32 crc, data, uint32 crc.
+      lengths.append(length)
+      pos += 12 + length + 4
+  return offsets, lengths
+
+
+def parse_fn(features: tfds.features.FeaturesDict):
+  """Serialized example -> its feature dict; the image stays JPEG bytes (`preprocess` decodes)."""
+  return lambda serialized: features.deserialize_example(
+      serialized, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def _index_records(builder, split: str) -> Records:
+  paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
+  shard, offset, length = [], [], []
+  for i, path in enumerate(paths):
+    o, n = _scan_offsets(path)
+    shard += [i] * len(o)
+    offset += o
+    length += n
+  parse = parse_fn(builder.info.features)
+  ds = tf.data.TFRecordDataset(list(paths)).map(
+      lambda s: {k: v for k, v in parse(s).items() if k in ("image_id", "classes", "is_crowd")},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  image_ids, num_instances, class_ids, splits = [], [], [], [0]
+  for ex in ds.as_numpy_iterator():
+    image_ids.append(ex["image_id"])
+    keep = ex["classes"][~ex["is_crowd"]]
+    num_instances.append(len(keep))
+    class_ids += sorted(set(keep.tolist()))
+    splits.append(len(class_ids))
+  if len(num_instances) != len(shard):
+    raise ValueError(f"{split}: {len(shard)} record headers but {len(num_instances)} examples")
+  return Records(paths=paths, image_id=np.array(image_ids, np.int64),
+                 shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
+                 length=np.array(length, np.int64),
+                 num_instances=np.array(num_instances, np.int32),
+                 class_ids=np.array(class_ids, np.int32), class_splits=np.array(splits, np.int64))
+
+
+def load(builder, split: str) -> Records:
+  """The split's record index, cached as records_<split>.npz beside the TFRecords."""
+  cache = epath.Path(builder.data_dir) / f"records_{split}.npz"
+  if cache.exists():
+    with np.load(io.BytesIO(cache.read_bytes())) as z:
+      arrays = {k: z[k] for k in z.files}
+    fields = {f.name for f in dataclasses.fields(Records)} - {"paths"}
+    if set(arrays) == fields and len(arrays["shard"]) == builder.info.splits[split].num_examples:
+      paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
+      return Records(paths=paths, **arrays)
+  records = _index_records(builder, split)
+  arrays = {f.name: getattr(records, f.name) for f in dataclasses.fields(Records)
+            if f.name != "paths"}
+  try:
+    buffer = io.BytesIO()  # Written whole: object stores cannot seek in a file being written.
+    np.savez(buffer, **arrays)
+    tmp = cache.with_suffix(".tmp.npz")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.rename(cache)
+  except (OSError, tf.errors.OpError) as e:
+    logging.warning("cannot cache the record index at %s: %s", cache, e)
+  return records
+
+
+def read_record(path, offset, length):
+  """The one serialized example at data offset `offset` of a TFRecord file: a 1-element dataset.
+
+  TFRecordDatasetV2 starts at the record's header (byte_offsets) and reads it whole in one
+  buffer of its framed size (12-byte header, data, 4-byte CRC), checking both CRCs;
+  `take(1)` stops before the next record. Any tf.io.gfile filesystem (gs://, ...) works.
+  """
+  variant = tf.raw_ops.TFRecordDatasetV2(
+      filenames=path, compression_type="", buffer_size=length + 16, byte_offsets=offset - 12)
+  return tf.data.experimental.from_variant(variant, tf.TensorSpec([], tf.string)).take(1)

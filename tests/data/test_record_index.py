@@ -1,0 +1,58 @@
+import shutil
+import time
+
+from etils.epath import gpath
+from etils.epath import register as epath_register
+import ml_collections
+import pytest
+import tensorflow as tf
+
+from maskrcnn_jax.data import build
+from maskrcnn_jax.data import pipeline
+from maskrcnn_jax.data import record_index
+import tiny_data
+
+
+@pytest.fixture
+def ram_scheme(monkeypatch):
+  """Lets epath (hence TFDS) open ram:// as it opens gs://: through the tf.io.gfile backend."""
+  monkeypatch.setattr(gpath, "_URI_SCHEMES", gpath._URI_SCHEMES | {"ram"})
+  monkeypatch.setattr(gpath, "_URI_PREFIXES", gpath._URI_PREFIXES + ("ram://",))
+  monkeypatch.setitem(gpath._URI_MAP_ROOT, "ram://", "/ram/")
+  monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "ram", gpath.backend_lib.tf_backend)
+  monkeypatch.setitem(epath_register._URI_PREFIXES_TO_CLS, "ram://", gpath.PosixGPath)
+
+
+def _copy_tree(src: str, dst: str):
+  for folder, _, files in tf.io.gfile.walk(src):
+    target = dst + folder[len(src):]
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(f"{folder}/{name}", f"{target}/{name}")
+
+
+def test_reads_a_remote_data_dir(config, ram_scheme):
+  # The built files (without the record index) copied to the in-memory filesystem.
+  remote = ml_collections.ConfigDict(config.to_dict())
+  remote.tfds_data_dir = f"ram://tfds_{time.time_ns()}"
+  _copy_tree(config.tfds_data_dir, remote.tfds_data_dir)
+  for cache in tf.io.gfile.glob(f"{remote.tfds_data_dir}/*/*/*/records_*.npz"):
+    tf.io.gfile.remove(cache)
+  for make in (lambda c: pipeline.create_eval_dataset(c, batch_size=2),
+               lambda c: pipeline.create_train_dataset(c, global_batch_size=2, seed=3, start_step=2)):
+    tiny_data.assert_batches_equal(tiny_data.take(make(config), 3), tiny_data.take(make(remote), 3))
+  assert tf.io.gfile.glob(f"{remote.tfds_data_dir}/*/*/*/records_train.npz")  # Indexed there.
+
+
+def test_a_corrupt_record_fails_its_crc(config, tmp_path):
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.tfds_data_dir = str(tmp_path / "tfds")
+  shutil.copytree(config.tfds_data_dir, copy.tfds_data_dir)
+  built = build.prepare(copy)
+  records = record_index.load(built, "validation")
+  path = records.paths[records.shard[1]]
+  data = bytearray(tf.io.gfile.GFile(path, "rb").read())
+  data[records.offset[1] + 100] ^= 1  # One bit of the second example's JPEG.
+  tf.io.gfile.GFile(path, "wb").write(bytes(data))
+  with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
+    tiny_data.take(pipeline.create_eval_dataset(copy, batch_size=1), 2)
