@@ -68,10 +68,10 @@ def torch_reference(tmp_path_factory):
 def tiny_data(tmp_path_factory) -> str:
   """The tiny config's synthetic data root with its TFRecords; tests must not modify it."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from maskrcnn_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.data import build  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data.root = str(tmp_path_factory.mktemp("tiny_data") / "data")
-  pipeline.prepare(config.data)
+  build.prepare(config.data)
   return config.data.root
 
 
