@@ -16,7 +16,7 @@ it does not resize), RPN pre/post-NMS top-n, RoIs per image and detections as co
          `clip_grad_norm_` and `torch.optim.SGD` with the same settings.
   infer  ours: `model.apply(train=False)` under jit; torchvision: transform, backbone, RPN,
          RoI heads (28x28 masks, not pasted into the image, like ours).
-  pipeline  the augmented input pipeline's images/s (`maskrcnn_jax.data.bench`) next to
+  pipeline  the augmented input pipeline's images/s (`bench.data`) next to
          the train step's images/s at that size.
 
 Times are the median of `--steps` timed steps after `--warmup` untimed ones ("best":
@@ -241,7 +241,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
 
 def pipeline_rate(size: int, args) -> tuple[float, str]:
   """Augmented input-pipeline images/s at S (all cores), and the line it printed."""
-  cmd = [sys.executable, "-m", "maskrcnn_jax.data.bench", f"--sizes={size}",
+  cmd = [sys.executable, "-m", "bench.data", f"--sizes={size}",
          f"--num_images={args.pipeline_images}", "--batch_size=2",
          f"--steps={args.pipeline_steps}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
