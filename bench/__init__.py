@@ -1,4 +1,5 @@
-"""Benchmarks (docs/benchmarks.md). torchvision's side runs with TORCH_PYTHON by default."""
+"""Benchmarks (docs/benchmarks.md), each run as `python -m bench.NAME`; `common` and `fakes`
+are what they share. torchvision's side runs with TORCH_PYTHON by default."""
 
 import os
 

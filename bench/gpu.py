@@ -23,9 +23,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-from bench import model as bench_model
+from bench import common
 from bench import run as bench_run
 
 
@@ -38,13 +37,13 @@ def jax_case(whats: str, depth: int, size: int, batch_size: int, dtype: str, arg
   import jax  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
 
-  config = bench_run._config(depth, size)  # pylint: disable=protected-access
+  config = common.default_config(depth, size)
   config.model.dtype = dtype
   model = models.build(config.model, num_classes=args.num_classes)
-  data = bench_run._batch(config, batch_size, args.instances)  # pylint: disable=protected-access
-  del data["full_masks"]
-  data = jax.device_put(data)
-  variables = bench_run.init_small(model, depth)
+  data = jax.device_put(common.synthetic_batch(batch_size, size, args.instances,
+                                               mask_size=config.data.mask_size,
+                                               max_instances=config.data.max_instances))
+  variables = bench_run.init_small(model)
   results = {}
   for what in sorted(whats.split("+"), key=lambda w: w != "infer"):
     results[what] = _jax_what(what, model, variables, data, config, args)
@@ -78,9 +77,8 @@ def _jax_what(what, model, variables, data, config, args) -> dict:
       return optax.apply_updates(trainable, updates), opt_state, loss
 
     rng = jax.random.key(1)
-    start = time.perf_counter()
-    compiled = step.lower(trainable, opt_state, frozen, frozen_bn, data, rng).compile()
-    out["compile_s"] = time.perf_counter() - start
+    compiled, out["compile_s"] = common.timed(
+        lambda: step.lower(trainable, opt_state, frozen, frozen_bn, data, rng).compile())
     holder = [trainable, opt_state]
 
     def run():
@@ -88,7 +86,7 @@ def _jax_what(what, model, variables, data, config, args) -> dict:
       jax.block_until_ready(loss)
   else:
     out["compile_s"], run, _ = bench_run.compiled_inference(model, variables, data)
-  out["step_s"] = bench_run._time(run, args.steps, args.warmup)  # pylint: disable=protected-access
+  out["step_s"], _ = common.step_times(run, args.steps, args.warmup)
   stats = jax.devices()[0].memory_stats() or {}  # None on CPU (smoke tests).
   out["peak_gb"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30
   return out
@@ -101,7 +99,7 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, dtype: str, ar
   torch.backends.cudnn.benchmark = True
   model, (_, _, _, tr) = bench_run.torchvision_model(depth, size, args)
   model = model.cuda()
-  data = bench_model.make_batch(batch_size, size, args.instances, 28)
+  data = common.synthetic_batch(batch_size, size, args.instances, full_masks=True)
   images, targets = bench_run.torch_inputs(data, "cuda")
   mask_rois = bench_run.prepare_torchvision(model, images)
   autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
@@ -111,10 +109,9 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, dtype: str, ar
     step()
     torch.cuda.synchronize()
 
-  start = time.perf_counter()
-  run()
-  out = {"device": torch.cuda.get_device_name(), "compile_s": time.perf_counter() - start}
-  out["step_s"] = bench_run._time(run, args.steps, args.warmup)  # pylint: disable=protected-access
+  _, compile_s = common.timed(run)
+  out = {"device": torch.cuda.get_device_name(), "compile_s": compile_s}
+  out["step_s"], _ = common.step_times(run, args.steps, args.warmup)
   out["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
   out["mask_rois"] = mask_rois[-1]
   return out
@@ -126,7 +123,8 @@ def _child(side, what, depth, size, batch, dtype, args) -> dict:
          f"--steps={args.steps}", f"--warmup={args.warmup}", f"--instances={args.instances}",
          f"--num_classes={args.num_classes}"]
   if side == "torch":
-    cmd.append("--spec=" + json.dumps(bench_run._torch_spec(bench_run._config(depth, size))))  # pylint: disable=protected-access
+    spec = bench_run.torch_spec(common.default_config(depth, size))
+    cmd.append("--spec=" + json.dumps(spec))
   env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env,
                         timeout=args.case_timeout)

@@ -8,11 +8,11 @@
 """
 
 import argparse
-import time
 
 import jax
 import numpy as np
 
+from bench import common
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import sampling
@@ -37,14 +37,9 @@ def main():
   print(f"{args.batch} images x {args.gt} GT x {anchors.shape[0]} anchors")
   for name, fn in forms.items():
     compiled = jax.jit(jax.vmap(fn)).lower(gt).compile()
-    jax.block_until_ready(compiled(gt))
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(gt))
-      times.append(time.perf_counter() - start)
+    median, _ = common.step_times(lambda: jax.block_until_ready(compiled(gt)), args.repeats, 1)
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
-    print(f"{name:<24} temp {temp:6.0f} MB  {1e3 * np.median(times):8.0f} ms", flush=True)
+    print(f"{name:<24} temp {temp:6.0f} MB  {1e3 * median:8.0f} ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,17 +31,15 @@ never run); GPU compilers keep the barriers until after their own scheduling.
 """
 
 import argparse
-import importlib.util
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bench import run as bench_run
+from bench import common
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.training import optimizer, train
@@ -49,18 +47,10 @@ from maskrcnn_jax.training import optimizer, train
 MB = 2.0**20
 
 
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def analyse(fn, *args) -> dict:
   """Lower + compile `fn` on the abstract `args`; its memory and cost analysis."""
-  start = time.perf_counter()
-  compiled = (fn if hasattr(fn, "lower") else jax.jit(fn)).lower(*args).compile()
-  compile_s = time.perf_counter() - start
+  jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+  compiled, compile_s = common.timed(lambda: jitted.lower(*args).compile())
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, list) else cost) or {}
@@ -170,12 +160,12 @@ def main():
     os.environ["XLA_FLAGS"] = " ".join(
         [os.environ.get("XLA_FLAGS", ""), "--xla_disable_hlo_passes=cse_barrier_expander"]).strip()
 
-  config = load_config(args.config)
+  config = common.load_config(args.config)
   overrides = [tuple(s.split("=", 1)) for s in args.raw_set]
   overrides += [(k, str(v)) for k, v in (("model.dtype", args.dtype),
                                          ("data.image_size", args.image_size),
                                          ("model.depth", args.depth)) if v]
-  bench_run.override(config, overrides)
+  common.override(config, overrides)
   num_classes = categories.get_class_set(config.data.class_set).num_classes + 1
   model = models.build(config.model, num_classes=num_classes)
   variables = jax.eval_shape(lambda k: model.init(

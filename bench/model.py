@@ -22,20 +22,22 @@ scores pass 0.05 on either side, so inference times omit most of the final NMS.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
 
+import bench
+from bench import common
+
 TORCH_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys
     import numpy as np, torch
     from torchvision.models.detection import backbone_utils, mask_rcnn, anchor_utils
     from torchvision.ops import misc
+    from bench import common
     args = json.loads(sys.argv[1]); data = np.load(sys.argv[2])
     torch.set_num_threads(args["threads"])
     backbone = backbone_utils.resnet_fpn_backbone(
@@ -69,44 +71,11 @@ TORCH_SCRIPT = textwrap.dedent("""
 
     out = {}
     for name, fn in (("train", train), ("infer", infer)):
-      start = time.perf_counter(); fn(); out[name + "_first_s"] = time.perf_counter() - start
-      times = []
-      for _ in range(args["repeats"]):
-        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
-      out[name + "_s"] = float(np.median(times))
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+      out[name + "_first_s"] = common.timed(fn)[1]
+      out[name + "_s"] = common.step_times(fn, args["repeats"], 0)[0]
+    out["peak_rss_mb"] = common.peak_rss_mb()
     print(json.dumps(out))
 """)
-
-
-def make_batch(batch: int, size: int, instances: int, mask_size: int, seed: int = 0):
-  """Random images and GT: `instances` boxes of 32..size/2 px with full-box masks."""
-  rng = np.random.default_rng(seed)
-  xy = rng.uniform(0, size / 2, (batch, instances, 2))
-  wh = rng.uniform(32, size / 2, (batch, instances, 2))
-  boxes = np.concatenate([xy, np.minimum(xy + wh, size)], -1).astype(np.float32)
-  full = np.zeros((batch, instances, size, size), np.uint8)
-  for b in range(batch):
-    for i, (x1, y1, x2, y2) in enumerate(boxes[b].astype(int)):
-      full[b, i, y1:y2, x1:x2] = 1
-  return {
-      "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-      "image_info": np.tile(np.array([[size, size, 1.0, size, size]], np.float32), (batch, 1)),
-      "boxes": boxes,
-      "classes": rng.integers(1, 92, (batch, instances)).astype(np.int32),
-      "masks": np.ones((batch, instances, mask_size, mask_size), np.uint8),
-      "valid": np.ones((batch, instances), bool),
-      "full_masks": full,
-  }
-
-
-def _config(depth: int, size: int):
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  default.torchvision_weights(config.model)  # torchvision's model is the peer.
-  config.model.depth = depth
-  config.data.image_size = size
-  return config
 
 
 def run_jax(depth: int, size: int, batch_size: int, args) -> dict:
@@ -114,10 +83,10 @@ def run_jax(depth: int, size: int, batch_size: int, args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
 
-  config = _config(depth, size)
+  config = common.default_config(depth, size)
   model = models.build(config.model, num_classes=args.num_classes)
-  batch = make_batch(batch_size, size, args.instances, config.data.mask_size)
-  del batch["full_masks"]
+  batch = common.synthetic_batch(batch_size, size, args.instances,
+                                 mask_size=config.data.mask_size)
   variables = jax.jit(lambda k: model.init({"params": k, "sampling": k}, batch, train=True))(
       jax.random.key(0))
 
@@ -132,24 +101,17 @@ def run_jax(depth: int, size: int, batch_size: int, args) -> dict:
   }
   out = {}
   for name, (fn, fn_args) in fns.items():
-    start = time.perf_counter()
-    compiled = fn.lower(*fn_args).compile()
-    out[name + "_compile_s"] = time.perf_counter() - start
-    jax.block_until_ready(compiled(*fn_args))
-    times = []
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(*fn_args))
-      times.append(time.perf_counter() - start)
-    out[name + "_s"] = float(np.median(times))
-  out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    compiled, out[name + "_compile_s"] = common.timed(lambda: fn.lower(*fn_args).compile())
+    out[name + "_s"], _ = common.step_times(
+        lambda: jax.block_until_ready(compiled(*fn_args)), args.repeats, 1)
+  out["peak_rss_mb"] = common.peak_rss_mb()
   return out
 
 
 def run_torch(depth: int, size: int, batch_size: int, args) -> dict:
   """The torchvision numbers, from a subprocess of `--torch_python`."""
-  config = _config(depth, size).model
-  batch = make_batch(batch_size, size, args.instances, 28)
+  config = common.default_config(depth, size).model
+  batch = common.synthetic_batch(batch_size, size, args.instances, full_masks=True)
   spec = {"depth": depth, "size": size, "threads": args.torch_threads, "repeats": args.repeats,
           "num_classes": args.num_classes, "anchor_sizes": list(config.anchor_sizes),
           "aspect_ratios": list(config.aspect_ratios),
@@ -162,7 +124,7 @@ def run_torch(depth: int, size: int, batch_size: int, args) -> dict:
     path = os.path.join(tmp, "batch.npz")
     np.savez(path, **batch)
     result = subprocess.run([args.torch_python, "-c", TORCH_SCRIPT, json.dumps(spec), path],
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, text=True, check=False, cwd=bench.ROOT)
   if result.returncode:
     raise RuntimeError(f"torch side failed:\n{result.stderr[-3000:]}")
   return json.loads(result.stdout.strip().splitlines()[-1])

@@ -30,13 +30,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import bench
+from bench import common
 from maskrcnn_jax.ops import anchors as anchor_ops
 from maskrcnn_jax.ops import boxes as box_ops
 from maskrcnn_jax.ops import nms as nms_ops
@@ -47,17 +47,13 @@ LEVELS = (2, 3, 4, 5)
 OUTPUT_SIZES = (7, 14)
 
 TORCH_SCRIPT = textwrap.dedent("""
-    import json, sys, time
+    import json, sys
     import numpy as np, torch, torchvision
+    from bench import common
     data = np.load(sys.argv[1])
     repeats = int(sys.argv[2])
     torch.set_num_threads(int(sys.argv[3]))
-    def median_ms(fn):
-      fn()
-      times = []
-      for _ in range(repeats):
-        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
-      return 1e3 * float(np.median(times))
+    median_ms = lambda fn: 1e3 * common.step_times(fn, repeats, 1)[0]
     maps = {f"p{l}": torch.from_numpy(data[f"p{l}"].transpose(0, 3, 1, 2).copy())
             for l in (2, 3, 4, 5)}
     for m in maps.values():
@@ -97,13 +93,8 @@ TORCH_SCRIPT = textwrap.dedent("""
 
 
 def median_ms(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # Compile.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * float(np.median(times))
+  """Median milliseconds of `fn(*args)` and its wait, over `repeats` calls after the first."""
+  return 1e3 * common.step_times(lambda: jax.block_until_ready(fn(*args)), repeats, 1)[0]
 
 
 def make_data(args):
@@ -236,7 +227,8 @@ def torch_rows(data, args):
     path = os.path.join(tmp, "data.npz")
     np.savez(path, **data)
     proc = subprocess.run([args.torch_python, "-c", TORCH_SCRIPT, path, str(args.repeats),
-                           str(args.torch_threads)], capture_output=True, text=True, check=False)
+                           str(args.torch_threads)], capture_output=True, text=True, check=False,
+                          cwd=bench.ROOT)
   if proc.returncode:
     print(f"torchvision run failed, columns skipped:\n{proc.stderr[-2000:]}")
     return {}

@@ -16,11 +16,11 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 import bench
+from bench import common
 from bench import run as bench_run
 
 
@@ -31,10 +31,10 @@ def jax_parts(depth: int, size: int, args) -> dict:
   from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
 
-  config = bench_run._config(depth, size)  # pylint: disable=protected-access
-  bench_run.override(config, args.override)
+  config = common.default_config(depth, size)
+  common.override(config, args.override)
   model = models.build(config.model, num_classes=args.num_classes)
-  variables = bench_run.init_small(model, depth)
+  variables = bench_run.init_small(model)
   mask = optimizer.trainable_mask(variables["params"], "3+", freeze_at=config.model.freeze_at)
   trainable, frozen = optimizer.split(variables["params"], mask)
   x = jax.random.normal(jax.random.key(1), (1, size, size, 3), jnp.float32)
@@ -63,7 +63,7 @@ def jax_parts(depth: int, size: int, args) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     out[name + "_gflop"] = cost.get("flops", float("nan")) / 1e9
-    out[name + "_s"] = bench_run._time(  # pylint: disable=protected-access
+    out[name + "_s"], _ = common.step_times(
         lambda: jax.block_until_ready(compiled(params, inputs)), args.steps, 1)
   return out
 
@@ -107,8 +107,7 @@ def torch_parts(depth: int, size: int, args) -> dict:
       bx.grad = None
       (block(bx) ** 2).sum().backward()
     cases += [(level, block_fw), (level + "_bw", block_bw)]
-  return {name + "_s": bench_run._time(fn, args.steps, 1)  # pylint: disable=protected-access
-          for name, fn in cases}
+  return {name + "_s": common.step_times(fn, args.steps, 1)[0] for name, fn in cases}
 
 
 def main():
@@ -132,13 +131,13 @@ def main():
     cmd = [python, "-m", "bench.parts", f"--single={side}", f"--depth={args.depth}",
            f"--size={args.size}", f"--steps={args.steps}", f"--num_classes={args.num_classes}",
            f"--torch_threads={args.torch_threads}"] + [f"--set={s}" for s in args.raw_set]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc, wall_s = common.timed(subprocess.run, cmd, capture_output=True, text=True,
+                                check=False)
     if proc.returncode:
       print(f"{side} failed:\n{proc.stderr[-2000:]}")
       continue
     res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-    res[side]["wall_s"] = time.perf_counter() - start
+    res[side]["wall_s"] = wall_s
   j, t = res.get("jax", {}), res.get("torch", {})
   names = ["feat", "feat_bw"] + [f"{l}{bw}" for l in _blocks(args.size) for bw in ("", "_bw")]
   for name in names:

@@ -6,7 +6,7 @@
 
 Every case (side, train|infer, depth, size, batch) runs in a fresh subprocess, so its
 peak RSS is its own. Both sides see the same synthetic batch (random pixels, a few random
-GT boxes with box-filled masks, `bench.model.make_batch`) and the configuration of
+GT boxes with box-filled masks, `bench.common.synthetic_batch`) and the configuration of
 `configs/default.py`: FrozenBN, S x S images (torchvision `min_size = max_size = S`, so
 it does not resize), RPN pre/post-NMS top-n, RoIs per image and detections as configured.
 
@@ -16,7 +16,7 @@ it does not resize), RPN pre/post-NMS top-n, RoIs per image and detections as co
          `clip_grad_norm_` and `torch.optim.SGD` with the same settings.
   infer  ours: `model.apply(train=False)` under jit; torchvision: transform, backbone, RPN,
          RoI heads (28x28 masks, not pasted into the image, like ours).
-  pipeline  the augmented input pipeline's images/s (`maskrcnn_jax.data.bench`) next to
+  pipeline  the augmented input pipeline's images/s (`bench.data`) next to
          the train step's images/s at that size.
 
 Times are the median of `--steps` timed steps after `--warmup` untimed ones ("best":
@@ -32,79 +32,22 @@ import contextlib
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
-import time
 from typing import Any
 
-import numpy as np
-
 import bench
-from bench import model as bench_model
+from bench import common
 from maskrcnn_jax import hostmem
-
-
-def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _config(depth: int, size: int):
-  from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  default.torchvision_weights(config.model)  # torchvision's model is the peer.
-  config.model.depth = depth
-  config.data.image_size = size
-  return config
-
-
-def _batch(config, batch_size: int, instances: int) -> dict[str, np.ndarray]:
-  """`make_batch` padded to `data.max_instances` as the training pipeline pads."""
-  data = bench_model.make_batch(batch_size, config.data.image_size, instances,
-                                config.data.mask_size)
-  pad = config.data.max_instances - instances
-  grow = lambda x: np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-  for key in ("boxes", "classes", "masks", "valid"):
-    data[key] = grow(data[key])
-  data["image_id"] = np.arange(batch_size, dtype=np.int32)
-  data["num_truncated"] = np.zeros((batch_size,), np.int32)
-  return data
-
-
-def _time(fn, steps: int, warmup: int, best: list | None = None) -> float:
-  """Median seconds of `steps` calls after `warmup`; their minimum is appended to `best`."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  if best is not None:
-    best.append(float(np.min(times)))
-  return float(np.median(times))
 
 
 def jax_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   """Our step: compile seconds, steady-state seconds, peak RSS of this process."""
   out = {}
   out["compile_s"], run, _ = jax_step(what, depth, size, batch_size, args)
-  best = []
-  out["step_s"] = _time(run, args.steps, args.warmup, best)
-  out["best_s"] = best[0]
-  out["peak_rss_mb"] = _peak_rss_mb()
+  out["step_s"], out["best_s"] = common.step_times(run, args.steps, args.warmup)
+  out["peak_rss_mb"] = common.peak_rss_mb()
   return out
-
-
-def override(config, pairs: list[tuple[str, str]]) -> None:
-  """Applies `--set key=value` pairs to `config` in place, typed as the existing value."""
-  for key, value in pairs:
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = type(target[leaf])(value) if not isinstance(target[leaf], bool) else (
-        value.lower() in ("1", "true"))
 
 
 def jax_step(what: str, depth: int, size: int, batch_size: int, args):
@@ -118,11 +61,12 @@ def jax_step(what: str, depth: int, size: int, batch_size: int, args):
   from maskrcnn_jax import models  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.training import train  # pylint: disable=g-import-not-at-top
 
-  config = _config(depth, size)
-  override(config, args.override)
+  config = common.default_config(depth, size)
+  common.override(config, args.override)
   model = models.build(config.model, num_classes=args.num_classes)
-  data = _batch(config, batch_size, args.instances)
-  del data["full_masks"]
+  data = common.synthetic_batch(batch_size, size, args.instances,
+                                mask_size=config.data.mask_size,
+                                max_instances=config.data.max_instances)
   mesh = train.make_mesh()
   variables = train.init_variables(model, config.data, jax.random.key(0),
                                    NamedSharding(mesh, P()))
@@ -150,9 +94,7 @@ def compiled_train_step(model, variables, config, stage, mesh, data):
                                stage_start=0)
   batch = jax.device_put(data, NamedSharding(mesh, P(train.AXIS)))
   rng = jax.random.key(1)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = common.timed(lambda: step.lower(state, batch, rng).compile())
   holder = [state]
 
   def run():
@@ -161,12 +103,11 @@ def compiled_train_step(model, variables, config, stage, mesh, data):
   return compile_s, run, compiled
 
 
-def init_small(model, depth: int):
+def init_small(model):
   """`model`'s variables, initialised on one small image: parameter shapes do not depend
-  on the image size. Needs no mesh and no input pipeline (TensorFlow)."""
+  on the batch's shapes. Needs no mesh and no input pipeline (TensorFlow)."""
   import jax  # pylint: disable=g-import-not-at-top
-  tiny = _batch(_config(depth, 128), 1, 2)
-  del tiny["full_masks"]
+  tiny = common.synthetic_batch(1, 128, 2)
   return jax.jit(lambda k: model.init({"params": k, "sampling": k}, tiny, train=True))(
       jax.random.key(0))
 
@@ -176,10 +117,8 @@ def compiled_inference(model, variables, data) -> tuple[float, Any, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   fn = jax.jit(lambda v, b: model.apply(v, b, train=False))
   batch = {k: data[k] for k in ("image", "image_id", "image_info")}
-  start = time.perf_counter()
-  compiled = fn.lower(variables, batch).compile()
-  return (time.perf_counter() - start,
-          lambda: jax.block_until_ready(compiled(variables, batch)), compiled)
+  compiled, compile_s = common.timed(lambda: fn.lower(variables, batch).compile())
+  return compile_s, lambda: jax.block_until_ready(compiled(variables, batch)), compiled
 
 
 def torchvision_model(depth: int, size: int, args):
@@ -271,7 +210,7 @@ def torchvision_step(what: str, model, images, targets, tr, autocast=contextlib.
 
 
 def torch_inputs(data: dict, device: str) -> tuple[list, list]:
-  """`bench.model.make_batch` output as torchvision's (images, targets) on `device`."""
+  """`common.synthetic_batch` with `full_masks` as torchvision's (images, targets) on `device`."""
   import torch  # pylint: disable=g-import-not-at-top
   images = [torch.from_numpy(x).to(device).permute(2, 0, 1).float() / 255 for x in data["image"]]
   targets = [{"boxes": torch.from_numpy(b).to(device),
@@ -288,25 +227,21 @@ def torch_case(what: str, depth: int, size: int, batch_size: int, args) -> dict:
   torch.set_num_threads(args.torch_threads)
   torch.manual_seed(0)
   model, (_, _, _, tr) = torchvision_model(depth, size, args)
-  data = bench_model.make_batch(batch_size, size, args.instances, 28)
+  data = common.synthetic_batch(batch_size, size, args.instances, full_masks=True)
   images, targets = torch_inputs(data, "cpu")
   mask_rois = prepare_torchvision(model, images)
   run = torchvision_step(what, model, images, targets, tr)
   out = {}
-  start = time.perf_counter()
-  run()
-  out["compile_s"] = time.perf_counter() - start  # First step: allocator and kernel warm-up.
-  best = []
-  out["step_s"] = _time(run, args.steps, max(args.warmup - 1, 0), best)
-  out["best_s"] = best[0]
-  out["peak_rss_mb"] = _peak_rss_mb()
+  _, out["compile_s"] = common.timed(run)  # First step: allocator and kernel warm-up.
+  out["step_s"], out["best_s"] = common.step_times(run, args.steps, max(args.warmup - 1, 0))
+  out["peak_rss_mb"] = common.peak_rss_mb()
   out["mask_rois"] = mask_rois[-1]
   return out
 
 
 def pipeline_rate(size: int, args) -> tuple[float, str]:
   """Augmented input-pipeline images/s at S (all cores), and the line it printed."""
-  cmd = [sys.executable, "-m", "maskrcnn_jax.data.bench", f"--sizes={size}",
+  cmd = [sys.executable, "-m", "bench.data", f"--sizes={size}",
          f"--num_images={args.pipeline_images}", "--batch_size=2",
          f"--steps={args.pipeline_steps}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -325,7 +260,7 @@ def ensure_torch_python(path: str) -> str:
   return path
 
 
-def _torch_spec(config) -> list[dict]:
+def torch_spec(config) -> list[dict]:
   """The config values torchvision's side needs: model, rpn, roi_heads, optimiser."""
   m, rpn, roi, tr = config.model, config.model.rpn, config.model.roi_heads, config.train
   return [{k: list(m[k]) for k in ("pixel_mean", "pixel_std", "anchor_sizes", "aspect_ratios")},
@@ -341,8 +276,8 @@ def _child(side: str, what: str, depth: int, size: int, batch: int, args) -> dic
          f"--num_classes={args.num_classes}", f"--torch_threads={args.torch_threads}"]
   cmd += [f"--set={k}={v}" for k, v in args.override]
   if side == "torch":  # The torch venv has no ml_collections: pass the config as JSON.
-    config = _config(depth, size)
-    cmd.append("--spec=" + json.dumps(_torch_spec(config)))
+    config = common.default_config(depth, size)
+    cmd.append("--spec=" + json.dumps(torch_spec(config)))
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode:
     return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?",
@@ -352,8 +287,8 @@ def _child(side: str, what: str, depth: int, size: int, batch: int, args) -> dic
 
 def _mask_rois(what: str, depth: int, size: int, batch: int, args) -> int:
   """RoIs our mask head computes per step: the positive quota, or every detection slot."""
-  config = _config(depth, size)
-  override(config, args.override)
+  config = common.default_config(depth, size)
+  common.override(config, args.override)
   roi = config.model.roi_heads
   per_image = (int(roi.rois_per_image * roi.positive_fraction) if what == "train"
                else roi.detections_per_image)

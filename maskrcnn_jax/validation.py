@@ -11,12 +11,12 @@ from typing import Any
 
 import ml_collections
 
+from maskrcnn_jax.weights import load
+
 DEPTHS = (18, 34, 50, 101, 152)
 DTYPES = ("float32", "bfloat16")
 TRAINABLE_PRESETS = ("heads", "5+", "4+", "3+", "2+", "all")
-INIT_SCOPES = ("backbone", "full")
 PASTE_PLACES = ("auto", "device", "host")
-RANDOM_INIT = "random"  # init.checkpoint of a run that starts from random weights.
 
 
 class ConfigError(ValueError):
@@ -151,8 +151,8 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
     _positive(config, f"train.{key}")
 
   _check(bool(config.init.checkpoint), "init.checkpoint", config.init.checkpoint,
-         f"must name converted weights (a directory) or be {RANDOM_INIT!r}")
-  _in(config, "init.scope", INIT_SCOPES)
+         f"must name converted weights (a directory) or be {load.RANDOM_INIT!r}")
+  _in(config, "init.scope", load.SCOPES)
   _fraction(config, "eval.mask_threshold", closed=False)
   _fraction(config, "eval.score_threshold")
   _positive(config, "eval.num_pictures", zero_ok=True)
@@ -183,14 +183,14 @@ def validate_init_checkpoint(config: ml_collections.ConfigDict, *, inference: bo
   from etils import epath  # pylint: disable=g-import-not-at-top
 
   path = config.init.checkpoint
-  if path == RANDOM_INIT:
+  if path == load.RANDOM_INIT:
     _check(not inference, "init.checkpoint", path, "evaluation and prediction need weights: a "
            "checkpoint in the workdir, config.eval.checkpoint or converted weights")
     return
   _check(epath.Path(path).exists(), "init.checkpoint", path,
          "no converted weights there; convert them once with `python -m "
          "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl --output "
-         f"{path}` (README: Pretrained weights), or set {RANDOM_INIT!r} to start from random "
+         f"{path}` (README: Pretrained weights), or set {load.RANDOM_INIT!r} to start from random "
          "weights")
 
 

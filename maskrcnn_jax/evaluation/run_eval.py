@@ -210,7 +210,7 @@ def checkpoint_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.eval.checkpoint
   if checkpoint.has_checkpoint(workdir):
     return workdir
-  if config.init.checkpoint == "random":
+  if config.init.checkpoint == load.RANDOM_INIT:
     raise ValueError(f"nothing to evaluate: {workdir} has no checkpoint, config.eval.checkpoint "
                      "is empty and config.init.checkpoint is 'random'")
   return config.init.checkpoint

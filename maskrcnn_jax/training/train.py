@@ -25,13 +25,13 @@ import optax
 
 from maskrcnn_jax import distributed
 from maskrcnn_jax import models
-from maskrcnn_jax import validation
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import run_eval
 from maskrcnn_jax.training import optimizer
 from maskrcnn_jax.weights import checkpoint
+from maskrcnn_jax.weights import load
 
 AXIS = "data"
 
@@ -198,8 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   rng = jax.random.key(config.seed)
   init_rng, step_rng, val_rng = jax.random.split(rng, 3)
   variables = init_variables(model, config.data, init_rng, replicated)
-  if config.init.checkpoint != validation.RANDOM_INIT and latest is None:
-    from maskrcnn_jax.weights import load  # pylint: disable=g-import-not-at-top
+  if config.init.checkpoint != load.RANDOM_INIT and latest is None:
     variables = load.init_from_checkpoint(variables, config.init.checkpoint,
                                           scope=config.init.scope, class_set=class_set)
   masks = [optimizer.trainable_mask(variables["params"], s.trainable,

@@ -34,6 +34,7 @@ import numpy as np
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.weights import checkpoint
 
+RANDOM_INIT = "random"  # init.checkpoint of a run that starts from random weights.
 SCOPES = ("backbone", "full")
 COLLECTIONS = ("params", "frozen_bn")
 # Layers sized by K + 1: box classifier, box deltas, mask logits.

@@ -11,13 +11,6 @@ from maskrcnn_jax.data import categories
 MASK_SIZE = 28
 
 
-def pytest_configure(config):
-  # pycocotools 2.0.11 `mask.decode` calls np.array(copy=False) on its own RLE objects:
-  # a NumPy 2 deprecation inside the library, harmless here.
-  config.addinivalue_line(
-      "filterwarnings",
-      "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-
 # Per image: (id, height, width, [(coco id, (x1, y1, x2, y2)) disjoint rectangles]).
 # Pixels outside every rectangle are unlabeled.
 IMAGES = (

@@ -5,6 +5,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 import pytest
 
+from bench import fakes
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.evaluation import coco_eval
 
@@ -136,10 +137,9 @@ def _shifted_results(gt, rng, copies=3, shift=8):
 
 def _ground_truths(tmp_path):
   """(name, GT, results): the synthetic set, and the real samples when present."""
-  from maskrcnn_jax.evaluation import benchmark  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   stuff = categories.get_class_set("stuff")
-  benchmark.fake_ground_truth(str(tmp_path / "gt.json"), 12, 60, 80, stuff, rng)
+  fakes.fake_ground_truth(str(tmp_path / "gt.json"), 12, 60, 80, stuff, rng)
   gt = coco_eval.load_ground_truth([str(tmp_path / "gt.json")], stuff)
   out = [("synthetic", gt, _shifted_results(gt, rng))]
   if SAMPLES.is_dir():

@@ -7,6 +7,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 import pytest
 
+from bench import fakes
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 
@@ -157,14 +158,13 @@ def _device_pasted(ev, dets, infos):
 
 def _fake_batches(gt_path, cs, num_images=6, batch=3):
   """Random detections (blobs, one ragged mask per image) plus one per GT region."""
-  from maskrcnn_jax.evaluation import benchmark  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
-  benchmark.fake_ground_truth(gt_path, num_images, 45, 70, cs, rng)
+  fakes.fake_ground_truth(gt_path, num_images, 45, 70, cs, rng)
   gt = json.loads(open(gt_path).read())["annotations"]
   out = []
   for s in range(0, num_images, batch):
-    b, d = benchmark.fake_batch(range(s + 1, s + batch + 1), 45, 70, 1.3, 15,
-                                cs.num_classes, rng)
+    b, d = fakes.fake_batch(range(s + 1, s + batch + 1), 45, 70, 1.3, 15, cs.num_classes,
+                            rng)
     d["masks"][:, 0] = rng.uniform(size=d["masks"][:, 0].shape)
     for i, image_id in enumerate(b["image_id"]):
       regions = [a for a in gt if a["image_id"] == image_id]
@@ -172,7 +172,7 @@ def _fake_batches(gt_path, cs, num_images=6, batch=3):
         x, y, w, h = mask_utils.toBbox(a["segmentation"])
         d["boxes"][i, j] = np.array([x, y, x + w, y + h]) * 1.3
         d["classes"][i, j] = cs.to_train_id(a["category_id"])
-        d["masks"][i, j] = benchmark.blob_masks(rng, ()) * 0.4 + 0.6
+        d["masks"][i, j] = fakes.blob_masks(rng, ()) * 0.4 + 0.6
     out.append((b, d))
   return out
 

@@ -20,10 +20,10 @@ VALID_OF = (((1, 1), (1, 1), (1, 0)), ((1, 1), (1, 0), (0, 0)))  # Local batches
 
 def data(gt_path: str, class_set):
   """The GT file and, per image id, (batch, detections) of that one image."""
-  from maskrcnn_jax.evaluation import benchmark  # pylint: disable=g-import-not-at-top
+  from bench import fakes  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(5)
-  benchmark.fake_ground_truth(gt_path, 5, 30, 40, class_set, rng)
-  return {i: benchmark.fake_batch([i], 30, 40, 1.0, 6, class_set.num_classes, rng)
+  fakes.fake_ground_truth(gt_path, 5, 30, 40, class_set, rng)
+  return {i: fakes.fake_batch([i], 30, 40, 1.0, 6, class_set.num_classes, rng)
           for i in range(1, 6)}
 
 

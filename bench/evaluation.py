@@ -1,11 +1,11 @@
 """Evaluation speed: the host's share with fake detections, and a whole `--mode=eval`.
 
-  python -m maskrcnn_jax.evaluation.benchmark --num_images=100 --height=480 --width=640 \
-      --detections=100 --out_dir=/tmp/eval_bench [--eval_images=16 --eval_config=configs/demo.py]
+  python -m bench.evaluation --num_images=100 --height=480 --width=640 --detections=100 \
+      --out_dir=/tmp/eval_bench [--eval_images=16 --eval_config=configs/demo.py]
 
 Writes a stuff JSON of random rectangular regions and batches of random detections
-(random boxes, smooth 28 × 28 mask probabilities, scores, classes), then times, on the same
-detections:
+(`bench.fakes`: random boxes, smooth 28 × 28 mask probabilities, scores, classes), then
+times, on the same detections:
   before  `Evaluator.add` pasting on the host: per image `paste`, `encode` (RLE) and the
           rest (`metrics`: painting, confusion, per-image precision/recall);
   after   `masks.paste_batch_device` jitted (`device`: on this machine's jax backend) and
@@ -39,9 +39,11 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from bench import common
+from bench import fakes
 from maskrcnn_jax import validation
-from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import build
+from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import synthetic
 from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
@@ -66,67 +68,8 @@ _CONFIG = config_flags.DEFINE_config_file("eval_config", "configs/demo.py",
 
 DISTINCT_BATCHES = 3
 FULL_SCALE = 5000  # COCO-Stuff's validation images.
-
-
-def fake_ground_truth(path: str, num_images: int, height: int, width: int, class_set,
-                      rng) -> None:
-  """A COCO JSON: per image a 3 × 3 grid of rectangles of random classes (some unlabeled)."""
-  anns = []
-  rows, cols = np.linspace(0, height, 4).astype(int), np.linspace(0, width, 4).astype(int)
-  for image_id in range(1, num_images + 1):
-    label = np.zeros((height, width), np.int64)
-    for i in range(3):
-      for j in range(3):
-        if rng.uniform() < 0.9:
-          label[rows[i]:rows[i + 1], cols[j]:cols[j + 1]] = rng.choice(class_set.coco_ids)
-    for coco_id in np.unique(label[label > 0]):
-      rle = coco_eval.encode_masks((label == coco_id)[None])[0]
-      anns.append(dict(id=len(anns) + 1, image_id=image_id, category_id=int(coco_id),
-                       segmentation=rle, area=float((label == coco_id).sum()),
-                       bbox=[0, 0, width, height], iscrowd=0))
-  images = [dict(id=i, height=height, width=width) for i in range(1, num_images + 1)]
-  epath.Path(path).write_text(json.dumps(dict(
-      images=images, annotations=anns,
-      categories=categories.coco_json_categories(class_set.coco_ids))))
-
-
-def blob_masks(rng, shape: tuple[int, ...], m: int = 28) -> np.ndarray:
-  """[*shape, m, m] float32 smooth mask probabilities: blobs as a mask head predicts."""
-  g = np.linspace(-1, 1, m)
-  centre = rng.uniform(-0.4, 0.4, shape + (2, 1, 1))
-  width = rng.uniform(0.15, 0.8, shape + (1, 1))
-  d2 = (g[:, None] - centre[..., 0, :, :]) ** 2 + (g[None] - centre[..., 1, :, :]) ** 2
-  return np.exp(-d2 / width).astype(np.float32)
-
-
-def fake_batch(image_ids, height: int, width: int, scale: float, num_detections: int,
-               num_classes: int, rng):
-  """A batch of images with random detections (all valid) and proposals."""
-  b, d = len(image_ids), num_detections
-  size = int(np.ceil(max(height, width) * scale / 64) * 64)
-  extent = np.array([width, height], np.float64) * scale
-  xy = rng.uniform(0, 0.8, (b, d, 2)) * extent
-  wh = rng.uniform(0.03, 0.5, (b, d, 2)) * extent
-  boxes = np.concatenate([xy, np.minimum(xy + wh, extent)], -1).astype(np.float32)
-  info = [height, width, scale, round(height * scale), round(width * scale)]
-  batch = dict(image=rng.integers(0, 255, (b, size, size, 3), np.uint8),
-               image_id=np.asarray(image_ids, np.int32),
-               image_info=np.tile(np.array(info, np.float32), (b, 1)),
-               image_valid=np.ones(b, bool))
-  dets = dict(boxes=boxes, scores=rng.uniform(0.05, 1, (b, d)).astype(np.float32),
-              classes=rng.integers(1, num_classes + 1, (b, d)).astype(np.int32),
-              masks=blob_masks(rng, (b, d)),
-              valid=np.ones((b, d), bool), num_detections=np.full(b, d, np.int32),
-              proposals=np.tile(boxes, (1, 5, 1)),
-              proposal_scores=rng.uniform(size=(b, 5 * d)).astype(np.float32),
-              proposal_valid=np.ones((b, 5 * d), bool))
-  return batch, dets
-
-
-def _timed(fn, *args, clock=time.process_time, **kwargs):
-  t = clock()
-  out = fn(*args, **kwargs)
-  return out, clock() - t
+# The host's work in CPU seconds of this process: other jobs on the machine inflate them less.
+_cpu_timed = functools.partial(common.timed, clock=time.process_time)
 
 
 def run(num_images: int, height: int, width: int, num_detections: int, batch_size: int,
@@ -137,21 +80,21 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   class_set = categories.get_class_set(class_set_name)
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   gt_path = str(epath.Path(out_dir) / "gt.json")
-  fake_ground_truth(gt_path, num_images, height, width, class_set, rng)
+  fakes.fake_ground_truth(gt_path, num_images, height, width, class_set, rng)
   # A few distinct batches of detections, repeated with new image ids: the device pastes
   # each distinct one once (its output depends on the detections only).
-  distinct = [fake_batch(range(batch_size), height, width, scale, num_detections,
-                         class_set.num_classes, rng) for _ in range(DISTINCT_BATCHES)]
+  distinct = [fakes.fake_batch(range(batch_size), height, width, scale, num_detections,
+                               class_set.num_classes, rng) for _ in range(DISTINCT_BATCHES)]
   batches = []
   for j, s in enumerate(range(0, num_images, batch_size)):
     batch, dets = distinct[j % DISTINCT_BATCHES]
     ids = np.arange(s + 1, s + batch_size + 1, dtype=np.int32)
     batches.append((dict(batch, image_id=ids, image_valid=ids <= num_images), dets))
   times = {}
-  ev, times["load"] = _timed(evaluator_lib.Evaluator, [gt_path], class_set,
-                             num_pictures=num_pictures)
+  ev, times["load"] = _cpu_timed(evaluator_lib.Evaluator, [gt_path], class_set,
+                                 num_pictures=num_pictures)
 
-  times["gt"] = sum(_timed(ev.ground_truth_flat, i)[1] for i in ev.coco_gt.imgs)
+  times["gt"] = sum(_cpu_timed(ev.ground_truth_flat, i)[1] for i in ev.coco_gt.imgs)
 
   # Before: per batch the parts of host pasting, then the whole `add` (interleaved: the
   # same load on a shared machine).
@@ -159,10 +102,11 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
     times[k] = 0.0
   for batch, dets in batches:
     for b in np.flatnonzero(batch["image_valid"]):
-      image_dets, t = _timed(evaluator_lib.image_detections, dets, b, batch["image_info"][b])
+      image_dets, t = _cpu_timed(evaluator_lib.image_detections, dets, b,
+                                 batch["image_info"][b])
       times["before/paste"] += t
-      times["before/encode"] += _timed(coco_eval.encode_masks, image_dets["masks"])[1]
-    times["before/add"] += _timed(ev.add, batch, dets)[1]
+      times["before/encode"] += _cpu_timed(coco_eval.encode_masks, image_dets["masks"])[1]
+    times["before/add"] += _cpu_timed(ev.add, batch, dets)[1]
   ev.coco_backend = "faster_coco_eval"
   before = ev.result()
 
@@ -174,8 +118,8 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   keys = ("boxes", "scores", "classes", "masks", "valid")
   pasted = []
   for batch, dets in distinct:
-    out, t = _timed(lambda d, i: jax.device_get(paste(d, i)),
-                    {k: dets[k] for k in keys}, batch["image_info"], clock=time.perf_counter)
+    out, t = common.timed(lambda d, i: jax.device_get(paste(d, i)),
+                          {k: dets[k] for k in keys}, batch["image_info"])
     pasted.append({**dets, **out})
   times["device"] = t / batch_size * num_images  # The last batch's: compiled and warm.
   pasted = [pasted[j % DISTINCT_BATCHES] for j in range(len(batches))]
@@ -184,20 +128,20 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
   results = []
   for (batch, _), dets in zip(batches, pasted):
     for b in np.flatnonzero(batch["image_valid"]):
-      image_dets, t = _timed(evaluator_lib.pasted_image_detections, dets, b,
-                             batch["image_info"][b])
+      image_dets, t = _cpu_timed(evaluator_lib.pasted_image_detections, dets, b,
+                                 batch["image_info"][b])
       times["after/rle"] += t
       results += evaluator_lib.detections_to_coco(int(batch["image_id"][b]), image_dets,
                                                   class_set)
-    times["after/add"] += _timed(ev.add, batch, dets)[1]
+    times["after/add"] += _cpu_timed(ev.add, batch, dets)[1]
   for backend in coco_eval.BACKENDS:
     ev.coco_backend = backend
-    after, times[f"result/{backend}"] = _timed(ev.result)
-  times["write"] = _timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
+    after, times[f"result/{backend}"] = _cpu_timed(ev.result)
+  times["write"] = _cpu_timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
   # The part of write() that grows with the images: the COCO results (the per-image table
   # is far smaller); the rest (pictures, tables of classes) is once per evaluation.
-  times["write/results"] = _timed(coco_eval.write_results,
-                                  str(epath.Path(out_dir) / "results.json"), results)[1]
+  times["write/results"] = _cpu_timed(coco_eval.write_results,
+                                      str(epath.Path(out_dir) / "results.json"), results)[1]
   for k, v in before.items():  # The same numbers (up to a pixel at mask boundaries).
     if not np.isclose(v, after[k], atol=1e-3, equal_nan=True):
       logging.warning("%s: %.6f before, %.6f after", k, v, after[k])
@@ -208,7 +152,7 @@ def _timing(times: dict[str, float], key: str, fn, *, block: bool = False):
   """`fn` adding its wall seconds to `times[key]` (after the result is ready with `block`)."""
   call = (lambda *a, **k: jax.block_until_ready(fn(*a, **k))) if block else fn
   def timed(*args, **kwargs):
-    out, seconds = _timed(call, *args, clock=time.perf_counter, **kwargs)
+    out, seconds = common.timed(call, *args, **kwargs)
     times[key] = times.get(key, 0.0) + seconds
     return out
   return timed

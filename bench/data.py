@@ -1,6 +1,6 @@
 """Input-pipeline benchmark: build cost and training throughput with augmentation.
 
-    python -m maskrcnn_jax.data.bench [--num_images 240] [--sizes 1024,512] [--workdir DIR]
+    python -m bench.data [--num_images 240] [--sizes 1024,512] [--workdir DIR]
         [--mask_sizes 56,112] [--rounds 3] [--read_latency_ms 20] [--num_workers 2]
 
 Writes a synthetic set at COCO's typical 640×480 (or reuses the one in --workdir), times
@@ -33,6 +33,7 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from bench import common
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import synthetic
@@ -78,6 +79,7 @@ READ(pread64, real(fd, buf, n, off), off_t off)
 
 def _rerun_with_latency(workdir: pathlib.Path, latency_ms: float) -> None:
   """Runs this command again with every read of a file under workdir delayed (never returns)."""
+  workdir.mkdir(parents=True, exist_ok=True)
   shim = workdir / "slow_io.so"
   source = workdir / "slow_io.c"
   source.write_text(_SHIM)
@@ -98,42 +100,40 @@ def _config(root: pathlib.Path, image_size: int,
       synthetic=dict(enabled=False)))
 
 
-def _cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
+def _clocks() -> np.ndarray:
+  """Wall seconds, CPU seconds of this process and of its ended child processes."""
+  own, children = map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+  return np.array([time.perf_counter(), own.ru_utime + own.ru_stime,
+                   children.ru_utime + children.ru_stime])
 
 
 def _throughput(config, *, batch_size: int, warmup: int, steps: int) -> tuple[float, float]:
   """(images per second, CPU seconds per image) of the training pipeline."""
   batches = pipeline.create_train_dataset(config, global_batch_size=batch_size,
                                          seed=0).as_numpy_iterator()
-  for _ in range(warmup):
-    next(batches)
-  start, cpu = time.perf_counter(), _cpu_seconds()
-  for _ in range(steps):
-    next(batches)
+
+  def consume(n):
+    for _ in range(n):
+      next(batches)
+
+  consume(warmup)
+  _, (wall, cpu, _) = common.timed(consume, steps, clock=_clocks)
   images = steps * batch_size
-  return images / (time.perf_counter() - start), (_cpu_seconds() - cpu) / images
+  return images / wall, cpu / images
 
 
 def _build(root: pathlib.Path, data_dir: pathlib.Path, image_size: int, num_workers: int):
   """(wall seconds, CPU seconds here, CPU seconds in the workers) of one build into data_dir."""
   config = _config(root, image_size)
   config.tfds_data_dir = str(data_dir)
-  start, cpu = time.perf_counter(), _cpu_seconds()
-  before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  build.prepare(config, num_workers=num_workers)
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  workers = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-  return np.array([time.perf_counter() - start, _cpu_seconds() - cpu, workers])
+  return common.timed(build.prepare, config, num_workers=num_workers, clock=_clocks)[1]
 
 
 def _write(root: pathlib.Path, num_images: int) -> None:
-  start = time.perf_counter()
-  synthetic.write_synthetic(root, num_train=num_images, num_val=8, image_size=(480, 640), seed=0)
+  _, seconds = common.timed(synthetic.write_synthetic, root, num_train=num_images, num_val=8,
+                            image_size=(480, 640), seed=0)
   jpeg_bytes = sum(p.stat().st_size for p in (root / "train2017").iterdir())
-  print(f"synthetic: {num_images} train images 640x480 written in "
-        f"{time.perf_counter() - start:.1f} s, "
+  print(f"synthetic: {num_images} train images 640x480 written in {seconds:.1f} s, "
         f"JPEGs {jpeg_bytes / num_images / 1024:.0f} KiB/image")
 
 
