@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import pickle
 import runpy
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from configs import default
 from configs import tiny
 from maskrcnn_jax import run
+from maskrcnn_jax.inspection import notebook
 
 SECTIONS = ("data", "anchors", "rpn", "roi_heads", "predictions", "weights")
 REPO = pathlib.Path(__file__).parents[2]
@@ -29,11 +31,17 @@ def trained(tmp_path_factory):
   return config, root / "run"
 
 
-def test_inspect_mode_writes_every_picture(trained):
+@pytest.fixture(scope="module")
+def inspected(trained):
+  """(files `--mode=inspect` wrote, as `section/name`; the folder holding them)."""
   config, workdir = trained
-  written = run.run(config, str(workdir), "inspect")
+  return run.run(config, str(workdir), "inspect"), workdir / "inspect"
 
-  root = workdir / "inspect"
+
+def test_inspect_mode_writes_every_picture(trained, inspected):
+  config, _ = trained
+  written, root = inspected
+
   summary = json.loads((root / "summary.json").read_text())
   assert summary["trained"] and summary["step"] == 2
   for section in SECTIONS:
@@ -65,18 +73,34 @@ def test_inspect_mode_writes_every_picture(trained):
   assert float(res3["heads"]) == 0 and float(res3["3+"]) == 1
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("inspect_data", ["gt_1.png", "class_histogram.png", "repeat_factors.png",
-                      "augmentation.png"]),
-    ("inspect_model", ["anchors.png", "rpn_targets.png", "before_nms.png", "after_nms.png",
-                       "rois.png", "mask_targets.png", "segm_ap.png", "stages.png"]),
-])
-def test_notebooks_run_as_scripts(trained, tmp_path, monkeypatch, name, expected):
+@pytest.mark.parametrize("name, sections", [("inspect_data", SECTIONS[:1]),
+                                            ("inspect_model", SECTIONS[1:])])
+def test_notebook_writes_what_inspect_mode_writes(trained, inspected, tmp_path, monkeypatch,
+                                                  name, sections):
+  """The notebooks, run as scripts on the run's config, write the same files, byte for byte."""
   config, workdir = trained
-  monkeypatch.setenv("INSPECT_CONFIG", str(REPO / "configs" / "tiny.py"))
+  _, root = inspected
+  (tmp_path / "config.pkl").write_bytes(pickle.dumps(config))
+  (tmp_path / "config.py").write_text(
+      "import pathlib\nimport pickle\n\n\ndef get_config():\n"
+      "  return pickle.loads((pathlib.Path(__file__).parent / 'config.pkl').read_bytes())\n")
+  out = tmp_path / "out"
+  monkeypatch.setenv("INSPECT_CONFIG", str(tmp_path / "config.py"))
   monkeypatch.setenv("INSPECT_DATA_ROOT", config.data.root)
   monkeypatch.setenv("INSPECT_WORKDIR", str(workdir))
-  monkeypatch.setenv("INSPECT_OUT", str(tmp_path))
+  monkeypatch.setenv("INSPECT_OUT", str(out))
   runpy.run_path(str(REPO / "docs" / "notebooks" / f"{name}.py"), run_name="__main__")
-  for picture in expected:
-    assert (tmp_path / picture).stat().st_size > 0, picture
+  assert sorted(p.name for p in out.iterdir()) == sorted(sections)
+  for section in sections:
+    names = sorted(p.name for p in (root / section).iterdir())
+    assert sorted(p.name for p in (out / section).iterdir()) == names, section
+    for n in names:
+      assert (out / section / n).read_bytes() == (root / section / n).read_bytes(), n
+
+
+def test_gallery_shows_pictures_values_and_tables():
+  html = notebook.Gallery({"s/a.png": np.zeros((2, 2, 3), np.uint8), "s/b.json": {"x": 1},
+                           "s/c.csv": [{"k": i} for i in range(12)]})._repr_html_()
+  assert html.count('<img src="data:image/png;base64,') == 1
+  assert '"x": 1' in html
+  assert html.count("<tr>") == 1 + notebook.MAX_ROWS and "12 rows" in html
