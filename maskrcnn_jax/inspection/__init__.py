@@ -11,7 +11,8 @@ pictures and tables in `WORKDIR/inspect/` and images in TensorBoard:
   predictions/  detections with masks, per-class AP bars, the confusion matrix
   weights/      histogram and norm per layer, which layers each stage trains (weights.py)
 
-`run.inspect` writes all of it; the functions of each module are small and return numpy
-pictures, so the notebooks in docs/notebooks call them one by one (notebook.py: the
-config and picture folder they share).
+`run.inspect` writes all of it, one `run.inspect_<section>` function per folder; the
+notebooks in docs/notebooks call the same functions one by one (notebook.py: the config,
+output and display they share). The other modules' functions are small and return numpy
+pictures.
 """

@@ -1,18 +1,24 @@
 """`--mode=inspect`: every inspection picture of a run, in WORKDIR/inspect/ and TensorBoard.
 
+One public function per section (`inspect_data`, `inspect_anchors`, `inspect_rpn`,
+`inspect_roi_heads`, `inspect_predictions`, `inspect_weights`) writes OUT/<section>/ and
+returns what it wrote; `inspect` runs them all, the notebooks in docs/notebooks one by one.
+
 The model sections use the weights `--mode=eval` uses (`eval.checkpoint`, else the latest
 in WORKDIR, else `init.checkpoint`); with `init.checkpoint="random"` and no checkpoint
-they show the untrained initialisation and say so.
-Runs in one process; `inspect.num_images` images are drawn, `inspect.num_stats_images`
-counted for the histograms.
+they show the untrained initialisation and say so. The model sections draw the first
+`inspect.num_images` images of a split; `inspect.num_stats_images` are counted for the
+histograms. Runs in one process.
 """
 
+import dataclasses
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from absl import logging
 from clu import metric_writers
 from etils import epath
+from flax import linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -34,186 +40,249 @@ NUM_AUGMENTATIONS = 3
 TOP_PROPOSALS = 50
 
 
-class _Output:
-  """Writes pictures, tables and JSON under WORKDIR/inspect/<section>/, images also to TB."""
+class Output:
+  """Writes sections' files under ROOT/<section>/; pictures also to TensorBoard if given a
+  writer."""
 
-  def __init__(self, workdir: str, writer: metric_writers.MetricWriter, step: int):
-    self.root = epath.Path(workdir) / "inspect"
+  def __init__(self, root: epath.PathLike,
+               writer: metric_writers.MetricWriter | None = None, step: int = 0):
+    self.root = epath.Path(root)
     self.writer, self.step = writer, step
-    self.written: list[str] = []
 
-  def _path(self, section: str, name: str) -> epath.Path:
-    folder = self.root / section if section else self.root
+  def write(self, section: str, files: dict[str, Any]) -> dict[str, Any]:
+    """Writes NAME.png pictures ([H, W, 3] uint8), NAME.csv tables (dict rows) and
+    NAME.json values; returns them as {"section/NAME.ext": content}."""
+    folder = self.root / section
     folder.mkdir(parents=True, exist_ok=True)
-    self.written.append(f"{section}/{name}" if section else name)
-    return folder / name
+    for name, value in files.items():
+      path = folder / name
+      if name.endswith(".png"):
+        pictures.save_png(str(path), value)
+        if self.writer:
+          tag = f"inspect/{section}/{name.removesuffix('.png')}"
+          self.writer.write_images(self.step, {tag: value[None]})
+      elif name.endswith(".csv"):
+        pictures.write_csv(str(path), value)
+      elif name.endswith(".json"):
+        path.write_text(json.dumps(value, indent=2))
+      else:
+        raise ValueError(f"{name}: not a .png, .csv or .json file")
+    return {f"{section}/{name}" if section else name: v for name, v in files.items()}
 
-  def picture(self, section: str, name: str, image: np.ndarray) -> None:
-    pictures.save_png(str(self._path(section, f"{name}.png")), image)
-    self.writer.write_images(self.step, {f"inspect/{section}/{name}": image[None]})
 
-  def table(self, section: str, name: str, rows: list[dict[str, Any]]) -> None:
-    pictures.write_csv(str(self._path(section, f"{name}.csv")), rows)
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+  """The inspected model and its variables; `rng` drives its sampling."""
+  model: nn.Module
+  variables: dict[str, Any]
+  step: int
+  trained: bool  # False: the initialisation, no checkpoint.
+  rng: jax.Array
 
-  def json(self, section: str, name: str, value: dict[str, Any]) -> None:
-    self._path(section, f"{name}.json").write_text(json.dumps(value, indent=2))
+  @property
+  def note(self) -> str:
+    """What picture titles append."""
+    return "" if self.trained else " (untrained)"
 
 
-def load_or_init(config: ml_collections.ConfigDict, workdir: str, model, class_set
-                 ) -> tuple[dict[str, Any], int, bool]:
-  """(variables, step, trained): what `--mode=eval` reads, or the model's initialisation."""
+def prepare(config: ml_collections.ConfigDict) -> categories.ClassSet:
+  """Builds the data on first use (`build.prepare`); returns the class set."""
+  build.prepare(config.data)
+  return categories.get_class_set(config.data.class_set)
+
+
+def load_model(config: ml_collections.ConfigDict, workdir: str,
+               class_set: categories.ClassSet) -> ModelState:
+  """The model with what `--mode=eval` reads, or its initialisation without a checkpoint."""
+  model = models.build(config.model, num_classes=class_set.num_classes + 1)
+  rng = jax.random.key(config.seed)
   try:
     path = run_eval.checkpoint_path(config, workdir)
   except ValueError as e:  # No checkpoint and a random start: show the initialisation.
     logging.warning("Inspecting the untrained model: %s", e)
-  else:
-    variables, step = load.inference_variables(model, path, class_set)
-    return variables, step, True
-  batch = {k: v for k, v in _first_batch(config, "train", 1).items() if k != "image_valid"}
-  k1, k2 = jax.random.split(jax.random.key(config.seed))
-  return model.init({"params": k1, "sampling": k2}, batch, train=True), 0, False
+    return ModelState(model, load.init_inference(model, rng), 0, False, rng)
+  variables, step = load.inference_variables(model, path, class_set)
+  return ModelState(model, variables, step, True, rng)
 
 
-def _first_batch(config, split: str, num_images: int) -> dict[str, np.ndarray]:
-  ds = pipeline.create_eval_dataset(config.data, batch_size=num_images, split=split,
-                                    num_images=num_images, process_index=0, process_count=1)
-  return next(ds.as_numpy_iterator())
-
-
-def _batches(config, split: str, num_images: int):
+def batches(config: ml_collections.ConfigDict, split: str,
+            num_images: int) -> Iterator[dict[str, np.ndarray]]:
+  """The first `num_images` images of `split` in evaluation batches (`image_valid` flags
+  the padding)."""
   ds = pipeline.create_eval_dataset(config.data, batch_size=config.data.eval_batch_size,
                                     split=split, num_images=num_images, process_index=0,
                                     process_count=1)
   return ds.as_numpy_iterator()
 
 
-def inspect_data(config, out: _Output, class_set) -> None:
-  """GT pictures, histograms, repeat factors and augmentation examples of the train split."""
+def forward(state: ModelState, batch: dict[str, np.ndarray], *,
+            train: bool) -> dict[str, np.ndarray]:
+  """`inspection.model.forward` of an evaluation batch (padding included), as numpy."""
+  inputs = {k: v for k, v in batch.items() if k != "image_valid"}
+  return jax.device_get(model_lib.forward(state.model, state.variables, inputs, state.rng,
+                                          train=train))
+
+
+def _train_images(config, state: ModelState, *, train: bool):
+  """(batch, index, forward outputs) of each of the first `inspect.num_images` train images."""
+  for batch in batches(config, "train", config.inspect.num_images):
+    outputs = forward(state, batch, train=train)
+    for b in np.flatnonzero(batch["image_valid"]):
+      yield batch, b, outputs
+
+
+def _gt_boxes(batch: dict[str, np.ndarray], index: int) -> np.ndarray:
+  return batch["boxes"][index][batch["valid"][index].astype(bool)]
+
+
+def inspect_data(config: ml_collections.ConfigDict, class_set: categories.ClassSet,
+                 out: Output) -> dict[str, Any]:
+  """data/: GT pictures, histograms, repeat factors and augmentation examples (train split)."""
   stats = data_lib.Statistics(class_set)
-  drawn = 0
-  for batch in _batches(config, "train", config.inspect.num_stats_images):
+  gt = {}
+  for batch in batches(config, "train", config.inspect.num_stats_images):
     stats.add(batch)
-    for b in np.flatnonzero(batch["image_valid"]):
-      if drawn < config.inspect.num_images:
-        out.picture("data", f"gt_{int(batch['image_id'][b])}",
-                    data_lib.gt_picture(batch, b, class_set))
-        drawn += 1
-  for name, image in stats.pictures(repeat_threshold=config.data.repeat_threshold).items():
-    out.picture("data", name, image)
-  out.table("data", "classes", stats.table())
-  examples = preprocess.augmentation_examples(config.data, index=0, num_draws=NUM_AUGMENTATIONS,
-                                              seed=config.seed)
+    for b in np.flatnonzero(batch["image_valid"])[:config.inspect.num_images - len(gt)]:
+      gt[f"gt_{int(batch['image_id'][b])}.png"] = data_lib.gt_picture(batch, b, class_set)
+  histograms = stats.pictures(repeat_threshold=config.data.repeat_threshold)
+  examples = preprocess.augmentation_examples(config.data, index=0,
+                                              num_draws=NUM_AUGMENTATIONS, seed=config.seed)
   augment = config.data.augment
-  out.picture("data", "augmentation", data_lib.augmentation_picture(
-      examples[0], examples[1:], class_set,
-      title=f"augmentation: hflip {augment.hflip}, scale {tuple(augment.scale_range)}, "
-            f"photometric {augment.photometric}"))
-  out.json("data", "statistics", {"num_images": stats.num_images,
-                                  "num_instances": int(stats.instances.sum()),
-                                  "num_truncated": stats.num_truncated})
+  return out.write("data", {
+      **gt,
+      **{f"{name}.png": image for name, image in histograms.items()},
+      "classes.csv": stats.table(),
+      "augmentation.png": data_lib.augmentation_picture(
+          examples[0], examples[1:], class_set,
+          title=f"augmentation: hflip {augment.hflip}, scale {tuple(augment.scale_range)}, "
+                f"photometric {augment.photometric}"),
+      "statistics.json": {"num_images": stats.num_images,
+                          "num_instances": int(stats.instances.sum()),
+                          "num_truncated": stats.num_truncated},
+  })
 
 
-def inspect_model(config, out: _Output, class_set, model, variables, note: str) -> None:
-  """Anchors, RPN targets and proposals, sampled RoIs and mask targets on train images."""
-  rng = jax.random.key(config.seed)
-  level_anchors = model_lib.anchors(model, config.data.image_size)
+def inspect_anchors(config: ml_collections.ConfigDict, state: ModelState,
+                    out: Output) -> dict[str, Any]:
+  """anchors/: the anchors per level; per image the RPN's positive and negative anchors,
+  refined by its deltas."""
+  level_anchors = model_lib.anchors(state.model, config.data.image_size)
   all_anchors = np.concatenate(level_anchors)
+  files = {}
+  for batch, b, test in _train_images(config, state, train=False):
+    image = batch["image"][b]
+    if not files:
+      files["levels.png"] = model_lib.anchors_picture(
+          image, level_anchors, len(state.model.rpn.aspect_ratios))
+    _, labels = model_lib.anchor_labels(state.model, all_anchors, batch["boxes"][b],
+                                        batch["valid"][b].astype(bool))
+    files[f"targets_{int(batch['image_id'][b])}.png"] = model_lib.rpn_targets_picture(
+        image, all_anchors, labels, test["deltas"][b], _gt_boxes(batch, b))
+  return out.write("anchors", files)
+
+
+def inspect_rpn(config: ml_collections.ConfigDict, state: ModelState,
+                out: Output) -> dict[str, Any]:
+  """rpn/: per image the top proposals before and after NMS; their recall of the GT."""
+  all_anchors = np.concatenate(model_lib.anchors(state.model, config.data.image_size))
   recall = model_lib.ProposalRecall()
-  drawn = 0
-  for batch in _batches(config, "train", config.inspect.num_images):
-    inputs = {k: v for k, v in batch.items() if k != "image_valid"}
-    test = jax.device_get(model_lib.forward(model, variables, inputs, rng, train=False))
-    train = jax.device_get(model_lib.forward(model, variables, inputs, rng, train=True))
-    for b in np.flatnonzero(batch["image_valid"]):
-      image_id = int(batch["image_id"][b])
-      image = batch["image"][b]
-      gt_valid = batch["valid"][b].astype(bool)
-      gt_boxes = batch["boxes"][b][gt_valid]
-      recall.add(gt_boxes, test["proposals"][b][test["proposal_valid"][b]])
-      if drawn == 0:
-        out.picture("anchors", "levels", model_lib.anchors_picture(
-            image, level_anchors, len(model.rpn.aspect_ratios)))
-      _, labels = model_lib.anchor_labels(model, all_anchors, batch["boxes"][b], gt_valid)
-      out.picture("anchors", f"targets_{image_id}", model_lib.rpn_targets_picture(
-          image, all_anchors, labels, test["deltas"][b], gt_boxes))
-      pre_boxes, pre_scores = model_lib.pre_nms_proposals(
-          all_anchors, test["objectness"][b], test["deltas"][b], batch["image_info"][b, 3:5],
-          TOP_PROPOSALS)
-      out.picture("rpn", f"before_nms_{image_id}", pictures.proposals_picture(
-          image, pre_boxes, pre_scores, top_n=TOP_PROPOSALS,
-          title=f"image {image_id}: top {TOP_PROPOSALS} anchors refined, before NMS{note}"))
-      valid = test["proposal_valid"][b]
-      out.picture("rpn", f"after_nms_{image_id}", pictures.proposals_picture(
-          image, test["proposals"][b][valid], test["proposal_scores"][b][valid],
-          top_n=TOP_PROPOSALS, title=f"image {image_id}: top {TOP_PROPOSALS} proposals after "
-                                     f"NMS{note}"))
-      sample = model_lib.sample_rois(model, train, batch, b, jax.random.fold_in(rng, image_id))
-      out.picture("roi_heads", f"rois_{image_id}", model_lib.rois_picture(
-          image, sample, gt_boxes, class_set, model.roi_heads.box_weights))
-      out.picture("roi_heads", f"mask_targets_{image_id}", model_lib.mask_targets_picture(
-          model_lib.mask_targets(sample, batch, b, max_rois=8), class_set))
-      drawn += 1
-  out.json("rpn", "recall", {"num_gt": recall.num_gt, **recall.result()})
+  files = {}
+  for batch, b, test in _train_images(config, state, train=False):
+    image_id, image = int(batch["image_id"][b]), batch["image"][b]
+    valid = test["proposal_valid"][b]
+    recall.add(_gt_boxes(batch, b), test["proposals"][b][valid])
+    boxes, scores = model_lib.pre_nms_proposals(
+        all_anchors, test["objectness"][b], test["deltas"][b], batch["image_info"][b, 3:5],
+        TOP_PROPOSALS)
+    files[f"before_nms_{image_id}.png"] = pictures.proposals_picture(
+        image, boxes, scores, top_n=TOP_PROPOSALS,
+        title=f"image {image_id}: top {TOP_PROPOSALS} anchors refined, before NMS{state.note}")
+    files[f"after_nms_{image_id}.png"] = pictures.proposals_picture(
+        image, test["proposals"][b][valid], test["proposal_scores"][b][valid],
+        top_n=TOP_PROPOSALS,
+        title=f"image {image_id}: top {TOP_PROPOSALS} proposals after NMS{state.note}")
+  files["recall.json"] = {"num_gt": recall.num_gt, **recall.result()}
+  return out.write("rpn", files)
 
 
-def inspect_predictions(config, out: _Output, class_set, model, variables) -> None:
-  """Detections with masks, per-class AP bars and the confusion on validation images."""
+def inspect_roi_heads(config: ml_collections.ConfigDict, class_set: categories.ClassSet,
+                      state: ModelState, out: Output) -> dict[str, Any]:
+  """roi_heads/: per image the sampled RoIs with their targets, and mask targets."""
+  files = {}
+  for batch, b, train in _train_images(config, state, train=True):
+    image_id = int(batch["image_id"][b])
+    sample = model_lib.sample_rois(state.model, train, batch, b,
+                                   jax.random.fold_in(state.rng, image_id))
+    files[f"rois_{image_id}.png"] = model_lib.rois_picture(
+        batch["image"][b], sample, _gt_boxes(batch, b), class_set,
+        state.model.roi_heads.box_weights)
+    files[f"mask_targets_{image_id}.png"] = model_lib.mask_targets_picture(
+        model_lib.mask_targets(sample, batch, b, max_rois=8), class_set)
+  return out.write("roi_heads", files)
+
+
+def inspect_predictions(config: ml_collections.ConfigDict, class_set: categories.ClassSet,
+                        state: ModelState, out: Output) -> dict[str, Any]:
+  """predictions/: detections with masks, per-class AP bars and the confusion on the first
+  validation images, at the `eval` thresholds."""
   evaluator = evaluator_lib.Evaluator(
       build.annotation_files(config.data, "validation"), class_set,
       mask_threshold=config.eval.mask_threshold, num_pictures=config.inspect.num_images,
       score_threshold=config.eval.score_threshold)
-  rng = jax.random.key(config.seed)
-  for batch in _batches(config, "validation", config.inspect.num_images):
-    inputs = {k: v for k, v in batch.items() if k != "image_valid"}
-    evaluator.add(batch, jax.device_get(model_lib.forward(model, variables, inputs, rng,
-                                                          train=False)))
-  for name, image in evaluator.pictures().items():
-    if name.startswith(("collage", "confusion")):
-      out.picture("predictions", name, image)
+  for batch in batches(config, "validation", config.inspect.num_images):
+    evaluator.add(batch, forward(state, batch, train=False))
+  files = {f"{name}.png": image for name, image in evaluator.pictures().items()
+           if name.startswith(("collage", "confusion"))}
   rows = evaluator.per_class()
   for iou_type in ("bbox", "segm"):
-    out.picture("predictions", f"{iou_type}_ap", model_lib.per_class_ap_picture(rows, iou_type))
-  out.table("predictions", "per_class", rows)
-  metrics = evaluator.result()
-  out.json("predictions", "metrics",
-           {k: None if np.isnan(v) else v for k, v in metrics.items()})
+    files[f"{iou_type}_ap.png"] = model_lib.per_class_ap_picture(rows, iou_type)
+  files["per_class.csv"] = rows
+  files["metrics.json"] = {k: None if np.isnan(v) else v for k, v in evaluator.result().items()}
+  return out.write("predictions", files)
 
 
-def inspect_weights(config, out: _Output, params, trainable_mask: Callable) -> None:
-  """Statistics and histograms per layer, and what each stage trains."""
+def inspect_weights(config: ml_collections.ConfigDict, params: Any, trainable_mask: Callable,
+                    out: Output) -> dict[str, Any]:
+  """weights/: statistics and histograms per layer, and what each stage trains.
+
+  trainable_mask: (params, trainable, freeze_at=) → a stage's bool tree
+  (`training.optimizer.trainable_mask`: the caller owns the optimiser).
+  """
   rows = weights_lib.layer_table(params)
-  out.table("weights", "layers", rows)
-  out.picture("weights", "norms", weights_lib.norms_picture(rows))
-  out.picture("weights", "histograms", weights_lib.histograms_picture(params))
   stages = config.train.stages
   masks = [trainable_mask(params, s.trainable, freeze_at=config.model.freeze_at) for s in stages]
   names = [s.name for s in stages]
   table = weights_lib.stage_table(params, masks, names)
-  out.table("weights", "stages", table)
-  out.picture("weights", "stages", weights_lib.stages_picture(table, names))
+  return out.write("weights", {
+      "layers.csv": rows,
+      "norms.png": weights_lib.norms_picture(rows),
+      "histograms.png": weights_lib.histograms_picture(params),
+      "stages.csv": table,
+      "stages.png": weights_lib.stages_picture(table, names),
+  })
 
 
 def inspect(config: ml_collections.ConfigDict, workdir: str, *,
             trainable_mask: Callable) -> list[str]:
-  """Writes WORKDIR/inspect/; returns the files written (`section/name`).
+  """Writes every section to WORKDIR/inspect/; returns the files written (`section/name`).
 
-  trainable_mask: (params, trainable, freeze_at=) → a stage's bool tree, from the caller,
-  which owns the optimiser (`training.optimizer.trainable_mask`).
+  trainable_mask: as `inspect_weights` takes it.
   """
   if jax.process_count() > 1:
     raise ValueError("--mode=inspect runs in one process; start it without a cluster")
-  build.prepare(config.data)
-  class_set = categories.get_class_set(config.data.class_set)
-  model = models.build(config.model, num_classes=class_set.num_classes + 1)
-  variables, step, trained = load_or_init(config, workdir, model, class_set)
-  note = "" if trained else " (untrained)"
+  class_set = prepare(config)
+  state = load_model(config, workdir, class_set)
   writer = metric_writers.create_default_writer(workdir)
-  out = _Output(workdir, writer, step)
-  inspect_data(config, out, class_set)
-  inspect_model(config, out, class_set, model, variables, note)
-  inspect_predictions(config, out, class_set, model, variables)
-  inspect_weights(config, out, variables["params"], trainable_mask)
-  out.json("", "summary", {"step": step, "trained": trained, "files": sorted(out.written)})
+  out = Output(epath.Path(workdir) / "inspect", writer, state.step)
+  written = [*inspect_data(config, class_set, out),
+             *inspect_anchors(config, state, out),
+             *inspect_rpn(config, state, out),
+             *inspect_roi_heads(config, class_set, state, out),
+             *inspect_predictions(config, class_set, state, out),
+             *inspect_weights(config, state.variables["params"], trainable_mask, out)]
+  written += out.write("", {"summary.json": {"step": state.step, "trained": state.trained,
+                                             "files": sorted(written)}})
   writer.flush()
-  logging.info("Inspection of step %d%s: %d files in %s", step, note, len(out.written), out.root)
-  return out.written
+  logging.info("Inspection of step %d%s: %d files in %s", state.step, state.note, len(written),
+               out.root)
+  return written
