@@ -88,11 +88,11 @@ def tiny_run(tiny_data, tmp_path_factory):
   return config, workdir, run.run(config, str(workdir), "train")
 
 
-@pytest.fixture
-def tiny_workdir(tiny_run, tmp_path):
-  """(config, workdir): a copy of `tiny_run`'s config and workdir this test may change."""
+@pytest.fixture(scope="module")
+def tiny_workdir(tiny_run, tmp_path_factory):
+  """(config, workdir): a copy of `tiny_run`'s config and workdir the module may change."""
   config, workdir, _ = tiny_run
-  copied = tmp_path / "run"
+  copied = tmp_path_factory.mktemp("tiny_workdir") / "run"
   shutil.copytree(workdir, copied)
   return copy.deepcopy(config), copied
 

@@ -1,4 +1,4 @@
-"""`--mode=inspect` and the inspection notebooks on a 2-step run of the tiny config."""
+"""`--mode=inspect` and the inspection notebooks on the tiny config's trained run."""
 
 import json
 import pathlib
@@ -10,8 +10,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import default
-from configs import tiny
 from maskrcnn_jax import run
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.evaluation import pictures
@@ -27,16 +25,11 @@ TOL, REACH = 12, 3
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """(config, workdir) of a tiny run trained one step per stage (heads, 3+)."""
-  root = tmp_path_factory.mktemp("inspect")
-  config = tiny.get_config()
-  config.data.root = str(root / "data")
-  config.train.stages = [default.stage("heads", "heads", steps=1, lr=0.001),
-                         default.stage("3+", "3+", steps=1, lr=0.001)]
+def trained(tiny_workdir):
+  """(config, workdir) of the tiny run (heads 2 steps, 4+ 2 steps), inspected on 2 images."""
+  config, workdir = tiny_workdir
   config.inspect.num_images = 2
-  run.run(config, str(root / "run"), "train")
-  return config, root / "run"
+  return config, workdir
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +140,7 @@ def test_inspect_mode_writes_every_picture(trained, inspected):
   written, root = inspected
 
   summary = json.loads((root / "summary.json").read_text())
-  assert summary["trained"] and summary["step"] == 2
+  assert summary["trained"] and summary["step"] == 4
   for section in SECTIONS:
     assert any(name.startswith(f"{section}/") and name.endswith(".png") for name in written), section
   expected = ["data/class_histogram.png", "data/instance_sizes.png", "data/repeat_factors.png",
@@ -169,12 +162,13 @@ def test_inspect_mode_writes_every_picture(trained, inspected):
   assert recall["num_gt"] > 0 and 0 <= recall["recall@0.7"] <= recall["recall@0.5"] <= 1
   stats = json.loads((root / "data" / "statistics.json").read_text())
   assert stats["num_images"] == config.data.synthetic.num_train
-  # The stage table: heads trains no backbone parameter, 3+ trains res3..res5.
+  # The stage table: heads trains no backbone parameter, 4+ trains res4 and res5 only.
   stages = {r.split(",")[0]: r.split(",") for r in
             (root / "weights" / "stages.csv").read_text().splitlines()}
   header = stages["module"]
-  res3 = dict(zip(header, stages["backbone/res3"]))
-  assert float(res3["heads"]) == 0 and float(res3["3+"]) == 1
+  res3, res4 = (dict(zip(header, stages[f"backbone/res{i}"])) for i in (3, 4))
+  assert float(res4["heads"]) == 0 and float(res4["4+"]) == 1
+  assert float(res3["4+"]) == 0
 
 
 def test_gt_pictures_draw_every_instance(trained, inspected):
