@@ -97,8 +97,9 @@ def tiny_workdir(tiny_run, tmp_path_factory):
   return copy.deepcopy(config), copied
 
 
-# Session fixtures that are costly to make: under pytest-xdist (`make test`), the tests that
-# use one run on one worker (`--dist loadgroup`), so that each is made once per test run.
+# Under pytest-xdist (`make test`, `--dist loadgroup`) each group runs on one worker, so that
+# a fixture is made once per test run: the tests of a costly session fixture form a group,
+# and the other tests one group per module (module fixtures: compiled models, references).
 _GROUPS = {"torch_reference": "torch", "tiny_data": "tiny", "tiny_run": "tiny",
            "tiny_workdir": "tiny"}
 
@@ -108,9 +109,8 @@ def pytest_collection_modifyitems(items):
     fixtures = getattr(item, "fixturenames", ())
     if "torch_reference" in fixtures:
       item.add_marker(pytest.mark.parity)
-    group = next((g for f, g in _GROUPS.items() if f in fixtures), None)
-    if group:
-      item.add_marker(pytest.mark.xdist_group(group))
+    group = next((g for f, g in _GROUPS.items() if f in fixtures), item.nodeid.split("::")[0])
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(hookwrapper=True)
