@@ -7,9 +7,10 @@
   once per test run (`tiny_data`, `tiny_run`); tests that write to a run copy it first
   (`tiny_workdir`). Under pytest-xdist the tests of each such fixture share a worker.
 - Tests compile many small programs and run them a few times, so XLA's optimisation
-  passes would dominate their time: they are off unless a test is marked `optimized`
-  (it runs many steps). Compiled programs are also cached on disk for the session, so
-  tests (and the subprocesses they start) that build the same step do not compile again.
+  passes would dominate their time: they are off unless a test or module is marked
+  `optimized` (it runs many steps, or large models). Compiled programs are also cached
+  on disk for the session, so tests (and the subprocesses they start) that build the same
+  step do not compile again.
 """
 
 import copy
@@ -30,14 +31,27 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_disable_most_optimizations", True)
 
 
-@pytest.fixture(autouse=True)
-def optimized(request):
-  if request.node.get_closest_marker("optimized") is None:
+def _optimizations(node):
+  """XLA's optimisations on while `node` runs, if it is marked `optimized` itself."""
+  if not any(m.name == "optimized" for m in node.own_markers):
     yield
     return
   jax.config.update("jax_disable_most_optimizations", False)
-  yield
-  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def optimized_module(request):
+  """A module marked `optimized` (`pytestmark`): its module fixtures compile optimised too."""
+  yield from _optimizations(request.node)
+
+
+@pytest.fixture(autouse=True)
+def optimized(request):
+  yield from _optimizations(request.node)
 
 
 @pytest.fixture(scope="session")
@@ -104,13 +118,15 @@ _GROUPS = {"torch_reference": "torch", "tiny_data": "tiny", "tiny_run": "tiny",
            "tiny_workdir": "tiny"}
 
 
+@pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the groups.
 def pytest_collection_modifyitems(items):
   for item in items:
     fixtures = getattr(item, "fixturenames", ())
     if "torch_reference" in fixtures:
       item.add_marker(pytest.mark.parity)
-    group = next((g for f, g in _GROUPS.items() if f in fixtures), item.nodeid.split("::")[0])
-    item.add_marker(pytest.mark.xdist_group(group))
+    module = item.nodeid.split("::")[0].removeprefix("tests/").removesuffix(".py")
+    item.add_marker(pytest.mark.xdist_group(
+        next((g for f, g in _GROUPS.items() if f in fixtures), module)))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -65,7 +65,8 @@ def test_predict_matches_torchvision(images, tmp_path, torch_reference):
   np.savez(tmp_path / "tv.npz", **{k[6:]: v for k, v in ref.items() if k.startswith("state/")})
   convert_torchvision.convert_file(str(tmp_path / "tv.npz"), str(tmp_path / "tv"))
   workdir = tmp_path / "run"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  # Optimised: R50's forward at 320 px compiles and runs in half the time.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_DISABLE_MOST_OPTIMIZATIONS="0")
   subprocess.run([sys.executable, "main.py", "--config", "configs/torchvision_r50_fpn.py",
                   "--mode=predict", f"--workdir={workdir}",
                   f"--config.predict.input_dir={images[0].parent}",

@@ -11,6 +11,9 @@ import pytest
 from configs import default
 from maskrcnn_jax import models
 
+# Optimised: test_overfits_one_image takes 80 steps of the module's one compiled step.
+pytestmark = pytest.mark.optimized
+
 S, M, SM = 64, 4, 16
 NUM_CLASSES = 3  # Background + 2.
 LOSSES = ("rpn_objectness_loss", "rpn_box_loss", "rcnn_class_loss", "rcnn_box_loss",
