@@ -161,6 +161,7 @@ def _launch(mode: str, num_processes: int, *, timeout_s: int = 120, port: int | 
   return results
 
 
+@pytest.mark.slow  # Two processes.
 def test_two_processes_join_and_agree_on_preemption():
   results = _launch("preempt", 2)
   outs = []

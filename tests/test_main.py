@@ -78,6 +78,7 @@ def test_resolved_config_written(tmp_path):
   assert written["train"]["stages"][1]["trainable"] == "4+"
 
 
+@pytest.mark.slow
 def test_preempted_run_exits_143_and_a_changed_resume_is_refused(tiny_data, tmp_path):
   """SIGTERM during the first stage: checkpoint, exit 143; resuming with another seed: 1."""
   workdir = tmp_path / "workdir"

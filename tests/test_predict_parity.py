@@ -59,6 +59,7 @@ def images(tmp_path):
   return sorted(folder.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_predict_matches_torchvision(images, tmp_path, torch_reference):
   ref = torch_reference(REF, seed=0, min_size=S, max_size=S, size_divisible=S,
                         images=[str(p) for p in images])

@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from bench import evaluation
 from configs import tiny
 
@@ -15,6 +17,7 @@ def test_benchmark_runs_on_a_few_images(tmp_path):
   assert "host images/s, 5000 images" in evaluation.summary(times, 5)
 
 
+@pytest.mark.slow
 def test_whole_eval_has_every_detection(tmp_path):
   config = tiny.get_config()
   config.eval.num_pictures = 0

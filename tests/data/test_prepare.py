@@ -4,9 +4,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_command_line_builds_the_config_with_the_flags(synthetic_root, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "maskrcnn_jax.data.prepare", "--root", str(synthetic_root),

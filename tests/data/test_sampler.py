@@ -50,6 +50,7 @@ def test_epochs_follow_each_other_reshuffled(config):
 
 
 @pytest.mark.parametrize("class_balanced", [False, True])
+@pytest.mark.slow
 def test_global_batches_are_the_same_for_every_process_count(config, class_balanced):
   """Process p's batch k is slice p of global batch k: same images, same augmentation."""
   augmented = _augmented(config, class_balanced=class_balanced, repeat_threshold=0.5)

@@ -205,6 +205,7 @@ def test_device_pasting_of_perfect_predictions(stuff_json, make_perfect_batch):
     assert metrics[key] == pytest.approx(1.0), key
 
 
+@pytest.mark.slow
 def test_merged_shards_equal_one_evaluator(tmp_path):
   cs = categories.get_class_set("stuff")
   gt = str(tmp_path / "gt.json")

@@ -50,6 +50,7 @@ def test_scale_pad_round_trip_recovers_mask():
   assert iou >= 0.9, iou
 
 
+@pytest.mark.slow
 def test_paste_matches_grid_sample(torch_reference):
   rng = np.random.default_rng(0)
   probs = rng.uniform(size=(5, 28, 28)).astype(np.float32)

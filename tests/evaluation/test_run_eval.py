@@ -24,6 +24,7 @@ from maskrcnn_jax.weights import checkpoint
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_eval_and_predict_modes(tiny_workdir, tmp_path):
   config, workdir = tiny_workdir  # Trained by --mode=train to step 4.
   assert not (workdir / "eval").exists()  # --mode=train does not evaluate.
@@ -53,6 +54,7 @@ def test_eval_and_predict_modes(tiny_workdir, tmp_path):
   assert isinstance(json.loads((out / "coco_results.json").read_text()), list)
 
 
+@pytest.mark.slow
 def test_two_processes_with_uneven_shards(tmp_path):
   """Same skip decisions on both processes, and the merged scores of both shards."""
   import two_process_worker as worker  # pylint: disable=g-import-not-at-top
@@ -109,6 +111,7 @@ def torchvision_layout_weights(config, path):
                             {"classifier_layout": "torchvision91"})
 
 
+@pytest.mark.slow
 def test_eval_and_predict_on_a_coco_root(coco_root, tmp_path):
   """Class set `coco` from converted weights: COCO AP on real val2017 images, and predict
   on their folder without a data root; results carry COCO image and category ids."""

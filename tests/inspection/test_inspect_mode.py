@@ -17,6 +17,9 @@ from maskrcnn_jax.inspection import data as data_lib
 from maskrcnn_jax.inspection import notebook
 from maskrcnn_jax.inspection import run as inspection
 
+# Slow: the shared trained run, and inspect mode on it (measured 37-70 s setup on 2 cores).
+pytestmark = pytest.mark.slow
+
 SECTIONS = ("data", "anchors", "rpn", "roi_heads", "predictions", "weights")
 REPO = pathlib.Path(__file__).parents[2]
 # Lines are searched up to REACH PNG pixels across where a box edge should be (they are

@@ -11,8 +11,9 @@ import pytest
 from configs import default
 from maskrcnn_jax import models
 
-# Optimised: test_overfits_one_image takes 80 steps of the module's one compiled step.
-pytestmark = pytest.mark.optimized
+# Optimised: test_overfits_one_image takes 80 steps of the module's one compiled step. Slow:
+# its tests share that step's compile (measured 4-60 s each on 2 cores).
+pytestmark = [pytest.mark.optimized, pytest.mark.slow]
 
 S, M, SM = 64, 4, 16
 NUM_CLASSES = 3  # Background + 2.

@@ -62,6 +62,7 @@ def test_converted_variables_match_init_structure(reference):
   assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, converted)
 
 
+@pytest.mark.slow
 def test_fpn_features(outputs):
   torch_out, _, jax_features = outputs
   for got, want in zip(jax_features, torch_out["features"], strict=True):

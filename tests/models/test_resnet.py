@@ -52,6 +52,7 @@ def test_shapes_and_collections(r18):
   assert "downsample_conv" not in variables["params"]["res2"]["block0"]
 
 
+@pytest.mark.slow
 def test_frozen_stages_get_zero_gradient(r18):
   model, variables, image = r18
   grads = jax.jit(jax.grad(lambda p: sum(jnp.sum(o) for o in model.apply(
@@ -72,6 +73,7 @@ def test_frozen_bn_applies_statistics():
   np.testing.assert_allclose(out[0], want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_and_remat_match_float32(r18):
   _, variables, image = r18
   want = jax.jit(resnet.ResNet(depth=18).apply)(variables, image)
@@ -82,6 +84,7 @@ def test_bfloat16_and_remat_match_float32(r18):
                                atol=0.05 * float(jnp.abs(w).max()))
 
 
+@pytest.mark.slow
 def test_block_boundary_is_kept_and_exact():
   """On CPU each block's output passes a conditional that XLA keeps (the fusion boundary
   against recomputed residual chains); values and gradients equal the unbounded stage's,

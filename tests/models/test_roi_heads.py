@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from maskrcnn_jax.models import roi_heads
 
@@ -87,6 +88,7 @@ def test_detection_drops_padded_proposals():
   assert int(det["num_detections"][0]) == 0 and not det["masks"].any()
 
 
+@pytest.mark.slow
 def test_topk_candidates_cap_keeps_the_best_scores():
   # 24 random proposals x 5 classes = 120 candidates; the cap leaves the best 40 to NMS.
   features = [jax.random.normal(jax.random.key(i), (1, 32 // 2**i, 32 // 2**i, 8))
@@ -139,6 +141,7 @@ def _encode(gt, rois, weights=(10.0, 10.0, 5.0, 5.0)):
                          np.array(weights[2:]) * np.log(gwh / wh)], -1)
 
 
+@pytest.mark.slow
 def test_losses_by_value():
   """Every candidate is sampled (R >= candidates, room for all positives), so the three
   losses follow from the heads' outputs on the candidates: cross-entropy averaged over the

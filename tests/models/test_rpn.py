@@ -80,6 +80,7 @@ ANCHORS = np.array([[0, 0, 10, 10], [30, 30, 40, 40], [50, 0, 60, 10], [0, 50, 1
                     [5, 0, 15, 10], [50, 50, 60, 60]], np.float32)
 
 
+@pytest.mark.slow
 def test_losses_by_hand():
   gt = jnp.array([[[0, 0, 10, 10], [0, 0, 0, 0]], [[30, 30, 40, 40], [0, 0, 0, 0]]])
   gt_valid = jnp.array([[True, False], [True, False]])

@@ -132,6 +132,7 @@ def outputs(reference):
   return out, traverse_util.flatten_dict(grads, sep="/")
 
 
+@pytest.mark.slow
 def test_every_candidate_is_sampled(reference, outputs):
   out, _ = outputs
   np.testing.assert_allclose([out["num_rpn_fg"], out["num_rpn_bg"]],
@@ -145,6 +146,7 @@ def test_every_candidate_is_sampled(reference, outputs):
 
 
 @pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.slow
 def test_losses(reference, outputs, name):
   out, _ = outputs
   np.testing.assert_allclose(out[name], reference[f"loss/{LOSSES[name]}"], rtol=1e-4)

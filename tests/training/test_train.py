@@ -21,6 +21,9 @@ from maskrcnn_jax.evaluation import run_eval
 from maskrcnn_jax.training import optimizer
 from maskrcnn_jax.training import train
 
+# Slow: trainings and multi-process jobs (measured 16-170 s each on 2 cores).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKER = pathlib.Path(__file__).with_name("equivalence_worker.py")
 

@@ -85,6 +85,7 @@ def shapes(variables):
 
 
 @pytest.mark.parametrize("depth, blocks", [(50, (3, 4, 6, 3)), (101, (3, 4, 23, 3))])
+@pytest.mark.slow
 def test_msra_imagenet_backbone(depth, blocks):
   """R-50.pkl / R-101.pkl: Caffe2 names, folded BN; detectron2 names give the same."""
   state = detectron2_states.random_state(detectron2_states.caffe2_resnet_shapes(blocks), 0)
@@ -122,6 +123,7 @@ def r101_shapes():
   return out
 
 
+@pytest.mark.slow
 def test_mask_rcnn_r101_layout_and_cli(tmp_path):
   state = detectron2_states.random_state(r101_shapes(), 1)
   path = tmp_path / "model_final.pkl"

@@ -31,6 +31,7 @@ def max_rel_err(ours, theirs):
 
 
 @pytest.mark.parametrize("depth", [50, 101])
+@pytest.mark.slow
 def test_imagenet_resnet_c2_to_c5(depth, torch_reference):
   ref = torch_reference(REF, kind="resnet", depth=depth)
   variables = conv.convert(state_of(ref), depth=depth)
@@ -76,6 +77,7 @@ def nearest(a, b):
   return d.argmin(1), d.min(1)
 
 
+@pytest.mark.slow
 def test_mask_rcnn_fpn_features(mask_rcnn_outputs):
   ours, theirs = mask_rcnn_outputs
   np.testing.assert_allclose(ours["input"], theirs["input"], atol=1e-5)
@@ -135,6 +137,7 @@ def convert_pth(pth, output, *args):
                         env=env, capture_output=True, text=True, check=False)
 
 
+@pytest.mark.slow
 def test_pth_file_with_frozen_batchnorm(tmp_path, torch_reference):
   """A .pth read through torch.load (weights only)."""
   from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top

@@ -117,6 +117,7 @@ def test_state_dict_is_detectron2s_layout():
   assert state["roi_heads.box_predictor.cls_score.weight"].shape == (81, 1024)
 
 
+@pytest.mark.slow
 def test_proposals(outputs):
   ours, golden, spec, tol = outputs
   for i in range(len(spec["images"])):
@@ -130,6 +131,7 @@ def test_proposals(outputs):
     assert err < tol["proposal"]
 
 
+@pytest.mark.slow
 def test_detections_and_masks(outputs):
   ours, golden, spec, tol = outputs
   for i, (h, w) in enumerate(spec["images"]):
@@ -165,6 +167,7 @@ def test_detections_and_masks(outputs):
     assert iou.mean() >= tol["mean_iou"] and pixel_iou >= 0.99 and iou.min() >= tol["min_iou"]
 
 
+@pytest.mark.slow
 def test_msra_imagenet_backbone(tmp_path):
   """R-50.pkl (Caffe2 blobs, folded BN) through the converter = detectron2's ResNet."""
   from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
