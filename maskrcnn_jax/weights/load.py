@@ -92,11 +92,12 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
 
 def init_inference(model, rng: jax.Array) -> dict[str, Any]:
   """`model.init` of the inference path (random weights), on a 64² dummy image: the
-  variables' shapes do not depend on the image."""
+  variables' shapes do not depend on the image. Jitted: one compile, not one per op."""
   batch = {"image": np.zeros((1, 64, 64, 3), np.uint8),
            "image_info": np.array([[64, 64, 1, 64, 64]], np.float32)}
   k1, k2 = jax.random.split(rng)
-  return model.init({"params": k1, "sampling": k2}, batch, train=False)
+  return jax.jit(lambda k1, k2: model.init({"params": k1, "sampling": k2}, batch,
+                                           train=False))(k1, k2)
 
 
 def inference_variables(model, path: str, class_set: categories.ClassSet

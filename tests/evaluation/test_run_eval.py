@@ -20,6 +20,7 @@ from maskrcnn_jax import run
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.weights import checkpoint
+from maskrcnn_jax.weights import load
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -103,10 +104,7 @@ def coco_root(tmp_path):
 def torchvision_layout_weights(config, path):
   """Random weights of the tiny model with torchvision's 91-way COCO classifier."""
   model = models.build(config.model, num_classes=91)
-  batch = {"image": np.zeros((1, 64, 64, 3), np.uint8),
-           "image_info": np.array([[64, 64, 1, 64, 64]], np.float32)}
-  variables = model.init({"params": jax.random.key(0), "sampling": jax.random.key(1)}, batch,
-                         train=False)
+  variables = load.init_inference(model, jax.random.key(0))
   checkpoint.save_variables(str(path), jax.device_get(variables),
                             {"classifier_layout": "torchvision91"})
 

@@ -36,7 +36,7 @@ def test_imagenet_resnet_c2_to_c5(depth, torch_reference):
   ref = torch_reference(REF, kind="resnet", depth=depth)
   variables = conv.convert(state_of(ref), depth=depth)
   variables = {c: v["backbone"] for c, v in variables.items()}
-  outputs = resnet.ResNet(depth=depth).apply(variables, ref["x"])
+  outputs = jax.jit(resnet.ResNet(depth=depth).apply)(variables, ref["x"])
   for level, ours in zip(range(2, 6), outputs):
     err = max_rel_err(ours, ref[f"c{level}"])
     print(f"resnet{depth} C{level} max abs err / max abs: {err:.2e}")
@@ -150,7 +150,7 @@ def test_pth_file_with_frozen_batchnorm(tmp_path, torch_reference):
   expected = conv.convert(state_of(ref))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, expected)
   variables = {c: v["backbone"] for c, v in loaded.items()}
-  ours = resnet.ResNet(depth=18).apply(variables, ref["x"])[-1]
+  ours = jax.jit(resnet.ResNet(depth=18).apply)(variables, ref["x"])[-1]
   assert max_rel_err(ours, ref["c5"]) < 1e-4
 
 
