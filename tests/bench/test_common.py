@@ -15,7 +15,7 @@ def test_synthetic_batch_has_the_training_layout():
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       k: (v.shape, v.dtype) for k, v in zeros.items()}
   assert batch["valid"].sum(1).tolist() == [3, 3]
-  assert 1 <= batch["classes"][:, :3].min() and batch["classes"].max() < 5
+  assert batch["classes"][:, :3].min() >= 1 and batch["classes"].max() < 5
   x1, y1, x2, y2 = batch["boxes"][1, 2].astype(int)
   assert full.shape == (2, data.max_instances, data.image_size, data.image_size)
   assert full[1, 2].sum() == (x2 - x1) * (y2 - y1) == full[1, 2, y1:y2, x1:x2].sum()
