@@ -132,3 +132,21 @@ def pytest_collection_modifyitems(items):
   # order, so the long ones start at once and the short ones fill in around them.
   slow = {group[item] for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: group[item] not in slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """A skipped parity test fails, unless MASKRCNN_JAX_ALLOW_SKIP_PARITY=1.
+
+  A test that skips because torch does not import in the test process counts as one: its
+  torch side belongs in a reference script (tests/torch_parity.py).
+  """
+  report = (yield).get_result()
+  if not report.skipped or hasattr(report, "wasxfail"):
+    return
+  reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+  if ((item.get_closest_marker("parity") is not None or "could not import 'torch" in reason)
+      and os.environ.get(torch_parity.ALLOW_SKIP_ENV) != "1"):
+    report.outcome = "failed"
+    report.longrepr = (f"parity test skipped: {reason}\n(set "
+                       f"{torch_parity.ALLOW_SKIP_ENV}=1 to allow skipping parity tests)")
