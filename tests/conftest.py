@@ -114,8 +114,11 @@ def tiny_workdir(tiny_run, tmp_path_factory):
 # Under pytest-xdist (`make test`, `--dist loadgroup`) each group runs on one worker, so that
 # a fixture is made once per test run: the tests of a costly session fixture form a group,
 # and the other tests one group per module (module fixtures: compiled models, references).
-_GROUPS = {"torch_reference": "torch", "tiny_data": "tiny", "tiny_run": "tiny",
-           "tiny_workdir": "tiny"}
+# The first fixture listed that a test uses names its group: the multi-process runs (their
+# processes, not the worker, do the work) leave the tiny group for the other worker, which
+# builds its own copy of the tiny data (seconds).
+_GROUPS = {"equivalence_reference": "equivalence", "torch_reference": "torch",
+           "tiny_data": "tiny", "tiny_run": "tiny", "tiny_workdir": "tiny"}
 
 
 @pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the groups.

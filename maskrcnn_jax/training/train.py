@@ -197,10 +197,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   latest = mngr.latest_step()
   rng = jax.random.key(config.seed)
   init_rng, step_rng, val_rng = jax.random.split(rng, 3)
-  variables = init_variables(model, config.data, init_rng, replicated)
-  if config.init.checkpoint != load.RANDOM_INIT and latest is None:
-    variables = load.init_from_checkpoint(variables, config.init.checkpoint,
-                                          scope=config.init.scope, class_set=class_set)
+  init = functools.partial(init_variables, model, config.data, sharding=replicated)
+  if latest is None:
+    variables = init(init_rng)
+    if config.init.checkpoint != load.RANDOM_INIT:
+      variables = load.init_from_checkpoint(variables, config.init.checkpoint,
+                                            scope=config.init.scope, class_set=class_set)
+  else:  # The checkpoint holds every value: shapes suffice, and no init is compiled.
+    variables = jax.eval_shape(init, init_rng)
   masks = [optimizer.trainable_mask(variables["params"], s.trainable,
                                     freeze_at=config.model.freeze_at) for s in stages]
   txs = [optimizer.make_optimizer(config.train, s) for s in stages]

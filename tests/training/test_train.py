@@ -1,6 +1,6 @@
 """The training loop on the tiny config: end to end, resume, preemption, non-finite steps,
-staged freezing, and data-parallel equivalence (1 x 4 devices, 2 x 2 and 4 x 1 processes
-started as the README's manual launch, SIGTERM and resume)."""
+staged freezing, and data-parallel equivalence (1 x 4 devices against 4 x 1 processes,
+preempted by SIGTERM and resumed as 2 x 2, started as the README's manual launch)."""
 
 import os
 import pathlib
@@ -239,7 +239,7 @@ def assert_same_run(run, reference, name):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_data, tmp_path_factory):
+def equivalence_reference(tiny_data, tmp_path_factory):
   """(data root, the run of 1 process x 4 devices the other topologies must match, its
   workdir).
 
@@ -271,24 +271,19 @@ def resumed_at_stage_boundary(reference, workdir):
                   workdir / "checkpoints" / str(RESUME_AT))
 
 
-def test_four_processes_train_as_one(reference, tmp_path):
-  root, expected, _ = reference
-  resumed_at_stage_boundary(reference, tmp_path)
-  launch(tmp_path, root, processes=4, devices=1)
-  assert_same_run(run_of(tmp_path), expected, "4 processes x 1 device")
-
-
-def test_sigterm_then_resume_trains_as_one(reference, tmp_path):
-  """2 processes x 2 devices: every step after the stage boundary is taken by this layout,
-  so it is also the 2 x 2 layout's equivalence check."""
-  root, expected, _ = reference
-  resumed_at_stage_boundary(reference, tmp_path)
-  launch(tmp_path, root, processes=2, devices=2, sigterm_after=RESUME_AT + 1)
+def test_preempted_four_processes_resume_as_two_and_train_as_one(equivalence_reference,
+                                                                 tmp_path):
+  """4 processes x 1 device from the stage boundary, SIGTERM, then 2 processes x 2 devices
+  to the end: every step after the boundary is taken by one of the two layouts, and the
+  resume crosses topologies, so each step's loss and the final parameters check both."""
+  root, expected, _ = equivalence_reference
+  resumed_at_stage_boundary(equivalence_reference, tmp_path)
+  launch(tmp_path, root, processes=4, devices=1, sigterm_after=RESUME_AT + 1)
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-  # The step both processes agreed on, before the end.
+  # The step all processes agreed on, before the end: the 2 x 2 run takes 1 or 2 steps.
   assert saved[-1] in (RESUME_AT + 2, RESUME_AT + 3), saved
   launch(tmp_path, root, processes=2, devices=2)
-  assert_same_run(run_of(tmp_path), expected, "2 x 2, preempted and resumed")
+  assert_same_run(run_of(tmp_path), expected, "4 x 1 preempted, resumed as 2 x 2")
 
 
 def test_resume_on_other_topology_is_logged(caplog):
