@@ -37,11 +37,11 @@ demo: venv
 	$(PY) main.py --config configs/demo.py --workdir $(WORKDIR) --mode train_and_eval
 
 # Tests run on TEST_WORKERS pytest-xdist processes; the tests of one costly session fixture
-# share a worker (tests/conftest.py). Huge pages for the in-process tests' XLA buffers, as
-# main.py gives itself (maskrcnn_jax/hostmem.py).
+# share a worker, and the longest groups start first (tests/conftest.py). Huge pages for the
+# in-process tests' XLA buffers, as main.py gives itself (maskrcnn_jax/hostmem.py).
 TEST_WORKERS ?= 2
 PYTEST := GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(PY) -m pytest -q \
-	-n $(TEST_WORKERS) --dist loadgroup
+	-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The whole suite: what CI runs.
 test: venv torch-venv

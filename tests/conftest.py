@@ -131,10 +131,18 @@ def pytest_collection_modifyitems(items):
     module = item.nodeid.split("::")[0].removeprefix("tests/").removesuffix(".py")
     group[item] = next((g for f, g in _GROUPS.items() if f in fixtures), module)
     item.add_marker(pytest.mark.xdist_group(group[item]))
-  # Groups with a slow test first (each in its own order): xdist hands out groups in this
-  # order, so the long ones start at once and the short ones fill in around them.
-  slow = {group[item] for item in items if item.get_closest_marker("slow")}
-  items.sort(key=lambda item: group[item] not in slow)
+  # The longest groups first (`make test` keeps this order: --no-loadscope-reorder): xdist
+  # hands out groups in order, so the long ones start at once and short ones fill in.
+  seconds = {}
+  for item in items:
+    seconds[group[item]] = seconds.get(group[item], 0) + _seconds(item)
+  items.sort(key=lambda item: -seconds[group[item]])
+
+
+def _seconds(item) -> float:
+  """A test's expected cost: `slow(seconds=N)`'s measured N, 10 for another slow test, else 1."""
+  slow = item.get_closest_marker("slow")
+  return 1 if slow is None else slow.kwargs.get("seconds", 10)
 
 
 @pytest.hookimpl(hookwrapper=True)

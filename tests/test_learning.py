@@ -11,7 +11,7 @@ THRESHOLD = 0.12  # stuff mIoU without `other`: untrained 0.0, 300 steps 0.29.
 
 
 @pytest.mark.optimized
-@pytest.mark.slow
+@pytest.mark.slow(seconds=160)
 def test_tiny_model_learns_synthetic_stuff(tmp_path):
   config = tiny.get_config()
   config.data.root = str(tmp_path / "data")

@@ -127,7 +127,7 @@ def ram(monkeypatch):
   root.rmtree(missing_ok=True)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_train_eval_predict_outputs_on_ram(ram, tiny_data, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # A path taken as local would land here, e.g. ./ram:/...
   local_checkpoints = tmp_path / "local"

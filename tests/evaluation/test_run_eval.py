@@ -25,7 +25,7 @@ from maskrcnn_jax.weights import load
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_eval_and_predict_modes(tiny_workdir, tmp_path):
   config, workdir = tiny_workdir  # Trained by --mode=train to step 4.
   assert not (workdir / "eval").exists()  # --mode=train does not evaluate.

@@ -138,6 +138,7 @@ def _painted(picture: np.ndarray, image: np.ndarray, gt: dict[str, np.ndarray],
   return float(np.mean(np.linalg.norm(shown - expected, axis=-1) <= TOL))
 
 
+@pytest.mark.slow(seconds=90)
 def test_inspect_mode_writes_every_picture(trained, inspected):
   config, _ = trained
   written, root = inspected

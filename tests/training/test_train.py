@@ -271,6 +271,7 @@ def resumed_at_stage_boundary(reference, workdir):
                   workdir / "checkpoints" / str(RESUME_AT))
 
 
+@pytest.mark.slow(seconds=180)
 def test_preempted_four_processes_resume_as_two_and_train_as_one(equivalence_reference,
                                                                  tmp_path):
   """4 processes x 1 device from the stage boundary, SIGTERM, then 2 processes x 2 devices

@@ -117,7 +117,7 @@ def test_state_dict_is_detectron2s_layout():
   assert state["roi_heads.box_predictor.cls_score.weight"].shape == (81, 1024)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)  # With its case's model: built, compiled and run.
 def test_proposals(outputs):
   ours, golden, spec, tol = outputs
   for i in range(len(spec["images"])):
