@@ -112,6 +112,24 @@ def _backward(stride, residuals, g):
 conv2d.defvjp(_forward, _backward)
 
 
+def tap_matmul(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+  """`conv2d` as one matmul over the k x k shifted (tapped) copies of the padded input.
+
+  For maps smaller than the kernel (ResNet's res5 on small images): XLA:CPU runs a 3x3,
+  512-channel convolution of a 2x2 map about 6x slower than this matmul (25 ms against
+  4 ms, forward, batch 4), although it has fewer flops than one of a 3x3 map (4 ms). Its
+  gradients are slices and matmuls too. Values equal `conv2d`'s up to float rounding.
+
+  x: [B, H, W, Cin]; kernel: [k, k, Cin, Cout], k odd -> `conv2d`'s shape, in x's dtype.
+  """
+  k, pad = kernel.shape[0], kernel.shape[0] // 2
+  ho, wo = (x.shape[1] - 1) // stride + 1, (x.shape[2] - 1) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  taps = jnp.stack([xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+                    for i in range(k) for j in range(k)], axis=3)  # [B, Ho, Wo, k * k, Cin]
+  return jnp.einsum("bhwtc,tcd->bhwd", taps, kernel.reshape(k * k, *kernel.shape[2:]))
+
+
 @jax.custom_vjp
 def conv1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """1x1 convolution as a channel matmul. x: [B, H, W, Cin]; kernel: [Cin, Cout] -> [B, H, W, Cout].

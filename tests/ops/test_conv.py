@@ -1,5 +1,5 @@
 """conv2d: torch-padded values, and its CPU gradients (row-chunked kernel gradient, per-phase
-strided input gradient) equal XLA's."""
+strided input gradient) equal XLA's; tap_matmul (maps smaller than the kernel) equals it."""
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +98,21 @@ def test_phase_input_grad_equals_xla(shape, k, stride):
   g = jax.random.normal(jax.random.key(2), y.shape)
   got = conv_ops.phase_input_grad(g, kernel, stride, (h, w))
   np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,k,stride", [((2, 2), 3, 1), ((1, 2), 3, 1), ((2, 1), 3, 2),
+                                         ((5, 3), 7, 2), ((4, 4), 3, 2)])
+def test_tap_matmul_values_and_gradients_equal_xla(hw, k, stride):
+  x = jax.random.normal(jax.random.key(0), (2, *hw, 5))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, 5, 4))
+  np.testing.assert_allclose(conv_ops.tap_matmul(x, kernel, stride),
+                             _reference(x, kernel, stride), rtol=1e-5, atol=1e-5)
+  for got, want in zip(_grads(conv_ops.tap_matmul, x, kernel, stride),
+                       _grads(_reference, x, kernel, stride)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tap_matmul_golden_values():
+  x = jnp.arange(9.0).reshape(1, 3, 3, 1)  # As test_golden_values.
+  np.testing.assert_array_equal(conv_ops.tap_matmul(x, jnp.ones((3, 3, 1, 1)), 2)[0, ..., 0],
+                                [[8, 12], [20, 24]])
