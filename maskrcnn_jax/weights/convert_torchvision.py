@@ -17,12 +17,14 @@ The result is `{"params": ..., "frozen_bn": ...}` with the module paths of
 `maskrcnn_jax.models` (its docstring), written so that
 `maskrcnn_jax.weights.checkpoint.load_variables(OUTPUT)` reads it back, and
 OUTPUT/metadata.json (`metadata`): a 91-way classifier is torchvision's COCO layout, which
-`maskrcnn_jax.weights.load` maps onto a class set such as `coco`. torch is needed
-only to read `.pth` files (`pip install -e .[torch]`); `.npz` files of the same keys are
-read without it.
+`maskrcnn_jax.weights.load` maps onto a class set such as `coco`. `.pth` files (torch's zip
+format) are untrusted and read without torch, as numeric arrays only
+(`maskrcnn_jax.weights.unpickle`); `.npz` files of the same keys are read too. A file the
+converter cannot use ends it with one line naming the file, and exit code 1.
 """
 
 import re
+import sys
 from typing import Any, Mapping
 
 from absl import app
@@ -33,6 +35,7 @@ import numpy as np
 
 from maskrcnn_jax.models import resnet
 from maskrcnn_jax.weights import checkpoint
+from maskrcnn_jax.weights import unpickle
 
 FLAGS = flags.FLAGS
 Variables = dict[str, Any]
@@ -213,20 +216,31 @@ def convert(state: Mapping[str, np.ndarray], *, depth: int | None = None) -> Var
   return {"params": params, "frozen_bn": {"backbone": backbone_bn}}
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A `.pth` (torch.load, weights only) or `.npz` state dict as numpy arrays."""
-  if path.endswith(".npz"):
-    with np.load(path) as data:
-      return {k: data[k] for k in data.files}
-  import torch  # pylint: disable=g-import-not-at-top
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # The first pickle of torch.save before torch 1.6.
 
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-  if "model" in state and isinstance(state["model"], Mapping):
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A `.pth` (torch's zip format, read without torch) or `.npz` state dict as numpy arrays.
+
+  Raises:
+    unpickle.WeightFileError: one line naming `path` (`maskrcnn_jax.weights.unpickle`).
+  """
+  if path.endswith(".npz"):
+    try:
+      with np.load(path) as data:  # allow_pickle=False: numeric arrays only.
+        return {k: data[k] for k in data.files}
+    except Exception as e:  # pylint: disable=broad-except; any failure on untrusted bytes.
+      raise unpickle.WeightFileError(f"{path}: not a readable .npz ({e})") from None
+  state = unpickle.read(path)
+  if isinstance(state, int) and state == _LEGACY_MAGIC:
+    raise unpickle.WeightFileError(
+        f"{path}: torch's legacy format (torch < 1.6); save it again in the zip format: "
+        "`torch.save(torch.load(PATH, weights_only=True), NEW_PATH)`")
+  if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
     state = state["model"]  # torchvision's reference training scripts wrap it.
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in state.items()}
+  if not isinstance(state, Mapping):
+    raise unpickle.WeightFileError(f"{path} holds a {type(state).__name__}, not a state dict")
+  return {k: np.asarray(v) for k, v in state.items()}
 
 
 def summary(variables: Variables) -> str:
@@ -254,9 +268,19 @@ def convert_file(input_path: str, output_dir: str, *, depth: int | None = None) 
   return variables
 
 
+def run_cli(convert_file, input_path: str, output_dir: str, *, depth: int | None) -> None:
+  """A converter's command line: `convert_file`; any error in the weights or the paths
+  exits with code 1 and one line naming the input, no traceback."""
+  try:
+    convert_file(input_path, output_dir, depth=depth)
+  except (ValueError, OSError) as e:
+    message = " ".join(str(e).split())
+    sys.exit(message if input_path in message else f"{input_path}: {message}")
+
+
 def main(argv):
   del argv
-  convert_file(FLAGS.input, FLAGS.output, depth=FLAGS.depth)
+  run_cli(convert_file, FLAGS.input, FLAGS.output, depth=FLAGS.depth)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """State dicts in torchvision's key layout, filled with small random values (no torch)."""
 
+import struct
+import zipfile
+
 import numpy as np
 
 from maskrcnn_jax.models import resnet
@@ -79,3 +82,36 @@ def mask_rcnn_state(depth, rng, *, channels, fc_dim, mask_convs, mask_channels, 
                                                                 mask_channels, 1, 1)
   state["roi_heads.mask_predictor.mask_fcn_logits.bias"] = _w(rng, num_classes)
   return state
+
+
+_STORAGES = {np.dtype(t): f"{n}Storage" for t, n in (
+    (np.float32, "Float"), (np.float16, "Half"), (np.int64, "Long"), (np.bool_, "Bool"))}
+
+
+def _text(s: str) -> bytes:
+  return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+
+def write_pth(path: str, state: dict[str, np.ndarray], *, tensor=None) -> None:
+  """`state` as torch.save writes a state dict (zip format), without torch.
+
+  `tensor(key, array, storage_opcodes) -> opcodes or None` may replace how an entry is
+  pickled.
+  """
+  hooks = b"ccollections\nOrderedDict\n)R"
+  items = b""
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+    for i, (key, array) in enumerate(state.items()):
+      array = np.array(array, order="C")
+      z.writestr(f"archive/data/{i}", array.tobytes())
+      storage = (b"(" + _text("storage") + b"ctorch\n" + _STORAGES[array.dtype].encode()
+                 + b"\n" + _text(str(i)) + _text("cpu") + b"J" + struct.pack("<i", array.size)
+                 + b"tQ")
+      strides = [s // array.itemsize for s in array.strides]
+      ints = lambda t: b"(" + b"".join(b"J" + struct.pack("<i", n) for n in t) + b"t"
+      opcodes = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"K\x00" + ints(array.shape)
+                 + ints(strides) + b"\x89" + hooks + b"tR")
+      items += _text(key) + ((tensor and tensor(key, array, storage)) or opcodes)
+    z.writestr("archive/data.pkl", b"\x80\x02" + hooks + b"(" + items + b"u.")
+    z.writestr("archive/byteorder", "little")
+    z.writestr("archive/version", "3\n")
