@@ -20,8 +20,8 @@ Two kinds of file are read, both plain pickles of numpy arrays (no torch needed)
   `R-101.pkl`): Caffe2 blob names (`conv1_w`, `res_conv1_bn_s`, `res2_0_branch2a_w`,
   `res2_0_branch1_bn_b`, `fc1000_w`), optionally under `"blobs"`, or the same in
   detectron2's names (`stem.conv1.norm.weight`, `res2.0.shortcut.weight`). Its BatchNorm is
-  folded into `_s`/`_b`: the statistics become mean 0, var 1 - eps, as detectron2's
-  FrozenBatchNorm2d initialises them.
+  folded into `_s`/`_b`: the statistics become mean 0 and var 1, as detectron2 loads these
+  files (FrozenBatchNorm2d then divides by sqrt(1 + eps), eps 1e-5).
 
 The names are mapped onto torchvision's and converted by `convert_torchvision.convert`
 (every key must be used). A `.pkl` is untrusted: `read_pickle` reads only numeric arrays,
@@ -85,7 +85,6 @@ from maskrcnn_jax.weights import unpickle
 
 FLAGS = flags.FLAGS
 Variables = dict[str, Any]
-BN_EPS = 1e-5  # detectron2's FrozenBatchNorm2d.
 
 def read_pickle(path: str) -> dict[str, np.ndarray]:
   """The arrays of a detectron2 / Caffe2 `.pkl`: name -> numeric numpy array.
@@ -165,7 +164,7 @@ def _rename(key: str, rules) -> str:
 def torchvision_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A detectron2 / Caffe2 state dict under torchvision's names (ResNet or Mask R-CNN).
 
-  Folded BatchNorms (weight and bias only) get mean 0 and var 1 - eps; keys without a
+  Folded BatchNorms (weight and bias only) get mean 0 and var 1; keys without a
   torchvision counterpart keep their name, so that the conversion reports them.
   """
   if any("_branch2a_" in k or k == "conv1_w" for k in state):
@@ -176,7 +175,7 @@ def torchvision_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if f"{prefix}running_mean" not in state:
       n = state[key].shape
       state[f"{prefix}running_mean"] = np.zeros(n, np.float32)
-      state[f"{prefix}running_var"] = np.full(n, 1 - BN_EPS, np.float32)
+      state[f"{prefix}running_var"] = np.ones(n, np.float32)
   out = {}
   for key, value in state.items():
     if _IGNORED.match(key):

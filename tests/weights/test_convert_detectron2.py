@@ -71,7 +71,7 @@ def test_msra_imagenet_backbone(depth, blocks):
   np.testing.assert_array_equal(bn["scale"], state["res3_0_branch1_bn_s"])
   np.testing.assert_array_equal(bn["bias"], state["res3_0_branch1_bn_b"])
   np.testing.assert_array_equal(bn["mean"], 0.0)
-  np.testing.assert_array_equal(bn["var"], np.float32(1 - conv.BN_EPS))
+  np.testing.assert_array_equal(bn["var"], 1.0)
   conv1 = variables["params"]["backbone"]["res4"]["block0"]["conv1"]["kernel"]
   np.testing.assert_array_equal(conv1, state["res4_0_branch2a_w"].transpose(2, 3, 1, 0))
   # The same weights under detectron2's names (`stem.conv1.norm.weight`, ...).
