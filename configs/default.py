@@ -13,6 +13,8 @@ select between the two.
 
 import ml_collections
 
+from maskrcnn_jax.weights import options
+
 
 def stage(name: str, trainable, *, steps: int, lr: float) -> ml_collections.ConfigDict:
   """One fine-tuning stage: `trainable` is a preset (heads, 5+, 4+, 3+, all) or regexes."""
@@ -22,22 +24,16 @@ def stage(name: str, trainable, *, steps: int, lr: float) -> ml_collections.Conf
 def detectron2_weights(model: ml_collections.ConfigDict) -> None:
   """The `config.model` values detectron2's converted weights need to compute their features:
   BGR input with its pixel mean and std 1, stride in the bottlenecks' first 1x1 conv, unrounded
-  anchors (maskrcnn_jax/weights/convert_detectron2.py lists every difference)."""
-  model.input_format = "BGR"  # RGB | BGR: channels reversed before normalisation.
-  model.pixel_mean = (103.530, 116.280, 123.675)  # In input_format order, 0..255 units.
-  model.pixel_std = (1.0, 1.0, 1.0)
-  model.stride_in_1x1 = True  # Bottlenecks stride in the first 1x1 conv (MSRA).
-  model.round_anchors = False  # torchvision rounds base anchors; detectron2 does not.
+  anchors (maskrcnn_jax/weights/convert_detectron2.py lists every difference). input_format
+  RGB | BGR: channels reversed before normalisation; pixel_mean and pixel_std in input_format
+  order, 0..255 units."""
+  model.update(options.DETECTRON2)
 
 
 def torchvision_weights(model: ml_collections.ConfigDict) -> None:
   """The same values for torchvision's weights, and for random starts (whose input this
   normalises): RGB, ImageNet mean and std, stride in the 3x3 conv, rounded anchors."""
-  model.input_format = "RGB"
-  model.pixel_mean = (123.675, 116.28, 103.53)
-  model.pixel_std = (58.395, 57.12, 57.375)
-  model.stride_in_1x1 = False
-  model.round_anchors = True
+  model.update(options.TORCHVISION)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -81,6 +81,7 @@ import numpy as np
 
 from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import convert_torchvision
+from maskrcnn_jax.weights import options
 from maskrcnn_jax.weights import unpickle
 
 FLAGS = flags.FLAGS
@@ -199,9 +200,10 @@ def convert(state: Mapping[str, np.ndarray], *, depth: int | None = None) -> Var
 
 
 def metadata(variables: Variables, input_path: str) -> dict[str, Any]:
-  """OUTPUT/metadata.json: the source, and `classifier_layout` for an 81-way classifier."""
+  """OUTPUT/metadata.json: the source, detectron2's model options
+  (`maskrcnn_jax.weights.options`), and `classifier_layout` for an 81-way classifier."""
   out = {"converted_from": input_path, "converter": "convert_detectron2",
-         "input_format": "BGR", "stride_in_1x1": True}
+         **options.DETECTRON2}
   heads = variables["params"].get("roi_heads")
   if heads is not None:
     shapes = (heads["box_head"]["cls_score"]["bias"].shape,

@@ -35,6 +35,7 @@ import numpy as np
 
 from maskrcnn_jax.models import resnet
 from maskrcnn_jax.weights import checkpoint
+from maskrcnn_jax.weights import options
 from maskrcnn_jax.weights import unpickle
 
 FLAGS = flags.FLAGS
@@ -250,10 +251,12 @@ def summary(variables: Variables) -> str:
   return f"{count / 1e6:.2f}M parameters in {', '.join(params)}"
 
 
-def metadata(variables: Variables, input_path: str) -> dict[str, str]:
-  """What OUTPUT/metadata.json records: the source file and, for torchvision's 91-way
-  COCO classifier, `classifier_layout` `torchvision91` (`maskrcnn_jax.weights.load`)."""
-  out = {"converted_from": input_path, "converter": "convert_torchvision"}
+def metadata(variables: Variables, input_path: str) -> dict[str, Any]:
+  """What OUTPUT/metadata.json records: the source file, torchvision's model options
+  (`maskrcnn_jax.weights.options`) and, for torchvision's 91-way COCO classifier,
+  `classifier_layout` `torchvision91` (`maskrcnn_jax.weights.load`)."""
+  out = {"converted_from": input_path, "converter": "convert_torchvision",
+         **options.TORCHVISION}
   heads = variables["params"].get("roi_heads")
   if heads is not None and heads["box_head"]["cls_score"]["bias"].shape == (91,):
     out["classifier_layout"] = "torchvision91"
