@@ -17,8 +17,8 @@ The result is `{"params": ..., "frozen_bn": ...}` with the module paths of
 `maskrcnn_jax.models` (its docstring), written so that
 `maskrcnn_jax.weights.checkpoint.load_variables(OUTPUT)` reads it back, and
 OUTPUT/metadata.json (`metadata`): a 91-way classifier is torchvision's COCO layout, which
-`maskrcnn_jax.weights.load` maps onto a class set such as `coco`. `.pth` files (torch's zip
-format) are untrusted and read without torch, as numeric arrays only
+`maskrcnn_jax.weights.load` maps onto a class set such as `coco`. `.pth` files (torch's zip or
+legacy format) are untrusted and read without torch, as numeric arrays only
 (`maskrcnn_jax.weights.unpickle`); `.npz` files of the same keys are read too. A file the
 converter cannot use ends it with one line naming the file, and exit code 1.
 """
@@ -217,11 +217,9 @@ def convert(state: Mapping[str, np.ndarray], *, depth: int | None = None) -> Var
   return {"params": params, "frozen_bn": {"backbone": backbone_bn}}
 
 
-_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # The first pickle of torch.save before torch 1.6.
-
-
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A `.pth` (torch's zip format, read without torch) or `.npz` state dict as numpy arrays.
+  """A `.pth` (torch's zip or legacy format, read without torch) or `.npz` state dict as
+  numpy arrays.
 
   Raises:
     unpickle.WeightFileError: one line naming `path` (`maskrcnn_jax.weights.unpickle`).
@@ -233,10 +231,6 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     except Exception as e:  # pylint: disable=broad-except; any failure on untrusted bytes.
       raise unpickle.WeightFileError(f"{path}: not a readable .npz ({e})") from None
   state = unpickle.read(path)
-  if isinstance(state, int) and state == _LEGACY_MAGIC:
-    raise unpickle.WeightFileError(
-        f"{path}: torch's legacy format (torch < 1.6); save it again in the zip format: "
-        "`torch.save(torch.load(PATH, weights_only=True), NEW_PATH)`")
   if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
     state = state["model"]  # torchvision's reference training scripts wrap it.
   if not isinstance(state, Mapping):

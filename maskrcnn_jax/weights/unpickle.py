@@ -11,8 +11,11 @@ subarrays or objects), once the declared size equals the bytes present. The opco
 the nesting depth, the objects (shared containers) and the bytes of all arrays together
 (at most the file's size) are bounded.
 
-torch's zip files (`torch.save` since torch 1.6) are read the same way, without torch:
-ARCHIVE/data.pkl names its storages, stored uncompressed as ARCHIVE/data/KEY.
+torch's files are read the same way, without torch. A zip file (`torch.save` since torch
+1.6): ARCHIVE/data.pkl names its storages, stored uncompressed as ARCHIVE/data/KEY. The
+legacy format (before torch 1.6, and `_use_new_zipfile_serialization=False`): pickles of a
+magic number, the protocol version, sys_info, the object and its storage keys, then each
+storage in the keys' order as an int64 element count and its bytes.
 """
 
 import io
@@ -21,6 +24,7 @@ import os
 import pickle
 import pickletools
 import re
+import struct
 from typing import Any
 import zipfile
 
@@ -110,7 +114,8 @@ class _Scalar(_Array):
 
 
 class _Storage(_Stub):
-  """A storage of a torch zip file: its elements' dtype and bytes."""
+  """A storage of a torch file: its elements' dtype and bytes (a legacy file's are filled
+  in after its object's pickle)."""
   __slots__ = ("dtype", "data")
 
   def __init__(self, dtype: np.dtype, data: bytes):
@@ -240,27 +245,25 @@ class _Unpickler(pickle.Unpickler):
     return self.storage(pid)
 
 
-def loads(data: bytes, *, storage=None, budget: int | None = None) -> Any:
-  """Unpickles `data` into dicts, lists, tuples, scalars, strings and numeric arrays.
-
-  Args:
-    data: the pickle.
-    storage: torch's persistent id -> `_Storage` (`_torch_zip`); None refuses them.
-    budget: the bytes all arrays may hold together; default `len(data)`.
-
-  Raises:
-    WeightFileError: anything else in it; a damaged pickle; more opcodes than
-      `MAX_OPCODES`, objects than opcodes (shared containers), nesting than `MAX_DEPTH`,
-      or array bytes than `budget`.
-  """
-  count = 0
-  for _ in pickletools.genops(data):  # Not a pickle, truncated: fails before any object.
+def _unpickle(f: io.BytesIO, allowed, storage) -> tuple[Any, int]:
+  """The stub tree of the pickle at `f`'s position and its opcode count; `f` is left
+  after the pickle's STOP."""
+  start, count = f.tell(), 0
+  for _ in pickletools.genops(f):  # Not a pickle, truncated: fails before any object.
     count += 1
     if count > MAX_OPCODES:
       raise WeightFileError(f"more than {MAX_OPCODES} pickle opcodes")
-  allowed = _GLOBALS if storage is None else {**_GLOBALS, **_TORCH_GLOBALS}
-  tree = _Unpickler(io.BytesIO(data), allowed, storage).load()
-  left = {"objects": count, "bytes": len(data) if budget is None else budget}
+  end = f.tell()
+  f.seek(start)
+  tree = _Unpickler(f, allowed, storage).load()
+  f.seek(end)
+  return tree, count
+
+
+def _numpy(tree: Any, objects: int, budget: int) -> Any:
+  """`tree` with its stubs replaced by numpy arrays: at most `objects` objects (its
+  pickle's opcodes) and `budget` bytes of arrays."""
+  left = {"objects": objects, "bytes": budget}
 
   def walk(x, depth):
     left["objects"] -= 1
@@ -286,6 +289,34 @@ def loads(data: bytes, *, storage=None, budget: int | None = None) -> Any:
   return walk(tree, 0)
 
 
+def loads(data: bytes, *, storage=None, budget: int | None = None) -> Any:
+  """Unpickles `data` into dicts, lists, tuples, scalars, strings and numeric arrays.
+
+  Args:
+    data: the pickle.
+    storage: torch's persistent id -> `_Storage` (`_torch_zip`); None refuses them.
+    budget: the bytes all arrays may hold together; default `len(data)`.
+
+  Raises:
+    WeightFileError: anything else in it; a damaged pickle; more opcodes than
+      `MAX_OPCODES`, objects than opcodes (shared containers), nesting than `MAX_DEPTH`,
+      or array bytes than `budget`.
+  """
+  allowed = _GLOBALS if storage is None else {**_GLOBALS, **_TORCH_GLOBALS}
+  tree, count = _unpickle(io.BytesIO(data), allowed, storage)
+  return _numpy(tree, count, len(data) if budget is None else budget)
+
+
+def _storage_id(pid) -> tuple[np.dtype, str, int]:
+  """A torch persistent id ("storage", storage class, key, location, element count[, view
+  metadata]) -> (dtype, key, element count). Views of storages are refused."""
+  if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
+          and isinstance(pid[1], _Global) and pid[1].stub in _TORCH_DTYPES
+          and isinstance(pid[2], str) and _sizes(pid[4:5]) and pid[5:] in ((), (None,))):
+    raise WeightFileError(f"a persistent id {pid!r}")
+  return _TORCH_DTYPES[pid[1].stub], pid[2], pid[4]
+
+
 def _torch_zip(path: str) -> Any:
   """`loads` of ARCHIVE/data.pkl of a torch zip file; its arrays at most the file's size."""
   with zipfile.ZipFile(path) as z:
@@ -299,17 +330,12 @@ def _torch_zip(path: str) -> Any:
     storages = {}
 
     def storage(pid):
-      # ("storage", storage class, key, location, element count).
-      if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-              and isinstance(pid[1], _Global) and pid[1].stub in _TORCH_DTYPES
-              and isinstance(pid[2], str) and _sizes(pid[4:])):
-        raise WeightFileError(f"a persistent id {pid!r}")
-      dtype, key = _TORCH_DTYPES[pid[1].stub], pid[2]
+      dtype, key, numel = _storage_id(pid)
       if key not in storages:
         info = z.getinfo(f"{archive}data/{key}")
-        size = pid[4] * dtype.itemsize
+        size = numel * dtype.itemsize
         if info.compress_type != zipfile.ZIP_STORED or info.file_size != size:
-          raise WeightFileError(f"storage {key} of {pid[4]} x {dtype} needs {size} stored "
+          raise WeightFileError(f"storage {key} of {numel} x {dtype} needs {size} stored "
                                 f"bytes, the file holds {info.file_size}")
         storages[key] = _Storage(dtype, z.read(info))
       if storages[key].dtype != dtype:
@@ -319,8 +345,61 @@ def _torch_zip(path: str) -> Any:
     return loads(z.read(pickles[0]), storage=storage, budget=os.path.getsize(path))
 
 
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # The first pickle of torch's legacy format.
+_LEGACY_PROTOCOL = 1001
+
+
+def _pickles(data: bytes) -> Any:
+  """`loads` of a pickle, or of a torch file in the legacy format (its first pickle the
+  magic number); its arrays at most `len(data)` bytes."""
+  f = io.BytesIO(data)
+  tree, count = _unpickle(f, _GLOBALS, None)
+  if not (type(tree) is int and tree == _LEGACY_MAGIC):
+    return _numpy(tree, count, len(data))
+  version, _ = _unpickle(f, _GLOBALS, None)
+  if version != _LEGACY_PROTOCOL:
+    raise WeightFileError(f"torch's legacy format of protocol {version!r}, not "
+                          f"{_LEGACY_PROTOCOL}")
+  info, _ = _unpickle(f, _GLOBALS, None)
+  if not (isinstance(info, dict) and info.get("little_endian") is True):
+    raise WeightFileError("a big-endian torch file")
+  storages = {}  # key -> (element count, `_Storage` without bytes yet).
+
+  def storage(pid):
+    dtype, key, numel = _storage_id(pid)
+    if storages.setdefault(key, (numel, _Storage(dtype, b"")))[0] != numel:
+      raise WeightFileError(f"storage {key} of {storages[key][0]} and {numel} elements")
+    if storages[key][1].dtype != dtype:
+      raise WeightFileError(f"storage {key} read as {storages[key][1].dtype} and {dtype}")
+    return storages[key][1]
+
+  tree, count = _unpickle(f, {**_GLOBALS, **_TORCH_GLOBALS}, storage)
+  keys, _ = _unpickle(f, _GLOBALS, None)
+  if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+          and len(keys) == len(storages) and set(keys) == set(storages)):
+    raise WeightFileError(f"storage keys {keys!r} are not those its object names")
+  view = memoryview(data)
+  for key in keys:
+    numel, stored = storages[key]
+    head = f.read(8)
+    left = len(data) - f.tell()
+    if len(head) < 8:
+      raise WeightFileError(f"the file ends before storage {key}")
+    (found,) = struct.unpack("<q", head)
+    size = found * stored.dtype.itemsize
+    if not 0 <= size <= left:
+      raise WeightFileError(f"storage {key} of {found} x {stored.dtype} needs {size} bytes, "
+                            f"the file holds {left}")
+    if found != numel:
+      raise WeightFileError(f"storage {key} holds {found} elements, its object names {numel}")
+    stored.data = view[f.tell():f.tell() + size]
+    f.seek(size, io.SEEK_CUR)
+  return _numpy(tree, count, len(data))
+
+
 def read(path: str) -> Any:
-  """`loads` of the pickle at `path`, or of a torch zip file (`.pth`) without torch.
+  """`loads` of the pickle at `path`, or of a torch file (`.pth`, zip or legacy) without
+  torch.
 
   Every error is one WeightFileError naming `path`.
   """
@@ -328,7 +407,7 @@ def read(path: str) -> Any:
     if zipfile.is_zipfile(path):
       return _torch_zip(path)
     with open(path, "rb") as f:
-      return loads(f.read())
+      return _pickles(f.read())
   except OSError as e:
     raise WeightFileError(f"{path}: {e.strerror or e}") from None
   except WeightFileError as e:

@@ -68,10 +68,12 @@ def test_resnet18_converts_to_the_model_backbone(r18):
                                   state[f"layer4.0.downsample.1.{theirs}"])
 
 
-def test_pth_is_read_without_torch(r18, tmp_path):
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pth_is_read_without_torch(r18, tmp_path, legacy):
+  """torch's zip format and its legacy format (torchvision's 2019 files)."""
   state, path = r18
   pth = tmp_path / "resnet18.pth"
-  torchvision_states.write_pth(str(pth), state)
+  torchvision_states.write_pth(str(pth), state, legacy=legacy)
   jax.tree.map(np.testing.assert_array_equal, conv.convert(conv.read_state_dict(str(pth))),
                conv.convert(conv.read_state_dict(path)))
 

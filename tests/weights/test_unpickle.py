@@ -169,6 +169,13 @@ TORCH_ATTACKS = {
         s, b"(\x8a\x06" + (1 << 40).to_bytes(6, "little") + b"t", b"(K\x01t")),
                    r"reaches element 1099511627776 of a storage of 6"),
     "truncated": (lambda tmp: _pth(tmp)[:300], r"not a readable pickle of arrays"),
+    "legacy_truncated": (lambda tmp: _pth(tmp, legacy=True)[:-10],
+                         r"storage 0 of 6 x float32 needs 24 bytes, the file holds 14"),
+    # The element count before the storage's 24 bytes claims 2^40.
+    "legacy_huge_storage": (lambda tmp: _pth(tmp, legacy=True)[:-32]
+                            + struct.pack("<q", 1 << 40) + _pth(tmp, legacy=True)[-24:],
+                            r"storage 0 of 1099511627776 x float32 needs 4398046511104 "
+                            "bytes, the file holds 24"),
     "not_a_pickle": (lambda tmp: b"These are not the weights you are looking for.\n",
                      r"not a readable pickle of arrays"),
 }
