@@ -1,9 +1,11 @@
 """The study: Mask R-CNN R101-FPN on COCO-Stuff 2017 stuff classes, 3-stage fine-tuning.
 
-It starts from detectron2's COCO Mask R-CNN R101-FPN 3x, converted once to
-`init.checkpoint` (README, "Pretrained weights"), with the model options those weights
-need (`detectron2_weights`); `--config.init.checkpoint=random` starts from random weights
-(then `torchvision_weights` normalises the input better).
+It starts, as the study did, from an ImageNet-pretrained ResNet-101: detectron2's MSRA
+`R-101.pkl`, converted once to `init.checkpoint` (README, "Pretrained weights"), with the
+model options those weights need (`detectron2_weights`). FPN, RPN and heads start random
+and the first stage (`heads`) trains them. experiments/coco_start.py starts from
+detectron2's COCO Mask R-CNN R101-FPN instead; `--config.init.checkpoint=random` starts
+from random weights (then `torchvision_weights` normalises the input better).
 
 Where the study is silent it ran matterport Mask_RCNN's defaults; those are the values
 below (1024² "square" input, 128 RoIs, gradient clip 5.0). The
@@ -76,9 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.remat = False
   config.model.fpn_channels = 256
   # Input normalisation, bottleneck stride and anchor rounding follow the weights the run
-  # starts from (init.checkpoint): detectron2's here (matterport subtracted its MEAN_PIXEL
-  # only, as detectron2 does, for the same caffe-style weights); torchvision_weights() for
-  # torchvision's or a random start.
+  # starts from (init.checkpoint): detectron2's MSRA ResNet here, which is the Caffe model
+  # matterport's Keras ResNet-101 ImageNet weights were converted from (BGR, its MEAN_PIXEL
+  # subtracted only, stride in the 1x1 conv); torchvision_weights() for torchvision's or a
+  # random start. Anchor rounding is the RPN's: free while the RPN starts random.
   detectron2_weights(config.model)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
@@ -134,13 +137,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.allow_config_change = False  # Resume despite a changed data order or schedule.
 
   config.init = ml_collections.ConfigDict()
-  # The study's start: detectron2's COCO Mask R-CNN R101-FPN 3x, converted once (README,
-  # "Pretrained weights"); a relative path is read from the directory main.py runs in.
-  # "random": start from random weights (tiny and demo configs). Not read on resume.
-  config.init.checkpoint = "weights/detectron2_mask_rcnn_R_101_FPN_3x"
-  # full: everything but the class layers, which keep their initialisation for classes the
-  # checkpoint lacks (all of them for stuff), as the study (matterport) loaded COCO weights.
-  config.init.scope = "full"  # backbone | full
+  # The study's start, an ImageNet ResNet-101: detectron2's MSRA R-101.pkl, what detectron2's
+  # own R101-FPN trainings start from, converted once (README, "Pretrained weights"); a
+  # relative path is read from the directory main.py runs in. "random": start from random
+  # weights (tiny and demo configs). Not read on resume.
+  config.init.checkpoint = "weights/detectron2_msra_R_101"
+  # backbone: the ResNet only; full: everything but the class layers, which keep their
+  # initialisation for classes the checkpoint lacks (experiments/coco_start.py).
+  config.init.scope = "backbone"  # backbone | full
 
   config.eval = ml_collections.ConfigDict()
   config.eval.checkpoint = ""  # Empty: the latest in the workdir.

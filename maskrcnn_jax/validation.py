@@ -189,9 +189,9 @@ def validate_init_checkpoint(config: ml_collections.ConfigDict, *, inference: bo
     return
   _check(epath.Path(path).exists(), "init.checkpoint", path,
          "no converted weights there; convert them once with `python -m "
-         "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl --output "
-         f"{path}` (README: Pretrained weights), or set {load.RANDOM_INIT!r} to start from random "
-         "weights")
+         "maskrcnn_jax.weights.convert_detectron2 --input FILE.pkl --output "
+         f"{path}` (README: Pretrained weights, the file of each config), or set "
+         f"{load.RANDOM_INIT!r} to start from random weights")
 
 
 _CONVERTERS = {".pkl": "convert_detectron2", ".pth": "convert_torchvision",
