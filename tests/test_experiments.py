@@ -53,3 +53,16 @@ def test_full_scale_is_the_study():
 def test_unknown_scale():
   with pytest.raises(ValueError, match="experiment scale 'gpu'"):
     get("baseline", "gpu")
+
+
+def test_coco_start_changes_only_the_start():
+  """detectron2's COCO R101-FPN, every part but the class layers; full scale only."""
+  base, coco = get("baseline", None), get("coco_start", None)
+  validation.validate(coco)
+  assert (coco.init.checkpoint, coco.init.scope) == (
+      "weights/detectron2_mask_rcnn_R_101_FPN_3x", "full")
+  coco.init = base.init
+  assert coco.to_dict() == base.to_dict()
+  assert "coco_start" in run.runs("") and "coco_start" not in run.runs("cpu")
+  with pytest.raises(ValueError, match="coco_start runs at full scale only"):
+    get("coco_start", "cpu")
