@@ -1,9 +1,11 @@
 """The study: Mask R-CNN R101-FPN on COCO-Stuff 2017 stuff classes, 3-stage fine-tuning.
 
-It starts from detectron2's COCO Mask R-CNN R101-FPN 3x, converted once to
-`init.checkpoint` (README, "Pretrained weights"), with the model options those weights
-need (`detectron2_weights`); `--config.init.checkpoint=random` starts from random weights
-(then `torchvision_weights` normalises the input better).
+It starts, as the study did, from an ImageNet-pretrained ResNet-101: detectron2's MSRA
+`R-101.pkl`, converted once to `init.checkpoint` (README, "Pretrained weights"), with the
+model options those weights need (`detectron2_weights`). FPN, RPN and heads start random
+and the first stage (`heads`) trains them. experiments/coco_start.py starts from
+detectron2's COCO Mask R-CNN R101-FPN instead; `--config.init.checkpoint=random` starts
+from random weights (then `torchvision_weights` normalises the input better).
 
 Where the study is silent it ran matterport Mask_RCNN's defaults; those are the values
 below (1024² "square" input, 128 RoIs, gradient clip 5.0). The
@@ -12,6 +14,8 @@ select between the two.
 """
 
 import ml_collections
+
+from maskrcnn_jax.weights import options
 
 
 def stage(name: str, trainable, *, steps: int, lr: float) -> ml_collections.ConfigDict:
@@ -22,22 +26,16 @@ def stage(name: str, trainable, *, steps: int, lr: float) -> ml_collections.Conf
 def detectron2_weights(model: ml_collections.ConfigDict) -> None:
   """The `config.model` values detectron2's converted weights need to compute their features:
   BGR input with its pixel mean and std 1, stride in the bottlenecks' first 1x1 conv, unrounded
-  anchors (maskrcnn_jax/weights/convert_detectron2.py lists every difference)."""
-  model.input_format = "BGR"  # RGB | BGR: channels reversed before normalisation.
-  model.pixel_mean = (103.530, 116.280, 123.675)  # In input_format order, 0..255 units.
-  model.pixel_std = (1.0, 1.0, 1.0)
-  model.stride_in_1x1 = True  # Bottlenecks stride in the first 1x1 conv (MSRA).
-  model.round_anchors = False  # torchvision rounds base anchors; detectron2 does not.
+  anchors (maskrcnn_jax/weights/convert_detectron2.py lists every difference). input_format
+  RGB | BGR: channels reversed before normalisation; pixel_mean and pixel_std in input_format
+  order, 0..255 units."""
+  model.update(options.DETECTRON2)
 
 
 def torchvision_weights(model: ml_collections.ConfigDict) -> None:
   """The same values for torchvision's weights, and for random starts (whose input this
   normalises): RGB, ImageNet mean and std, stride in the 3x3 conv, rounded anchors."""
-  model.input_format = "RGB"
-  model.pixel_mean = (123.675, 116.28, 103.53)
-  model.pixel_std = (58.395, 57.12, 57.375)
-  model.stride_in_1x1 = False
-  model.round_anchors = True
+  model.update(options.TORCHVISION)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -80,9 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.remat = False
   config.model.fpn_channels = 256
   # Input normalisation, bottleneck stride and anchor rounding follow the weights the run
-  # starts from (init.checkpoint): detectron2's here (matterport subtracted its MEAN_PIXEL
-  # only, as detectron2 does, for the same caffe-style weights); torchvision_weights() for
-  # torchvision's or a random start.
+  # starts from (init.checkpoint): detectron2's MSRA ResNet here, which is the Caffe model
+  # matterport's Keras ResNet-101 ImageNet weights were converted from (BGR, its MEAN_PIXEL
+  # subtracted only, stride in the 1x1 conv); torchvision_weights() for torchvision's or a
+  # random start. Anchor rounding is the RPN's: free while the RPN starts random.
   detectron2_weights(config.model)
   config.model.anchor_sizes = (32, 64, 128, 256, 512)
   config.model.aspect_ratios = (0.5, 1.0, 2.0)
@@ -138,13 +137,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.allow_config_change = False  # Resume despite a changed data order or schedule.
 
   config.init = ml_collections.ConfigDict()
-  # The study's start: detectron2's COCO Mask R-CNN R101-FPN 3x, converted once (README,
-  # "Pretrained weights"); a relative path is read from the directory main.py runs in.
-  # "random": start from random weights (tiny and demo configs). Not read on resume.
-  config.init.checkpoint = "weights/detectron2_mask_rcnn_R_101_FPN_3x"
-  # full: everything but the class layers, which keep their initialisation for classes the
-  # checkpoint lacks (all of them for stuff), as the study (matterport) loaded COCO weights.
-  config.init.scope = "full"  # backbone | full
+  # The study's start, an ImageNet ResNet-101: detectron2's MSRA R-101.pkl, what detectron2's
+  # own R101-FPN trainings start from, converted once (README, "Pretrained weights"); a
+  # relative path is read from the directory main.py runs in. "random": start from random
+  # weights (tiny and demo configs). Not read on resume.
+  config.init.checkpoint = "weights/detectron2_msra_R_101"
+  # backbone: the ResNet only; full: everything but the class layers, which keep their
+  # initialisation for classes the checkpoint lacks (experiments/coco_start.py).
+  config.init.scope = "backbone"  # backbone | full
 
   config.eval = ml_collections.ConfigDict()
   config.eval.checkpoint = ""  # Empty: the latest in the workdir.

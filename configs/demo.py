@@ -46,5 +46,6 @@ def get_config():
   config.train.val_loss_batches = 4
   config.eval.num_pictures = 4
   config.init.checkpoint = "random"  # Synthetic data, no pretrained weights.
+  config.init.scope = "full"  # For weights given on the command line.
   default.torchvision_weights(config.model)  # Normalised input for the random start.
   return config

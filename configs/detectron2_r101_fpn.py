@@ -21,10 +21,12 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()  # detectron2_weights, init.scope full.
+  config = default.get_config()
   config.data.class_set = "coco"
   config.data.image_size = 1344
+  default.detectron2_weights(config.model)
   config.init.checkpoint = "weights/detectron2_mask_rcnn_R_101_FPN_3x"
+  config.init.scope = "full"
 
   rpn = config.model.rpn
   rpn.pre_nms_topk_test, rpn.post_nms_topk_test = 1000, 1000

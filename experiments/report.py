@@ -4,11 +4,14 @@
 
 Tables: box/mask AP, mIoU and fwIoU (with and without `other`), final loss per stage,
 skipped (non-finite) steps, divergence, wall time. Plots beside the report: all runs' loss
-curves on one figure, each run's confusion matrix, and the RoI-count comparison.
+curves on one figure, each run's confusion matrix, and the RoI-count comparison. Runs of
+full scale only (`experiments.run.FULL_SCALE_RUNS`) get their docstring: what they change
+and why.
 """
 
 import argparse
 import csv
+import importlib
 import json
 import pathlib
 import shutil
@@ -138,6 +141,10 @@ def write_report(runs: list[dict], out: pathlib.Path, *, missing: list[str]) -> 
            "of the `other` class's effect (here `other` is a few thing shapes, in COCO it is "
            "every thing pixel), and anything that depends on ImageNet initialisation, which "
            "the CPU runs do not use.", ""]
+  for name in run_lib.FULL_SCALE_RUNS:
+    doc = importlib.import_module(f"experiments.{name}").__doc__.strip()
+    lines += [f"## {name} (full scale only, not in the table)", ""]
+    lines += [" ".join(p.split()) + "\n" for p in doc.split("\n\n")]
   num_stages = max(len(r["stage_losses"]) for r in runs)
   stage_names = [s["name"] for s in runs[0]["config"]["train"]["stages"]]
   header = (["run", "command"] + [label for _, label in METRICS]
@@ -175,7 +182,7 @@ def main():
   parser.add_argument("--out", required=True, help="the markdown file; PNGs go beside it")
   args = parser.parse_args()
   root = pathlib.Path(args.root)
-  done = [n for n in run_lib.RUNS if (root / n / "run.json").exists()]
+  done = [n for n in run_lib.runs("") if (root / n / "run.json").exists()]
   if not done:
     raise SystemExit(f"no finished experiment (ROOT/NAME/run.json) under {root}")
   runs = [read_run(root / n) for n in done]

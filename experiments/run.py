@@ -18,6 +18,12 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 RUNS = ("baseline", "lr_0005", "lr_001", "rois_256", "rois_512", "no_other",
         "augment_balanced", "things_and_stuff")
+FULL_SCALE_RUNS = ("coco_start",)  # Pretrained weights the CPU-sized model has none of.
+
+
+def runs(scale: str) -> tuple[str, ...]:
+  """The runs of `scale` ("" full, "cpu")."""
+  return RUNS if scale else RUNS + FULL_SCALE_RUNS
 
 
 def command(name: str, scale: str, workdir: pathlib.Path, overrides: list[str]) -> list[str]:
@@ -28,14 +34,15 @@ def command(name: str, scale: str, workdir: pathlib.Path, overrides: list[str]) 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated run names")
+  parser.add_argument("--runs", help="comma-separated run names; default: all of the scale")
   parser.add_argument("--scale", default="", choices=["", "cpu"])
   parser.add_argument("--root", required=True, help="one workdir per run is made under it")
   args, overrides = parser.parse_known_args()
-  names = args.runs.split(",")
-  unknown = sorted(set(names) - set(RUNS))
+  known = runs(args.scale)
+  names = args.runs.split(",") if args.runs else list(known)
+  unknown = sorted(set(names) - set(known))
   if unknown:
-    parser.error(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
+    parser.error(f"unknown runs {unknown} at scale {args.scale!r}; known: {', '.join(known)}")
   root = pathlib.Path(args.root)
   for name in names:
     workdir = root / name

@@ -1,6 +1,7 @@
 """What main.py calls: validation, the resolved config, and the modes."""
 
 import datetime
+import functools
 import json
 import re
 from typing import Any
@@ -12,18 +13,19 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from maskrcnn_jax import validation
+from maskrcnn_jax.weights import load
 
 MODES = ("train", "eval", "train_and_eval", "predict", "inspect")
 
 
 def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None = None) -> None:
-  """Raises ConfigError with one line naming the bad key; needs no devices.
+  """Raises ConfigError with one line naming the bad key; needs no devices, builds no data
+  and compiles nothing.
 
-  With `workdir`, also checks `init.checkpoint` when the run reads it (nothing to resume,
-  and for eval/predict no `eval.checkpoint`).
+  With `workdir`, also checks the weights the run reads when they are not the workdir's own
+  checkpoint (`weights_key`): `init.checkpoint` or `eval.checkpoint` must hold a finished
+  checkpoint of the model's parameter shapes and options (`validation.validate_weights`).
   """
-  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
-
   if mode not in MODES:
     raise validation.ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
   validation.validate(config, needs_data=mode != "predict")
@@ -35,12 +37,26 @@ def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None =
       raise validation.ConfigError(
           f"config.data.root = {config.data.root!r}: no such directory (the COCO-Stuff root: "
           "train2017/, val2017/, annotations/)")
-  inference = mode in ("eval", "predict")
-  if workdir is not None and not checkpoint.has_checkpoint(workdir) and not (
-      inference and config.eval.checkpoint):
-    validation.validate_init_checkpoint(config, inference=inference)
-  if mode in ("train", "train_and_eval"):
-    check_trainable(config)
+  training = mode in ("train", "train_and_eval")
+  shapes = functools.cache(lambda: param_shapes(config))
+  key = weights_key(config, mode, workdir) if workdir is not None else None
+  if key == "init.checkpoint":
+    validation.validate_init_checkpoint(config, inference=mode in ("eval", "predict"))
+  path = config.init.checkpoint if key == "init.checkpoint" else config.eval.checkpoint
+  if key and path != load.RANDOM_INIT:
+    validation.validate_weights(config, key, shapes,
+                                scope=config.init.scope if training else "full")
+  if training:
+    check_trainable(config, shapes())
+
+
+def weights_key(config: ml_collections.ConfigDict, mode: str, workdir: str) -> str | None:
+  """The config key of the weights a run of `mode` starts from or evaluates, or None for
+  the workdir's own checkpoint (as `evaluation.run_eval.checkpoint_path` resolves them)."""
+  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
+  if mode not in ("train", "train_and_eval") and config.eval.checkpoint:
+    return "eval.checkpoint"
+  return None if checkpoint.has_checkpoint(workdir) else "init.checkpoint"
 
 
 def param_shapes(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -57,10 +73,10 @@ def param_shapes(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return jax.eval_shape(init)
 
 
-def check_trainable(config: ml_collections.ConfigDict) -> None:
-  """Each stage's `trainable` selects parameters the stage may train (ConfigError if not)."""
+def check_trainable(config: ml_collections.ConfigDict, params: dict[str, Any]) -> None:
+  """Each stage's `trainable` selects parameters of `params` (`param_shapes`) the stage may
+  train (ConfigError if not)."""
   from maskrcnn_jax.training import optimizer  # pylint: disable=g-import-not-at-top
-  params = param_shapes(config)
   for i, stage in enumerate(config.train.stages):
     try:
       optimizer.trainable_mask(params, stage.trainable, freeze_at=config.model.freeze_at)

@@ -189,9 +189,74 @@ def validate_init_checkpoint(config: ml_collections.ConfigDict, *, inference: bo
     return
   _check(epath.Path(path).exists(), "init.checkpoint", path,
          "no converted weights there; convert them once with `python -m "
-         "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl --output "
-         f"{path}` (README: Pretrained weights), or set {load.RANDOM_INIT!r} to start from random "
-         "weights")
+         "maskrcnn_jax.weights.convert_detectron2 --input FILE.pkl --output "
+         f"{path}` (README: Pretrained weights, the file of each config), or set "
+         f"{load.RANDOM_INIT!r} to start from random weights")
+
+
+_CONVERTERS = {".pkl": "convert_detectron2", ".pth": "convert_torchvision",
+               ".npz": "convert_torchvision"}
+
+
+def validate_weights(config: ml_collections.ConfigDict, key: str, param_shapes, *,
+                     scope: str) -> None:
+  """`config.KEY` (init.checkpoint or eval.checkpoint) holds weights the model can use.
+
+  In order: the path exists and is not a weight file to convert first; it holds a finished
+  checkpoint (orbax's listing) with readable metadata; the weights' model options are
+  `config.model`'s (`load.check_options`); their parameters in `scope` have the shapes of
+  `param_shapes()` (`run.param_shapes`: `jax.eval_shape`, no compile), class-sized layers
+  aside. Raises ConfigError, one line.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
+
+  path = _get(config, key)
+  suffix = epath.Path(path).suffix
+  if suffix in _CONVERTERS:
+    _fail(key, path, f"a weight file, not converted weights; convert it once with `python -m "
+          f"maskrcnn_jax.weights.{_CONVERTERS[suffix]} --input {path} --output "
+          f"{path[:-len(suffix)]}` and set config.{key} = {path[:-len(suffix)]!r}")
+  _check(epath.Path(path).exists(), key, path, "no such file or directory")
+  try:
+    load.check_options(path, config.model, scope=scope)
+    shapes = checkpoint.load_shapes(path)
+  except (OSError, ValueError) as e:  # No finished step, damaged JSON, other options.
+    _fail(key, path, " ".join(str(e).split()))
+  if "params" not in shapes:
+    _fail(key, path, f"holds no params (it holds {', '.join(map(str, shapes))})")
+  ours = {k: tuple(v.shape) for k, v in
+          traverse_util.flatten_dict(param_shapes(), sep="/").items()}
+  theirs = traverse_util.flatten_dict(shapes["params"], sep="/")
+  in_scope = lambda k: ((scope == "full" or k.startswith("backbone/"))
+                        and not k.startswith(load.CLASS_DEPENDENT))
+  differ = sorted({k for k in ours.keys() | theirs.keys()
+                   if in_scope(k) and ours.get(k) != theirs.get(k)})
+  if not differ:
+    return
+  show = lambda d, k: str(d[k]) if k in d else "absent"
+  first = "; ".join(f"{k}: model {show(ours, k)}, weights {show(theirs, k)}"
+                    for k in differ[:3])
+  _fail(key, path, f"its parameters do not fit the model ({len(differ)} differ, first "
+        f"{first}){_likely_cause(config, theirs, scope)}")
+
+
+def _likely_cause(config, theirs, scope: str) -> str:
+  """Why `theirs` does not fit: another ResNet depth, or only a backbone (as a suffix)."""
+  from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
+  counts = tuple(len({k.split("/")[2] for k in theirs if k.startswith(f"backbone/res{i}/")})
+                 for i in range(2, 6))
+  bottleneck = any("/conv3/" in k for k in theirs if k.startswith("backbone/"))
+  depth = next((d for d, (block, c) in resnet.SPECS.items()
+                if c == counts and (block is resnet.Bottleneck) == bottleneck), None)
+  if depth is not None and depth != config.model.depth:
+    return (f"; likely cause: the weights hold a ResNet-{depth}, config.model.depth = "
+            f"{config.model.depth}")
+  if scope == "full" and not any(k.startswith(("fpn/", "rpn/", "roi_heads/")) for k in theirs):
+    return "; likely cause: the weights hold a backbone only: set config.init.scope = 'backbone'"
+  return ""
 
 
 def validate_devices(config: ml_collections.ConfigDict, device_count: int) -> None:

@@ -109,5 +109,5 @@ def test_missing_pretrained_weights_name_the_converter(tmp_path):
                       f"--config.init.checkpoint={tmp_path}/weights/d2_r101")
   assert last.startswith(f"Invalid config: config.init.checkpoint = '{tmp_path}/weights/d2_r101'"
                          ": no converted weights there; convert them once with `python -m "
-                         "maskrcnn_jax.weights.convert_detectron2 --input model_final_*.pkl")
+                         "maskrcnn_jax.weights.convert_detectron2 --input FILE.pkl")
   assert not (tmp_path / "run" / "config.json").exists()

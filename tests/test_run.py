@@ -16,17 +16,21 @@ from etils import epath
 from etils.epath import backend
 from etils.epath import gpath
 from etils.epath import register
+import jax
 import numpy as np
 from PIL import Image
 import pytest
 
 from configs import default
 from configs import tiny
+from maskrcnn_jax import models
 from maskrcnn_jax import run
 from maskrcnn_jax import validation
 from maskrcnn_jax.data import build
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.weights import checkpoint
+from maskrcnn_jax.weights import load
+from maskrcnn_jax.weights import options
 
 
 def saved_workdir(tmp_path, config, *, checkpoint=True):
@@ -186,3 +190,81 @@ def test_train_eval_predict_outputs_on_ram(ram, tiny_data, tmp_path, monkeypatch
     assert (ram / "tfds" / index.relative_to(local_tfds)).read_bytes() == index.read_bytes()
   # Nothing but the checkpoints is local (the data root and its build are elsewhere).
   assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+  """Fails a test that builds records; yields the compiles (lowerings) seen."""
+  def build_records(*args, **kwargs):
+    raise AssertionError("records built before the weights were validated")
+  monkeypatch.setattr(build, "prepare", build_records)
+  compiles = []
+  listener = lambda name, secs, **kw: compiles.append(name) if name in _COMPILE_EVENTS else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield compiles
+  jax.monitoring.unregister_event_duration_listener(listener)
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def tiny_weights(path, depth=18, **meta):
+  """The tiny model's variables (zeros; ResNet-`depth`) as converted weights."""
+  config = tiny.get_config()
+  config.model.depth = depth
+  model = models.build(config.model, num_classes=4)
+  shapes = jax.eval_shape(lambda: load.init_inference(model, jax.random.key(0)))
+  checkpoint.save_variables(str(path), jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes),
+                            {**options.TORCHVISION, **meta})
+  return str(path)
+
+
+def weights_error(config, mode, workdir) -> str:
+  with pytest.raises(validation.ConfigError) as e:
+    run.validate(config, mode, str(workdir))
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+@pytest.mark.slow
+def test_weight_errors_are_one_line_before_any_work(tmp_path, no_work):
+  config = tiny.get_config()
+  config.data.class_set = "coco"  # The 91-way classifier below: class layers aside.
+  config.init.checkpoint = str(tmp_path / "model_final_f10217.pkl")
+  (tmp_path / "model_final_f10217.pkl").write_bytes(b"")
+  assert weights_error(config, "train", tmp_path / "run") == (
+      f"config.init.checkpoint = '{tmp_path}/model_final_f10217.pkl': a weight file, not "
+      "converted weights; convert it once with `python -m maskrcnn_jax.weights."
+      f"convert_detectron2 --input {tmp_path}/model_final_f10217.pkl --output "
+      f"{tmp_path}/model_final_f10217` and set config.init.checkpoint = "
+      f"'{tmp_path}/model_final_f10217'")
+  config.init.checkpoint = str(tmp_path / "resnet50.pth")
+  (tmp_path / "resnet50.pth").write_bytes(b"")
+  assert "convert_torchvision --input" in weights_error(config, "train", tmp_path / "run")
+
+  (tmp_path / "empty").mkdir()
+  config.init.checkpoint = str(tmp_path / "empty")
+  assert weights_error(config, "train", tmp_path / "run") == (
+      f"config.init.checkpoint = '{tmp_path}/empty': no finished checkpoint in {tmp_path}/empty")
+
+  config.init.checkpoint = tiny_weights(tmp_path / "r34", depth=34)
+  message = weights_error(config, "train", tmp_path / "run")
+  assert message.startswith(f"config.init.checkpoint = '{tmp_path}/r34': its parameters do "
+                            "not fit the model (")
+  assert message.endswith("likely cause: the weights hold a ResNet-34, config.model.depth = 18")
+
+  config.init.checkpoint = tiny_weights(tmp_path / "d2", **options.DETECTRON2)
+  assert "set their options with detectron2_weights(config.model)" in weights_error(
+      config, "train", tmp_path / "run")
+  (tmp_path / "d2" / "metadata.json").write_text("{not json")
+  assert "config.init.checkpoint" in weights_error(config, "train", tmp_path / "run")
+
+  config.init.checkpoint = tiny_weights(tmp_path / "ok")
+  run.validate(config, "train", str(tmp_path / "run"))
+  config.eval.checkpoint = str(tmp_path / "nowhere")
+  assert weights_error(config, "eval", tmp_path / "run") == (
+      f"config.eval.checkpoint = '{tmp_path}/nowhere': no such file or directory")
+  config.eval.checkpoint = str(tmp_path / "r34")
+  assert "ResNet-34" in weights_error(config, "eval", tmp_path / "run")
+  assert not no_work

@@ -126,8 +126,8 @@ def test_init_checkpoint_must_exist_or_be_random(tmp_path):
   assert str(e.value) == (
       f"config.init.checkpoint = '{tmp_path}/d2_r101': no converted weights there; convert "
       "them once with `python -m maskrcnn_jax.weights.convert_detectron2 --input "
-      f"model_final_*.pkl --output {tmp_path}/d2_r101` (README: Pretrained weights), or set "
-      "'random' to start from random weights")
+      f"FILE.pkl --output {tmp_path}/d2_r101` (README: Pretrained weights, the file of each "
+      "config), or set 'random' to start from random weights")
   (tmp_path / "d2_r101").mkdir()
   validation.validate_init_checkpoint(config, inference=True)
   config.init.checkpoint = "random"

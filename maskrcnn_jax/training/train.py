@@ -32,6 +32,7 @@ from maskrcnn_jax.evaluation import run_eval
 from maskrcnn_jax.training import optimizer
 from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import load
+from maskrcnn_jax.weights import options
 
 AXIS = "data"
 
@@ -202,7 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     variables = init(init_rng)
     if config.init.checkpoint != load.RANDOM_INIT:
       variables = load.init_from_checkpoint(variables, config.init.checkpoint,
-                                            scope=config.init.scope, class_set=class_set)
+                                            scope=config.init.scope, class_set=class_set,
+                                            model=config.model)
   else:  # The checkpoint holds every value: shapes suffice, and no init is compiled.
     variables = jax.eval_shape(init, init_rng)
   masks = [optimizer.trainable_mask(variables["params"], s.trainable,
@@ -236,7 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"step": int(state.step), "stage": stage_idx, "stage_name": stages[stage_idx].name,
             "input_position": int(state.step), "seed": config.seed,
             "nonfinite_total": int(state.nonfinite_total),
-            "process_count": jax.process_count(), "device_count": jax.device_count()}
+            "process_count": jax.process_count(), "device_count": jax.device_count(),
+            **options.of(config.model)}  # What the weights compute their features with.
 
   def diverged(message):
     mngr.wait_until_finished()  # The last good checkpoint is complete before the exit.

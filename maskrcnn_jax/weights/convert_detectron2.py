@@ -20,15 +20,16 @@ Two kinds of file are read, both plain pickles of numpy arrays (no torch needed)
   `R-101.pkl`): Caffe2 blob names (`conv1_w`, `res_conv1_bn_s`, `res2_0_branch2a_w`,
   `res2_0_branch1_bn_b`, `fc1000_w`), optionally under `"blobs"`, or the same in
   detectron2's names (`stem.conv1.norm.weight`, `res2.0.shortcut.weight`). Its BatchNorm is
-  folded into `_s`/`_b`: the statistics become mean 0, var 1 - eps, as detectron2's
-  FrozenBatchNorm2d initialises them.
+  folded into `_s`/`_b`: the statistics become mean 0 and var 1, as detectron2 loads these
+  files (FrozenBatchNorm2d then divides by sqrt(1 + eps), eps 1e-5).
 
 The names are mapped onto torchvision's and converted by `convert_torchvision.convert`
-(every key must be used). A `.pkl` is untrusted: `read_pickle` unpickles only numpy arrays,
-dtypes, dicts, lists and scalars. The 81-way classifier keeps detectron2's layout (the 80
-COCO thing classes, then background; box deltas and mask logits without a background row),
-recorded as `classifier_layout: detectron2_81` in OUTPUT/metadata.json, which
-`maskrcnn_jax.weights.load` maps onto a class set such as `coco`.
+(every key must be used). A `.pkl` is untrusted: `read_pickle` reads only numeric arrays,
+dicts, lists and scalars (`maskrcnn_jax.weights.unpickle`). The 81-way classifier keeps
+detectron2's layout (the 80 COCO thing classes, then background; box deltas and mask
+logits without a background row), recorded as `classifier_layout: detectron2_81` in
+OUTPUT/metadata.json, which `maskrcnn_jax.weights.load` maps onto a class set such as `coco`.
+A file the converter cannot use ends it with one line naming the file, and exit code 1.
 
 How detectron2's COCO-InstanceSegmentation/mask_rcnn_R_{50,101}_FPN_3x (Base-RCNN-FPN.yaml
 over config/defaults.py) differs from torchvision's Mask R-CNN, the model's defaults, and
@@ -70,7 +71,6 @@ the `config.model` value that reproduces it (configs/detectron2_r101_fpn.py):
     proposals; multi-scale shortest side 640-800, horizontal flip; SGD lr 0.02 for 16 images.
 """
 
-import pickle
 import re
 from typing import Any, Mapping
 
@@ -81,48 +81,22 @@ import numpy as np
 
 from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import convert_torchvision
+from maskrcnn_jax.weights import options
+from maskrcnn_jax.weights import unpickle
 
 FLAGS = flags.FLAGS
 Variables = dict[str, Any]
-BN_EPS = 1e-5  # detectron2's FrozenBatchNorm2d.
-
-# (module, name) globals a pickle of numpy arrays needs; numpy 1.x and 2.x spellings.
-_SAFE_GLOBALS = frozenset([
-    *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-      for n in ("_reconstruct", "scalar")),
-    *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),  # Protocol 5.
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # Protocol 2 writes bytes (the arrays' data) this way.
-])
-
-
-class _Unpickler(pickle.Unpickler):
-  """Refuses every global outside `_SAFE_GLOBALS`: a pickle may otherwise call anything."""
-
-  def __init__(self, file, path: str):
-    super().__init__(file, encoding="latin1")  # Caffe2 files were written by Python 2.
-    self.path = path
-
-  def find_class(self, module, name):
-    if (module, name) not in _SAFE_GLOBALS:
-      raise pickle.UnpicklingError(
-          f"{self.path}: refusing to unpickle the global {module}.{name}: only numpy "
-          "arrays, dicts, lists and scalars are read from a .pkl")
-    return super().find_class(module, name)
-
 
 def read_pickle(path: str) -> dict[str, np.ndarray]:
   """The arrays of a detectron2 / Caffe2 `.pkl`: name -> numeric numpy array.
 
   Raises:
-    pickle.UnpicklingError: the file holds anything but numpy arrays, dicts, lists, scalars.
-    ValueError: no state dict in it, or an entry that is not a numeric array.
+    unpickle.WeightFileError: the file is damaged or holds anything but numeric arrays,
+      dicts, lists and scalars (`maskrcnn_jax.weights.unpickle`), or no state dict.
   """
-  with open(path, "rb") as f:
-    data = _Unpickler(f, path).load()
+  data = unpickle.read(path)
   if not isinstance(data, Mapping):
-    raise ValueError(f"{path} holds a {type(data).__name__}, not a dict of arrays")
+    raise unpickle.WeightFileError(f"{path} holds a {type(data).__name__}, not a dict of arrays")
   for wrapper in ("model", "blobs"):  # detectron2's model zoo; Caffe2 detection models.
     if isinstance(data.get(wrapper), Mapping):
       data = data[wrapper]
@@ -131,13 +105,12 @@ def read_pickle(path: str) -> dict[str, np.ndarray]:
   for key, value in data.items():
     if not isinstance(key, str) or key.endswith("_momentum") or key == "__author__":
       continue  # Caffe2's SGD momentum blobs; detectron2's file header.
-    array = np.asarray(value)
-    if array.dtype.kind not in "fiub":
-      raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__} of dtype "
-                       f"{array.dtype}, not a numeric array")
-    state[key] = array
+    if not isinstance(value, np.ndarray | np.generic):
+      raise unpickle.WeightFileError(f"{path}: entry {key!r} is a {type(value).__name__}, "
+                                     "not a numeric array")
+    state[key] = np.asarray(value)
   if not state:
-    raise ValueError(f"{path} holds no arrays")
+    raise unpickle.WeightFileError(f"{path} holds no arrays")
   return state
 
 
@@ -192,7 +165,7 @@ def _rename(key: str, rules) -> str:
 def torchvision_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A detectron2 / Caffe2 state dict under torchvision's names (ResNet or Mask R-CNN).
 
-  Folded BatchNorms (weight and bias only) get mean 0 and var 1 - eps; keys without a
+  Folded BatchNorms (weight and bias only) get mean 0 and var 1; keys without a
   torchvision counterpart keep their name, so that the conversion reports them.
   """
   if any("_branch2a_" in k or k == "conv1_w" for k in state):
@@ -203,7 +176,7 @@ def torchvision_state(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if f"{prefix}running_mean" not in state:
       n = state[key].shape
       state[f"{prefix}running_mean"] = np.zeros(n, np.float32)
-      state[f"{prefix}running_var"] = np.full(n, 1 - BN_EPS, np.float32)
+      state[f"{prefix}running_var"] = np.ones(n, np.float32)
   out = {}
   for key, value in state.items():
     if _IGNORED.match(key):
@@ -227,9 +200,10 @@ def convert(state: Mapping[str, np.ndarray], *, depth: int | None = None) -> Var
 
 
 def metadata(variables: Variables, input_path: str) -> dict[str, Any]:
-  """OUTPUT/metadata.json: the source, and `classifier_layout` for an 81-way classifier."""
+  """OUTPUT/metadata.json: the source, detectron2's model options
+  (`maskrcnn_jax.weights.options`), and `classifier_layout` for an 81-way classifier."""
   out = {"converted_from": input_path, "converter": "convert_detectron2",
-         "input_format": "BGR", "stride_in_1x1": True}
+         **options.DETECTRON2}
   heads = variables["params"].get("roi_heads")
   if heads is not None:
     shapes = (heads["box_head"]["cls_score"]["bias"].shape,
@@ -250,7 +224,7 @@ def convert_file(input_path: str, output_dir: str, *, depth: int | None = None) 
 
 def main(argv):
   del argv
-  convert_file(FLAGS.input, FLAGS.output, depth=FLAGS.depth)
+  convert_torchvision.run_cli(convert_file, FLAGS.input, FLAGS.output, depth=FLAGS.depth)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ The result is `{"params": ..., "frozen_bn": ...}` with the module paths of
 `maskrcnn_jax.models` (its docstring), written so that
 `maskrcnn_jax.weights.checkpoint.load_variables(OUTPUT)` reads it back, and
 OUTPUT/metadata.json (`metadata`): a 91-way classifier is torchvision's COCO layout, which
-`maskrcnn_jax.weights.load` maps onto a class set such as `coco`. torch is needed
-only to read `.pth` files (`pip install -e .[torch]`); `.npz` files of the same keys are
-read without it.
+`maskrcnn_jax.weights.load` maps onto a class set such as `coco`. `.pth` files (torch's zip or
+legacy format) are untrusted and read without torch, as numeric arrays only
+(`maskrcnn_jax.weights.unpickle`); `.npz` files of the same keys are read too. A file the
+converter cannot use ends it with one line naming the file, and exit code 1.
 """
 
 import re
+import sys
 from typing import Any, Mapping
 
 from absl import app
@@ -33,6 +35,8 @@ import numpy as np
 
 from maskrcnn_jax.models import resnet
 from maskrcnn_jax.weights import checkpoint
+from maskrcnn_jax.weights import options
+from maskrcnn_jax.weights import unpickle
 
 FLAGS = flags.FLAGS
 Variables = dict[str, Any]
@@ -214,19 +218,24 @@ def convert(state: Mapping[str, np.ndarray], *, depth: int | None = None) -> Var
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A `.pth` (torch.load, weights only) or `.npz` state dict as numpy arrays."""
-  if path.endswith(".npz"):
-    with np.load(path) as data:
-      return {k: data[k] for k in data.files}
-  import torch  # pylint: disable=g-import-not-at-top
+  """A `.pth` (torch's zip or legacy format, read without torch) or `.npz` state dict as
+  numpy arrays.
 
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-  if "model" in state and isinstance(state["model"], Mapping):
+  Raises:
+    unpickle.WeightFileError: one line naming `path` (`maskrcnn_jax.weights.unpickle`).
+  """
+  if path.endswith(".npz"):
+    try:
+      with np.load(path) as data:  # allow_pickle=False: numeric arrays only.
+        return {k: data[k] for k in data.files}
+    except Exception as e:  # pylint: disable=broad-except; any failure on untrusted bytes.
+      raise unpickle.WeightFileError(f"{path}: not a readable .npz ({e})") from None
+  state = unpickle.read(path)
+  if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
     state = state["model"]  # torchvision's reference training scripts wrap it.
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in state.items()}
+  if not isinstance(state, Mapping):
+    raise unpickle.WeightFileError(f"{path} holds a {type(state).__name__}, not a state dict")
+  return {k: np.asarray(v) for k, v in state.items()}
 
 
 def summary(variables: Variables) -> str:
@@ -236,10 +245,12 @@ def summary(variables: Variables) -> str:
   return f"{count / 1e6:.2f}M parameters in {', '.join(params)}"
 
 
-def metadata(variables: Variables, input_path: str) -> dict[str, str]:
-  """What OUTPUT/metadata.json records: the source file and, for torchvision's 91-way
-  COCO classifier, `classifier_layout` `torchvision91` (`maskrcnn_jax.weights.load`)."""
-  out = {"converted_from": input_path, "converter": "convert_torchvision"}
+def metadata(variables: Variables, input_path: str) -> dict[str, Any]:
+  """What OUTPUT/metadata.json records: the source file, torchvision's model options
+  (`maskrcnn_jax.weights.options`) and, for torchvision's 91-way COCO classifier,
+  `classifier_layout` `torchvision91` (`maskrcnn_jax.weights.load`)."""
+  out = {"converted_from": input_path, "converter": "convert_torchvision",
+         **options.TORCHVISION}
   heads = variables["params"].get("roi_heads")
   if heads is not None and heads["box_head"]["cls_score"]["bias"].shape == (91,):
     out["classifier_layout"] = "torchvision91"
@@ -254,9 +265,19 @@ def convert_file(input_path: str, output_dir: str, *, depth: int | None = None) 
   return variables
 
 
+def run_cli(convert_file, input_path: str, output_dir: str, *, depth: int | None) -> None:
+  """A converter's command line: `convert_file`; any error in the weights or the paths
+  exits with code 1 and one line naming the input, no traceback."""
+  try:
+    convert_file(input_path, output_dir, depth=depth)
+  except (ValueError, OSError) as e:
+    message = " ".join(str(e).split())
+    sys.exit(message if input_path in message else f"{input_path}: {message}")
+
+
 def main(argv):
   del argv
-  convert_file(FLAGS.input, FLAGS.output, depth=FLAGS.depth)
+  run_cli(convert_file, FLAGS.input, FLAGS.output, depth=FLAGS.depth)
 
 
 if __name__ == "__main__":

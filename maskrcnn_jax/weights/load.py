@@ -22,6 +22,9 @@ classes the model lacks are dropped: for torchvision91 onto `coco`, the 10 never
 ids, so the softmax runs over 81 logits instead of 91, which changes no score as long as
 those logits are far below the others, as in trained weights (they are never a target). Without
 a layout the layers load as they are when their shapes fit, else keep the model's own.
+
+The checkpoint's model options (`maskrcnn_jax.weights.options`: input format, pixel mean
+and std, stride_in_1x1, anchor rounding) must equal `config.model`'s (`check_options`).
 """
 
 from typing import Any, Mapping
@@ -33,6 +36,7 @@ import numpy as np
 
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.weights import checkpoint
+from maskrcnn_jax.weights import options
 
 RANDOM_INIT = "random"  # init.checkpoint of a run that starts from random weights.
 SCOPES = ("backbone", "full")
@@ -62,9 +66,39 @@ def layout_rows(layout: str) -> tuple[tuple[int, ...], ...]:
                    f"{', '.join(tuple(LAYOUTS) + categories.CLASS_SET_NAMES)}")
 
 
+def check_options(path: str, model: Mapping[str, Any], *, scope: str = "full") -> None:
+  """Raises ValueError (one line) unless the checkpoint at `path` was made with `model`'s
+  options (`config.model`).
+
+  Options the metadata lacks (files written before they were recorded) are those of
+  detectron2 for `convert_detectron2`'s files, else torchvision's; the log says so.
+  Anchor rounding is compared only for scope `full` (the RPN is loaded).
+  """
+  meta = checkpoint.load_metadata(path)
+  recorded = options.of(meta)
+  defaults = (options.DETECTRON2 if meta.get("converter") == "convert_detectron2"
+              else options.TORCHVISION)
+  missing = [k for k in options.KEYS if k not in recorded]
+  if missing:
+    logging.info("%s records no %s: read as %s's", path, ", ".join(missing),
+                 "detectron2" if defaults is options.DETECTRON2 else "torchvision")
+  theirs = {**defaults, **recorded}
+  ours = options.of(model)
+  for k in options.KEYS:
+    if k == "round_anchors" and scope != "full":
+      continue
+    if theirs[k] != ours[k]:
+      helper = next((f"{name}(config.model) (configs/default.py) in the config"
+                     for name, values in options.HELPERS if values == theirs),
+                    ", ".join(f"config.model.{k} = {v!r}" for k, v in theirs.items()))
+      raise ValueError(f"config.model.{k} = {ours[k]!r}: the weights at {path!r} were made "
+                       f"with {theirs[k]!r}; set their options with {helper}")
+
+
 def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
                          class_set: categories.ClassSet | None = None,
-                         require_classes: bool = False) -> dict[str, Any]:
+                         require_classes: bool = False,
+                         model: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """`variables` with the leaves in `scope` read from the checkpoint at `path`.
 
   Args:
@@ -76,6 +110,8 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
       class-sized layers row by row (module docstring).
     require_classes: fail unless every class of the model comes from the checkpoint
       (inference: a class layer left at its initialisation predicts noise).
+    model: `config.model`, whose options the checkpoint's must equal (`check_options`);
+      None skips the check.
 
   Returns:
     The same tree, leaves in scope replaced; jax arrays keep their dtype and sharding.
@@ -85,6 +121,8 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
   """
   if scope not in SCOPES:
     raise ValueError(f"init scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+  if model is not None:
+    check_options(path, model, scope=scope)
   layout = checkpoint.load_metadata(path).get("classifier_layout")
   return merge(variables, checkpoint.load_variables(path), scope=scope, source=path,
                layout=layout, class_set=class_set, require_classes=require_classes)
@@ -100,14 +138,19 @@ def init_inference(model, rng: jax.Array) -> dict[str, Any]:
                                            train=False))(k1, k2)
 
 
-def inference_variables(model, path: str, class_set: categories.ClassSet
+def inference_variables(model, path: str, class_set: categories.ClassSet,
+                        model_config: Mapping[str, Any] | None = None
                         ) -> tuple[dict[str, Any], int]:
   """(`params` and `frozen_bn` for `model`, training step or 0) from the checkpoint at `path`.
 
   A training run's checkpoint or converted weights (mapped by their `classifier_layout`);
   every class of `class_set` must come from the checkpoint. Leaves the checkpoint does not
   fill (detectron2's unused background rows of box deltas and mask logits) are zero.
+  `model_config` (`config.model`), unless None, must have the checkpoint's options
+  (`check_options`).
   """
+  if model_config is not None:
+    check_options(path, model_config)
   shapes = jax.eval_shape(lambda: init_inference(model, jax.random.key(0)))
   zeros = {c: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes[c]) for c in COLLECTIONS}
   loaded = checkpoint.load_variables(path)

@@ -1,10 +1,10 @@
-"""detectron2 / Caffe2 .pkl conversion: the restricted unpickler, key layouts, the CLI.
+"""detectron2 / Caffe2 .pkl conversion: key layouts, the CLI.
 
-The numbers against detectron2 itself: test_detectron2_parity.py.
+Hostile files: test_unpickle.py. The numbers against detectron2 itself:
+test_detectron2_parity.py.
 """
 
 import json
-import os
 import pathlib
 import pickle
 import subprocess
@@ -22,37 +22,6 @@ from maskrcnn_jax.weights import convert_detectron2 as conv
 import detectron2_states
 
 GOLDEN = pathlib.Path(__file__).parent / "goldens" / "detectron2_r50_fpn.npz"
-
-
-class _RunsCode:
-  """Unpickling this calls os.system: what a hostile .pkl does."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return os.system, (f"touch {self.marker}",)
-
-
-@pytest.mark.parametrize("wrap", [lambda x: x, lambda x: np.array([x, 1], dtype=object)])
-def test_pickle_that_runs_code_is_refused(tmp_path, wrap):
-  marker = tmp_path / "ran"
-  path = tmp_path / "evil.pkl"
-  path.write_bytes(pickle.dumps({"model": {"w": wrap(_RunsCode(marker))}}))
-  with pytest.raises(pickle.UnpicklingError,
-                     match=rf"{path}: refusing to unpickle the global (posix|os)\.system"):
-    conv.read_pickle(str(path))
-  assert not marker.exists()
-
-
-def test_other_globals_and_non_arrays_are_refused(tmp_path):
-  path = tmp_path / "eval.pkl"
-  path.write_bytes(b"cbuiltins\neval\n(S'1+1'\ntR.")
-  with pytest.raises(pickle.UnpicklingError, match=r"builtins\.eval"):
-    conv.read_pickle(str(path))
-  path.write_bytes(pickle.dumps({"model": {"w": np.array(["a"])}}))
-  with pytest.raises(ValueError, match=r"entry 'w' .* not a numeric array"):
-    conv.read_pickle(str(path))
 
 
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
@@ -102,7 +71,7 @@ def test_msra_imagenet_backbone(depth, blocks):
   np.testing.assert_array_equal(bn["scale"], state["res3_0_branch1_bn_s"])
   np.testing.assert_array_equal(bn["bias"], state["res3_0_branch1_bn_b"])
   np.testing.assert_array_equal(bn["mean"], 0.0)
-  np.testing.assert_array_equal(bn["var"], np.float32(1 - conv.BN_EPS))
+  np.testing.assert_array_equal(bn["var"], 1.0)
   conv1 = variables["params"]["backbone"]["res4"]["block0"]["conv1"]["kernel"]
   np.testing.assert_array_equal(conv1, state["res4_0_branch2a_w"].transpose(2, 3, 1, 0))
   # The same weights under detectron2's names (`stem.conv1.norm.weight`, ...).

@@ -68,6 +68,16 @@ def test_resnet18_converts_to_the_model_backbone(r18):
                                   state[f"layer4.0.downsample.1.{theirs}"])
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pth_is_read_without_torch(r18, tmp_path, legacy):
+  """torch's zip format and its legacy format (torchvision's 2019 files)."""
+  state, path = r18
+  pth = tmp_path / "resnet18.pth"
+  torchvision_states.write_pth(str(pth), state, legacy=legacy)
+  jax.tree.map(np.testing.assert_array_equal, conv.convert(conv.read_state_dict(str(pth))),
+               conv.convert(conv.read_state_dict(path)))
+
+
 def test_depth_is_checked_and_leftovers_fail(r18):
   state, _ = r18
   with pytest.raises(ValueError, match="ResNet-18, not ResNet-50"):
@@ -131,6 +141,12 @@ def test_cli_writes_a_checkpoint_load_variables_reads(r18, tmp_path):
   subprocess.run([sys.executable, "-m", "maskrcnn_jax.weights.convert_torchvision",
                   f"--input={path}", f"--output={out}", "--depth=18"], check=True,
                  cwd=pathlib.Path(__file__).parents[2])
+  wrong = subprocess.run([sys.executable, "-m", "maskrcnn_jax.weights.convert_torchvision",
+                          f"--input={path}", f"--output={tmp_path / 'r50'}", "--depth=50"],
+                         cwd=pathlib.Path(__file__).parents[2], capture_output=True, text=True,
+                         check=False)
+  assert wrong.returncode == 1 and not (tmp_path / "r50").exists()
+  assert wrong.stderr == f"{path}: the state dict holds a ResNet-18, not ResNet-50\n"
   loaded = checkpoint.load_variables(str(out))
   expected = conv.convert(conv.read_state_dict(path))
   assert shapes(loaded) == shapes(expected)

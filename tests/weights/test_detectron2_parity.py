@@ -169,7 +169,11 @@ def test_detections_and_masks(outputs):
 
 @pytest.mark.slow
 def test_msra_imagenet_backbone(tmp_path):
-  """R-50.pkl (Caffe2 blobs, folded BN) through the converter = detectron2's ResNet."""
+  """R-50.pkl (Caffe2 blobs, folded BN) through the converter = detectron2's ResNet.
+
+  Measured on CPU: max abs error / max abs <= 6e-7, relative RMS <= 2.5e-7 per stage
+  (with var 1 - eps instead of detectron2's 1: 1.4e-5 and 1e-5).
+  """
   from maskrcnn_jax.models import resnet  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
 
@@ -189,4 +193,4 @@ def test_msra_imagenet_backbone(tmp_path):
     err = float(np.abs(np.asarray(ours) - want).max() / np.abs(want).max())
     rms = float(np.linalg.norm(np.asarray(ours) - want) / np.linalg.norm(want))
     print(f"res{level}: max abs err / max abs {err:.2e}, relative RMS error {rms:.2e}")
-    assert ours.shape == want.shape and err < 1e-4 and rms < 1e-4, level
+    assert ours.shape == want.shape and err < 1e-6 and rms < 5e-7, level

@@ -1,18 +1,21 @@
 """init_from_checkpoint: scopes, class-count changes, mismatch errors, shardings."""
 
 import functools
+import logging
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
+from configs import default
 from configs import tiny
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import convert_torchvision as conv
 from maskrcnn_jax.weights import load
+from maskrcnn_jax.weights import options
 import torchvision_states
 
 
@@ -251,3 +254,40 @@ def test_converted_torchvision_records_its_layout(tmp_path):
   meta = checkpoint.load_metadata(str(tmp_path / "tv"))
   assert meta["classifier_layout"] == "torchvision91"
   assert meta["converted_from"] == str(tmp_path / "tv.npz")
+
+
+def _weights(path, meta):
+  checkpoint.save_variables(str(path), tree(1.0), meta)
+  return str(path)
+
+
+@pytest.mark.parametrize("key", options.KEYS)
+def test_each_model_option_must_match(tmp_path, key):
+  other = {"input_format": "BGR", "pixel_mean": (1.0, 2.0, 3.0), "pixel_std": (2.0, 2.0, 2.0),
+           "stride_in_1x1": True, "round_anchors": False}[key]
+  path = _weights(tmp_path / "w", {**options.TORCHVISION, key: other})
+  model = tiny.get_config().model  # torchvision's options.
+  with pytest.raises(ValueError) as e:
+    load.check_options(path, model)
+  want = (f"config.model.{key} = {options.of(model)[key]!r}: the weights at {path!r} were "
+          f"made with {other!r}; set their options with config.model.input_format = ")
+  assert str(e.value).startswith(want) and "\n" not in str(e.value), str(e.value)
+  if key == "round_anchors":
+    load.check_options(path, model, scope="backbone")  # The RPN is not loaded.
+
+
+def test_options_name_the_helper_and_old_files_read_as_torchvision(tmp_path, caplog):
+  model = tiny.get_config().model
+  path = _weights(tmp_path / "d2", {"converter": "convert_detectron2", **options.DETECTRON2})
+  with pytest.raises(ValueError, match=r"config.model.input_format = 'RGB': .* made with "
+                     r"'BGR'; set their options with detectron2_weights\(config.model\) "
+                     r"\(configs/default.py\) in the config$"):
+    load.check_options(path, model)
+  # Written before options were recorded: torchvision's; detectron2's for its converter.
+  with caplog.at_level(logging.INFO):
+    load.check_options(_weights(tmp_path / "old", {"classifier_layout": "torchvision91"}), model)
+  assert "records no input_format, pixel_mean, pixel_std, stride_in_1x1, round_anchors: read as torchvision's" in caplog.text
+  old_d2 = _weights(tmp_path / "old_d2", {"converter": "convert_detectron2",
+                                          "input_format": "BGR", "stride_in_1x1": True})
+  default.detectron2_weights(model)
+  load.check_options(old_d2, model)

@@ -1,5 +1,9 @@
 """State dicts in torchvision's key layout, filled with small random values (no torch)."""
 
+import pickle
+import struct
+import zipfile
+
 import numpy as np
 
 from maskrcnn_jax.models import resnet
@@ -79,3 +83,54 @@ def mask_rcnn_state(depth, rng, *, channels, fc_dim, mask_convs, mask_channels, 
                                                                 mask_channels, 1, 1)
   state["roi_heads.mask_predictor.mask_fcn_logits.bias"] = _w(rng, num_classes)
   return state
+
+
+_STORAGES = {np.dtype(t): f"{n}Storage" for t, n in (
+    (np.float32, "Float"), (np.float16, "Half"), (np.int64, "Long"), (np.bool_, "Bool"))}
+
+
+def _text(s: str) -> bytes:
+  return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+
+def write_pth(path: str, state: dict[str, np.ndarray], *, tensor=None,
+              legacy: bool = False) -> None:
+  """`state` as torch.save writes a state dict, without torch: the zip format, or with
+  `legacy` the format before torch 1.6 (`_use_new_zipfile_serialization=False`).
+
+  `tensor(key, array, storage_opcodes) -> opcodes or None` may replace how an entry is
+  pickled.
+  """
+  hooks = b"ccollections\nOrderedDict\n)R"
+  items, storages = b"", []
+  for i, (key, array) in enumerate(state.items()):
+    array = np.array(array, order="C")
+    storages.append(array)
+    # ("storage", class, key, location, element count[, view metadata: legacy only]).
+    storage = (b"(" + _text("storage") + b"ctorch\n" + _STORAGES[array.dtype].encode()
+               + b"\n" + _text(str(i)) + _text("cpu") + b"J" + struct.pack("<i", array.size)
+               + (b"N" if legacy else b"") + b"tQ")
+    strides = [s // array.itemsize for s in array.strides]
+    ints = lambda t: b"(" + b"".join(b"J" + struct.pack("<i", n) for n in t) + b"t"
+    opcodes = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"K\x00" + ints(array.shape)
+               + ints(strides) + b"\x89" + hooks + b"tR")
+    items += _text(key) + ((tensor and tensor(key, array, storage)) or opcodes)
+  data = b"\x80\x02" + hooks + b"(" + items + b"u."
+  if legacy:
+    sys_info = {"protocol_version": 1001, "little_endian": True,
+                "type_sizes": {"short": 2, "int": 4, "long": 8}}
+    with open(path, "wb") as f:
+      for head in (0x1950a86a20f9469cfc6c, 1001, sys_info):
+        f.write(pickle.dumps(head, protocol=2))
+      keys = sorted(str(i) for i in range(len(storages)))  # torch writes them sorted.
+      f.write(data + pickle.dumps(keys, protocol=2))
+      for key in keys:
+        array = storages[int(key)]
+        f.write(struct.pack("<q", array.size) + array.tobytes())
+    return
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+    for i, array in enumerate(storages):
+      z.writestr(f"archive/data/{i}", array.tobytes())
+    z.writestr("archive/data.pkl", data)
+    z.writestr("archive/byteorder", "little")
+    z.writestr("archive/version", "3\n")
