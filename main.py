@@ -72,6 +72,7 @@ def main(argv):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
     distributed.initialize(distributed.detect(), timeout_s=FLAGS.join_timeout)
+    distributed.check_backend()
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())
     run.write_config(FLAGS.config, FLAGS.workdir)
