@@ -31,5 +31,5 @@ def test_jobset_fails_on_divergence_and_restarts_otherwise():
   assert container["resources"]["limits"]["google.com/tpu"] * spec["parallelism"] == 16
   config = default.get_config()
   overrides = [a for a in container["command"] if a.startswith("--config.")]
-  assert overrides and not [e for e in map(lambda a: validation.override_error(config, a),
-                                           overrides) if e]
+  assert overrides
+  assert all(validation.override_error(config, a) is None for a in overrides)
