@@ -66,21 +66,22 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
     run.validate(FLAGS.config, FLAGS.mode, FLAGS.workdir)  # Before any set-up or compile.
-    if FLAGS.mode in ("train", "train_and_eval"):
+    if FLAGS.mode in run.TRAINING_MODES:
       run.check_resume(FLAGS.config, FLAGS.workdir)
     # Imported once the config is valid: a bad one is reported without TF's start-up.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
     distributed.initialize(distributed.detect(), timeout_s=FLAGS.join_timeout)
+    distributed.check_backend()
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())
-    run.write_config(FLAGS.config, FLAGS.workdir)
+    run.write_config(FLAGS.config, FLAGS.workdir, FLAGS.mode)
     result = run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except validation.ConfigError as e:
     sys.exit(f"Invalid config: {e}")
   except distributed.ClusterError as e:
     sys.exit(f"Cannot join the cluster: {e}")
-  except FloatingPointError as e:  # Too many non-finite steps in a row.
+  except run.DivergenceError as e:  # Other FloatingPointErrors are crashes (exit 1).
     print(e, file=sys.stderr)
     sys.exit(EXIT_DIVERGED)
   if isinstance(result, dict) and result.get("preempted"):

@@ -8,15 +8,19 @@ own cluster detection switched off. The launches, checked in this order:
 | launch | recognised by | processes, id | local devices |
 |---|---|---|---|
 | manual | `JAX_NUM_PROCESSES` or `JAX_PROCESS_ID` | `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` | all, or `JAX_LOCAL_DEVICE_IDS` |
-| Slurm (`srun`) | `SLURM_STEP_NODELIST`, more than one task | `SLURM_STEP_NUM_TASKS`, `SLURM_PROCID` | all when one task per node or one visible GPU, else `[SLURM_LOCALID]` |
 | Open MPI | `OMPI_COMM_WORLD_SIZE` > 1 | `OMPI_COMM_WORLD_SIZE`, `OMPI_COMM_WORLD_RANK` | all when one rank per node, else `[OMPI_COMM_WORLD_LOCAL_RANK]` |
+| Slurm (`srun`) | `SLURM_STEP_NODELIST`, more than one task | `SLURM_STEP_NUM_TASKS`, `SLURM_PROCID` | all when one task per node or one visible GPU, else `[SLURM_LOCALID]` |
 | manual | `JAX_COORDINATOR_ADDRESS` alone | missing: an error naming `JAX_NUM_PROCESSES` | |
 | Cloud TPU VM | jax's TPU check (libtpu and TPU chips) | jax's TPU cluster detection (metadata server) | all |
 | none | none of the above | no `initialize`: one process | all |
 
+Open MPI comes first, as in jax: `mpirun` inside an sbatch job starts its daemons with
+`srun`, and the ranks inherit the daemons' `SLURM_STEP_*` values (one task per node).
+
 Under a scheduler `JAX_COORDINATOR_ADDRESS` (or `JAX_COORDINATOR_PORT`) and
 `JAX_LOCAL_DEVICE_IDS` override what is derived. A job that describes a cluster it cannot
-join raises `ClusterError` with one line naming the variable.
+join raises `ClusterError` with one line naming the variable; so does a host with TPU chips
+where jax runs on the CPU (`check_backend`: no libtpu installed).
 """
 
 import dataclasses
@@ -31,12 +35,15 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
+from maskrcnn_jax import hardware
+
 EXIT_CANNOT_JOIN = 1  # As main.py's other one-line errors.
 _GRACE_S = 10  # jax's own deadline for joining comes this long after the watchdog's.
 
 
 class ClusterError(RuntimeError):
-  """The environment describes a multi-process job that cannot be joined."""
+  """The environment describes a multi-process job that cannot be joined, or a host whose
+  TPU chips jax cannot use."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +67,7 @@ def _int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int:
 
 
 def _address(value: str, name: str) -> str:
-  if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s\[\]]+):\d{1,5}", value):
+  if not re.fullmatch(r"(\[[0-9a-fA-F:.]+(%[\w.-]+)?\]|[^:\s\[\]]+):\d{1,5}", value):
     raise ClusterError(f"{name}={value!r}: must be HOST:PORT of process 0")
   return value
 
@@ -165,7 +172,9 @@ def _openmpi(env: Mapping[str, str], n: int) -> Launch:
   else:
     # Open MPI 4's mpirun publishes its own address and job id; Open MPI 5 (PMIx) does not.
     uri = env.get("OMPI_MCA_orte_hnp_uri", "")
-    m = re.match(r"(\d+)\.\d+;tcp6?://\[?([^,\]:;]+)", uri)
+    # `JOB.VPID;tcp://HOST[,HOST...]:PORT[;tcp6://[ADDR]:PORT]`: the first host, an IPv6
+    # address in its brackets.
+    m = re.match(r"(\d+)\.\d+;tcp6?://(\[[^\]\s]+\]|[^,:;\s]+)", uri)
     if not m:
       raise ClusterError(
           f"OMPI_MCA_orte_hnp_uri={uri!r} names no coordinator (Open MPI 5 sets none): "
@@ -176,9 +185,15 @@ def _openmpi(env: Mapping[str, str], n: int) -> Launch:
 
 
 def on_cloud_tpu_vm() -> bool:
-  """jax's own check (libtpu installed and TPU chips present), made when jax is imported."""
-  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  return cloud_tpu_init.running_in_cloud_tpu_vm
+  """jax's own check (libtpu installed and TPU chips present), made when jax is imported.
+
+  jax keeps it in a private module: where another jax version moved it, False.
+  """
+  try:
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
 
 
 def detect(env: Mapping[str, str] | None = None) -> Launch | None:
@@ -190,15 +205,15 @@ def detect(env: Mapping[str, str] | None = None) -> Launch | None:
   env = os.environ if env is None else env
   if any(env.get(k) for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")):
     return _manual(env)
+  if env.get("OMPI_COMM_WORLD_SIZE"):  # Before Slurm: `mpirun` may run inside `srun`.
+    n = _int(env, "OMPI_COMM_WORLD_SIZE", minimum=1)
+    if n > 1:
+      return _openmpi(env, n)
   if "SLURM_STEP_NODELIST" in env:  # Inside `srun`; a batch script alone is one process.
     count = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
     n = _int(env, count, minimum=1)
     if n > 1:
       return _slurm(env, n)
-  if env.get("OMPI_COMM_WORLD_SIZE"):
-    n = _int(env, "OMPI_COMM_WORLD_SIZE", minimum=1)
-    if n > 1:
-      return _openmpi(env, n)
   if env.get("JAX_COORDINATOR_ADDRESS"):
     return _manual(env)
   # A TPU VM that may not ask the metadata server (and names no workers) is one host.
@@ -208,6 +223,22 @@ def detect(env: Mapping[str, str] | None = None) -> Launch | None:
   return None
 
 
+def check_backend(env: Mapping[str, str] | None = None, *, root: str = "/") -> None:
+  """ClusterError where TPU chips are present but jax runs on the CPU (no libtpu).
+
+  Each worker of a TPU slice would otherwise train alone on its CPU. `JAX_PLATFORMS=cpu`
+  asks for the CPU. Starts jax's backends: call after `initialize`.
+  """
+  env = os.environ if env is None else env
+  if jax.default_backend() != "cpu" or hardware.requested_platforms(env) == ("cpu",):
+    return
+  chips = hardware.tpu_chips(root)
+  if chips:
+    raise ClusterError(
+        f"{chips} TPU chips on this host, but jax runs on the CPU: libtpu is missing. "
+        "Install it with pip install 'jax[tpu]==0.10.2' (or set JAX_PLATFORMS=cpu)")
+
+
 def initialize(launch: Launch | None, *, timeout_s: int = 300) -> None:
   """Joins the job `launch` describes (no-op for None); ClusterError if it cannot.
 
@@ -215,8 +246,8 @@ def initialize(launch: Launch | None, *, timeout_s: int = 300) -> None:
   """
   if launch is None:
     return
-  # CPU-only multi-process jobs need cross-process collectives; accelerators ignore it.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # CPU-only jobs take jax's cross-process collectives: gloo by default, or the user's
+  # choice (JAX_CPU_COLLECTIVES_IMPLEMENTATION=mpi).
   jax.config.update("jax_enable_preemption_service", True)  # reached_preemption_sync_point.
   if launch.source == "tpu":
     kwargs = {}  # jax reads the pod from the TPU metadata server.

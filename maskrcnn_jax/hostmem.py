@@ -9,11 +9,17 @@ step (`docs/benchmarks.md`). glibc reads tunables only at start-up, so `restart_
 re-executes the interpreter, same PID and arguments, with the tunable added. It does nothing
 where the tunable is set already (`glibc.malloc.hugetlb=0` keeps it off), the kernel's mode
 is `always` (huge pages without asking) or `never`, or the C library is not glibc >= 2.35.
+Nor where the gain was not measured, or a restart would lose state: jax will run on an
+accelerator (`cpu_backend`), or a tracer or debugger is attached (`python -m pdb` would
+start over).
 """
 
 import os
 import platform
 import sys
+from typing import Mapping
+
+from maskrcnn_jax import hardware
 
 TUNABLE = "glibc.malloc.hugetlb"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -49,12 +55,26 @@ def huge_pages_on_request() -> bool:
   return thp_mode() == "madvise" and _glibc_has_hugetlb()
 
 
+def cpu_backend(env: Mapping[str, str] | None = None, *, root: str = "/") -> bool:
+  """Whether jax will run on the CPU, decided without importing jax.
+
+  `JAX_PLATFORMS` decides where set (only `cpu`); else no GPU or TPU is present.
+  """
+  env = os.environ if env is None else env
+  platforms = hardware.requested_platforms(env)
+  if platforms:
+    return platforms == ("cpu",)
+  return not hardware.accelerator_present(root)
+
+
 def restart_with_huge_pages() -> None:
   """Re-executes this process with `glibc.malloc.hugetlb=1` where that changes anything.
 
-  Call it first thing, before heavy imports: the process starts over from the same command.
+  Only for the CPU backend and without a tracer or debugger (module docstring). Call it
+  first thing, before heavy imports: the process starts over from the same command.
   """
   tunables = with_huge_pages(os.environ.get("GLIBC_TUNABLES", ""))
-  if tunables is None or not huge_pages_on_request():
+  if (tunables is None or sys.gettrace() is not None or not huge_pages_on_request()
+      or not cpu_backend()):
     return
   os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": tunables})

@@ -1,4 +1,4 @@
-"""What main.py calls: validation, the resolved config, and the modes."""
+"""What main.py calls: validation, the resolved config, the modes and how training stops."""
 
 import datetime
 import functools
@@ -16,6 +16,11 @@ from maskrcnn_jax import validation
 from maskrcnn_jax.weights import load
 
 MODES = ("train", "eval", "train_and_eval", "predict", "inspect")
+TRAINING_MODES = ("train", "train_and_eval")
+
+
+class DivergenceError(FloatingPointError):
+  """`train.max_nonfinite_steps` steps in a row were non-finite; the checkpoints are complete."""
 
 
 def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None = None) -> None:
@@ -37,7 +42,7 @@ def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None =
       raise validation.ConfigError(
           f"config.data.root = {config.data.root!r}: no such directory (the COCO-Stuff root: "
           "train2017/, val2017/, annotations/)")
-  training = mode in ("train", "train_and_eval")
+  training = mode in TRAINING_MODES
   shapes = functools.cache(lambda: param_shapes(config))
   key = weights_key(config, mode, workdir) if workdir is not None else None
   if key == "init.checkpoint":
@@ -54,7 +59,7 @@ def weights_key(config: ml_collections.ConfigDict, mode: str, workdir: str) -> s
   """The config key of the weights a run of `mode` starts from or evaluates, or None for
   the workdir's own checkpoint (as `evaluation.run_eval.checkpoint_path` resolves them)."""
   from maskrcnn_jax.weights import checkpoint  # pylint: disable=g-import-not-at-top
-  if mode not in ("train", "train_and_eval") and config.eval.checkpoint:
+  if mode not in TRAINING_MODES and config.eval.checkpoint:
     return "eval.checkpoint"
   return None if checkpoint.has_checkpoint(workdir) else "init.checkpoint"
 
@@ -88,7 +93,9 @@ def check_trainable(config: ml_collections.ConfigDict, params: dict[str, Any]) -
 # What a resumed run must keep: the data order and examples, the RNG streams and what a
 # step count means. (A new process count is fine: every topology reads the same batches.)
 _RESUME_KEYS = ("seed", "train.global_batch_size", "data", "train.stages")
-_RESUME_FREE = ("data.eval_batch_size", "data.tfds_data_dir", "train.stages[*].lr")
+# Free: evaluation's batch, where the data lives and how fast it is read, learning rates.
+_RESUME_FREE = ("data.eval_batch_size", "data.tfds_data_dir", "data.root",
+                "data.read_parallelism", "train.stages[*].lr")
 
 
 def _flatten(node, prefix: str = "") -> dict[str, Any]:
@@ -143,14 +150,21 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
       "Use a new workdir, or --config.train.allow_config_change=True")
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config to WORKDIR/config.json and WORKDIR/configs/config-UTC.json.
+def write_config(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> None:
+  """Writes the resolved config where `mode` writes its outputs (process 0 only).
 
-  The history keeps every run's config, never overwritten; config.json is the latest.
+  Training modes: WORKDIR/config.json, the latest training run's (what a resume is checked
+  against), and WORKDIR/configs/config-UTC.json, every training run's, never overwritten.
+  eval, predict and inspect: WORKDIR/MODE/config.json, beside their outputs.
   """
   if jax.process_index() != 0:
     return
   text = config.to_json_best_effort(indent=2)
+  if mode not in TRAINING_MODES:
+    out = epath.Path(workdir) / mode
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(text)
+    return
   history = epath.Path(workdir) / "configs"
   history.mkdir(parents=True, exist_ok=True)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -168,7 +182,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str):
 
   validation.validate_devices(config, jax.device_count())
   logging.info("Mode %s, workdir %s", mode, workdir)
-  if mode in ("train", "train_and_eval"):
+  if mode in TRAINING_MODES:
     return train.train_and_evaluate(config, workdir, evaluate=mode == "train_and_eval")
   if mode == "eval":
     return run_eval.evaluate_checkpoint(config, workdir)

@@ -7,11 +7,13 @@ import pathlib
 import socket
 import subprocess
 import sys
+import types
 
 import pytest
 
 from maskrcnn_jax import distributed
 
+_ON_CLOUD_TPU_VM = distributed.on_cloud_tpu_vm  # The real check; tests see a stub.
 WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -109,6 +111,22 @@ def test_openmpi_two_ranks_per_node():
           launch.local_device_ids) == ("openmpi", f"10.96.0.1:{port}", 4, 3, (1,))
 
 
+def test_openmpi_ipv6_coordinator():
+  env = ompi_env(OMPI_MCA_orte_hnp_uri="1531576320.0;tcp6://[fe80::1:2]:34911")
+  port = 1531576320 // 4096 % 4096 + 61440
+  assert distributed.detect(env).coordinator_address == f"[fe80::1:2]:{port}"
+
+
+def test_openmpi_inside_slurm_is_open_mpi():
+  """`mpirun` in a 3-node sbatch job: its daemons on the other 2 nodes run in an `srun`
+  step, and the ranks there inherit that step (2 tasks, one id per node)."""
+  env = {**slurm_env(SLURM_STEP_NODELIST="gpu[018-019]", SLURM_STEP_NUM_TASKS="2",
+                     SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
+                     SLURM_STEP_TASKS_PER_NODE="1(x2)"), **ompi_env()}
+  launch = distributed.detect(env)
+  assert (launch.source, launch.num_processes, launch.process_id) == ("openmpi", 4, 3)
+
+
 def test_openmpi_one_rank_per_node_uses_all_gpus():
   env = ompi_env(OMPI_COMM_WORLD_LOCAL_SIZE="1", OMPI_COMM_WORLD_LOCAL_RANK="0")
   assert distributed.detect(env).local_device_ids is None
@@ -134,6 +152,57 @@ def test_a_cluster_that_cannot_be_joined_names_the_variable(env, message):
   with pytest.raises(distributed.ClusterError) as e:
     distributed.detect(env)
   assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tpu_check_without_jax_private_module(monkeypatch):
+  monkeypatch.setitem(sys.modules, "jax._src.cloud_tpu_init", None)  # Import fails.
+  assert _ON_CLOUD_TPU_VM() is False
+  monkeypatch.setitem(sys.modules, "jax._src.cloud_tpu_init", types.ModuleType("moved"))
+  assert _ON_CLOUD_TPU_VM() is False
+
+
+def pci_device(root, name, vendor, device):
+  path = root / "sys/bus/pci/devices" / name
+  path.mkdir(parents=True)
+  (path / "vendor").write_text(vendor + "\n")
+  (path / "device").write_text(device + "\n")
+
+
+def test_tpu_chips_without_libtpu_stop_in_one_line(tmp_path, monkeypatch):
+  pci_device(tmp_path, "0000:00:04.0", "0x1ae0", "0x0042")  # gVNIC: Google, not a TPU.
+  distributed.check_backend({}, root=str(tmp_path))
+  for i in range(4):
+    pci_device(tmp_path, f"0000:00:0{5 + i}.0", "0x1ae0", "0x005e")  # v4 chips.
+  with pytest.raises(distributed.ClusterError) as e:
+    distributed.check_backend({}, root=str(tmp_path))
+  assert str(e.value).startswith("4 TPU chips on this host, but jax runs on the CPU")
+  assert "jax[tpu]==0.10.2" in str(e.value) and "\n" not in str(e.value)
+  distributed.check_backend({"JAX_PLATFORMS": "cpu"}, root=str(tmp_path))  # Asked for.
+  monkeypatch.setattr(distributed.jax, "default_backend", lambda: "tpu")
+  distributed.check_backend({}, root=str(tmp_path))
+
+
+def test_gpu_host_is_not_a_tpu_host(tmp_path, monkeypatch):
+  pci_device(tmp_path, "0000:01:00.0", "0x10de", "0x2330")  # An NVIDIA H100.
+  distributed.check_backend({}, root=str(tmp_path))
+  monkeypatch.setattr(distributed.jax, "default_backend", lambda: "gpu")
+  distributed.check_backend({}, root=str(tmp_path))
+
+
+def test_initialize_keeps_the_users_collectives(monkeypatch):
+  calls = []
+  monkeypatch.setattr(distributed.jax.distributed, "initialize",
+                      lambda **kwargs: calls.append(kwargs))
+  before = (distributed.jax.config.jax_cpu_collectives_implementation,
+            distributed.jax.config.jax_enable_preemption_service)
+  try:
+    distributed.jax.config.update("jax_cpu_collectives_implementation", "mpi")
+    distributed.initialize(distributed.detect(ompi_env()), timeout_s=5)
+    assert distributed.jax.config.jax_cpu_collectives_implementation == "mpi"
+  finally:
+    distributed.jax.config.update("jax_cpu_collectives_implementation", before[0])
+    distributed.jax.config.update("jax_enable_preemption_service", before[1])
+  assert calls[0]["num_processes"] == 4 and calls[0]["process_id"] == 3
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""hostmem: the tunable is added once and kept where set, and the restart gives huge pages."""
+"""hostmem: the tunable is added once and kept where set, the restart happens only for the
+CPU backend without a tracer, and it gives huge pages."""
 
 import os
 import subprocess
@@ -32,6 +33,8 @@ def test_restart_only_where_it_changes_something(monkeypatch, on_request, tunabl
                                                  restarted):
   calls = []
   monkeypatch.setattr(hostmem, "huge_pages_on_request", lambda: on_request)
+  monkeypatch.setattr(hostmem, "cpu_backend", lambda: True)
+  monkeypatch.setattr(hostmem.sys, "gettrace", lambda: None)  # Coverage may trace tests.
   monkeypatch.setattr(os, "execve", lambda *args: calls.append(args))
   monkeypatch.setenv("GLIBC_TUNABLES", tunables)
   hostmem.restart_with_huge_pages()
@@ -40,6 +43,36 @@ def test_restart_only_where_it_changes_something(monkeypatch, on_request, tunabl
   else:
     assert calls == [(sys.executable, sys.orig_argv, {**os.environ,
                                                       "GLIBC_TUNABLES": restarted})]
+
+
+@pytest.mark.parametrize("cpu, tracer", [(False, None), (True, lambda *args: None)])
+def test_no_restart_on_an_accelerator_or_under_a_tracer(monkeypatch, cpu, tracer):
+  calls = []
+  monkeypatch.setattr(hostmem, "huge_pages_on_request", lambda: True)
+  monkeypatch.setattr(hostmem, "cpu_backend", lambda: cpu)
+  monkeypatch.setattr(hostmem.sys, "gettrace", lambda: tracer)
+  monkeypatch.setattr(os, "execve", lambda *args: calls.append(args))
+  monkeypatch.setenv("GLIBC_TUNABLES", "")
+  hostmem.restart_with_huge_pages()
+  assert not calls
+
+
+def test_cpu_backend_from_jax_platforms_and_devices(tmp_path):
+  root = str(tmp_path)
+  assert hostmem.cpu_backend({}, root=root)
+  assert hostmem.cpu_backend({"JAX_PLATFORMS": "cpu"}, root=root)
+  assert not hostmem.cpu_backend({"JAX_PLATFORMS": "cuda,cpu"}, root=root)
+  assert not hostmem.cpu_backend({"JAX_PLATFORMS": "tpu"}, root=root)
+  (tmp_path / "dev").mkdir()
+  (tmp_path / "dev" / "nvidia0").touch()
+  assert not hostmem.cpu_backend({}, root=root)
+  assert hostmem.cpu_backend({"JAX_PLATFORMS": "cpu"}, root=root)  # Asked for the CPU.
+  tpu = tmp_path / "tpu"
+  chip = tpu / "sys/bus/pci/devices/0000:00:05.0"
+  chip.mkdir(parents=True)
+  (chip / "vendor").write_text("0x1ae0\n")
+  (chip / "device").write_text("0x0063\n")  # A v5e chip.
+  assert not hostmem.cpu_backend({}, root=str(tpu))
 
 
 def test_huge_pages_on_request_reads_the_kernel_and_libc(monkeypatch):
@@ -76,8 +109,9 @@ def _child(tunables):
   return env_tunables
 
 
-@pytest.mark.skipif(not hostmem.huge_pages_on_request(),
-                    reason="needs transparent huge pages in madvise mode and glibc >= 2.35")
+@pytest.mark.skipif(not hostmem.huge_pages_on_request() or not hostmem.cpu_backend(),
+                    reason="needs transparent huge pages in madvise mode, glibc >= 2.35 and "
+                    "no accelerator")
 def test_restart_in_place_with_the_tunable_unless_switched_off():
   assert _child(None) == "glibc.malloc.hugetlb=1"
   assert _child("glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"

@@ -34,6 +34,13 @@ def run_main(*args):
 
 def exit_message(*args) -> str:
   """What main.py exits with (its last line on stderr) for `args`, run in this process."""
+  code = exit_code(*args)
+  assert isinstance(code, str)  # A message: Python prints it and exits with 1.
+  return code
+
+
+def exit_code(*args) -> int | str:
+  """main.py's `sys.exit` argument for `args`, run in this process."""
   argv = ["main.py", *args]
   absl_level = logging.getLogger("absl").level  # Parsing sets it from --verbosity.
   try:  # ml_collections reads the `--config.` overrides from sys.argv.
@@ -44,7 +51,6 @@ def exit_message(*args) -> str:
     for name in [n for n in main.FLAGS if n.startswith("config.")]:
       delattr(main.FLAGS, name)
     logging.getLogger("absl").setLevel(absl_level)
-  assert isinstance(e.value.code, str)  # A message: Python prints it and exits with 1.
   return e.value.code
 
 
@@ -76,6 +82,35 @@ def test_resolved_config_written(tmp_path):
   written = json.loads((tmp_path / "config.json").read_text())
   assert written["model"]["depth"] == 50
   assert written["train"]["stages"][1]["trainable"] == "4+"
+
+
+@pytest.mark.parametrize("mode", ["eval", "predict", "inspect"])
+def test_other_modes_write_their_config_beside_their_outputs(tmp_path, mode):
+  """Only training writes config.json, the resume guard's reference."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from maskrcnn_jax import run  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  run.write_config(config, str(tmp_path), "train")
+  config.seed = 7
+  run.write_config(config, str(tmp_path), mode)
+  assert json.loads((tmp_path / mode / "config.json").read_text())["seed"] == 7
+  assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+  assert len(list((tmp_path / "configs").iterdir())) == 1
+
+
+def test_only_divergence_exits_3(tmp_path, monkeypatch):
+  from maskrcnn_jax import run  # pylint: disable=g-import-not-at-top
+  errors = [run.DivergenceError("3 steps in a row had a non-finite loss"),
+            FloatingPointError("overflow in a host computation")]
+  def fail(*args):
+    raise errors.pop(0)
+  monkeypatch.setattr(run, "validate", lambda *args: None)
+  monkeypatch.setattr(run, "check_resume", lambda *args: None)
+  monkeypatch.setattr(run, "run", fail)
+  args = ["--config", str(ROOT / "configs/tiny.py"), "--workdir", str(tmp_path)]
+  assert exit_code(*args) == main.EXIT_DIVERGED
+  with pytest.raises(FloatingPointError, match="overflow"):  # A crash: Python exits with 1.
+    exit_code(*args)
 
 
 @pytest.mark.slow

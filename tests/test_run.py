@@ -58,7 +58,6 @@ def test_config_history_is_kept(tmp_path):
     (lambda c: setattr(c, "seed", 1), ["seed (0 -> 1)"]),
     (lambda c: setattr(c.data, "image_size", 512), ["data.image_size (1024 -> 512)"]),
     (lambda c: setattr(c.data, "class_set", "stuff_no_other"), ["data.class_set"]),
-    (lambda c: setattr(c.data, "root", "/other"), ["data.root ('/data' -> '/other')"]),
     (lambda c: setattr(c.train.stages[1], "steps", 5), ["train.stages[1].steps (60000 -> 5)"]),
     (lambda c: setattr(c.train.stages[2], "trainable", "all"), ["train.stages[2].trainable"]),
     (lambda c: setattr(c.train.stages[0], "name", "h"), ["train.stages[0].name"]),
@@ -82,9 +81,13 @@ def test_resume_allows_other_changes_and_the_override(tmp_path, caplog):
   config.train.stages[1].lr = 0.001
   config.data.eval_batch_size = 8
   config.eval.num_pictures = 0
+  config.data.root = "gs://bucket/coco"
+  config.data.read_parallelism = 64
   with caplog.at_level(logging.INFO):
-    run.check_resume(config, workdir)  # Learning rates and evaluation may change.
+    run.check_resume(config, workdir)  # Learning rates, evaluation, where the data is read.
   assert "train.stages[1].lr (0.0002 -> 0.001)" in caplog.text
+  assert "data.root ('' -> 'gs://bucket/coco')" in caplog.text
+  assert "data.read_parallelism (16 -> 64)" in caplog.text
   config.seed = 7
   config.train.allow_config_change = True
   with caplog.at_level(logging.WARNING):

@@ -84,6 +84,45 @@ def create_train_dataset(
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def create_loss_dataset(
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    num_batches: int,
+    split: str = "validation",
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tf.data.Dataset:
+  """This process's slices of the first `num_batches` full global batches of `split`.
+
+  Global batch k is images [kG, (k + 1)G) in image-id order; process p reads its slice
+  [kG + pL, kG + (p + 1)L), L = G / P, as training reads its global stream: each batch
+  holds the same images in the same order for any process count (validation losses).
+  Fewer batches where the split has fewer full ones. The evaluation format, every image
+  valid, without augmentation.
+  """
+  process_index, process_count = _process(process_index, process_count)
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global batch size {global_batch_size} is not a positive multiple of the "
+                     f"{process_count} processes")
+  builder = build.built(data_config)
+  records = record_index.load(builder, split)
+  num_batches = min(num_batches, len(records) // global_batch_size)
+  local = global_batch_size // process_count
+
+  def stream():
+    for k in range(num_batches):
+      begin = k * global_batch_size + process_index * local
+      for position in range(begin, begin + local):
+        yield position, 0, True
+
+  ds = preprocess.example_dataset(records, builder.info.features, stream, data_config,
+                                  seed=0, train=False, with_image_valid=True)
+  ds = ds.batch(local, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def create_eval_dataset(
     data_config: ml_collections.ConfigDict,
     *,

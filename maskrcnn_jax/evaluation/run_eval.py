@@ -60,9 +60,13 @@ def _to_local(tree, mesh: Mesh):
 def _eval_batches(config: ml_collections.ConfigDict, sharding: NamedSharding, *,
                   num_images: int) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
   """(process-local numpy batch, the same as global arrays) over the validation split."""
-  ds = pipeline.create_eval_dataset(
+  return _global(pipeline.create_eval_dataset(
       config.data, batch_size=config.data.eval_batch_size // jax.process_count(),
-      split="validation", num_images=num_images)
+      split="validation", num_images=num_images), sharding)
+
+
+def _global(ds, sharding: NamedSharding) -> Iterator[tuple[dict[str, np.ndarray], Any]]:
+  """(process-local numpy batch, the same as global arrays) of each batch of `ds`."""
   for batch in ds.as_numpy_iterator():
     yield batch, jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
@@ -103,9 +107,14 @@ def mean_losses(batches, loss_step, variables, rng: jax.Array, max_batches: int
 
 def validation_loss(config: ml_collections.ConfigDict, loss_step, variables,
                     sharding: NamedSharding, rng: jax.Array) -> dict[str, float]:
-  """Mean losses over the first `train.val_loss_batches` full validation batches."""
-  return mean_losses(_eval_batches(config, sharding, num_images=-1), loss_step, variables,
-                     rng, config.train.val_loss_batches)
+  """Mean losses over the first `train.val_loss_batches` full validation batches.
+
+  The batches are the same for any process count (`pipeline.create_loss_dataset`).
+  """
+  ds = pipeline.create_loss_dataset(config.data, global_batch_size=config.data.eval_batch_size,
+                                    num_batches=config.train.val_loss_batches)
+  return mean_losses(_global(ds, sharding), loss_step, variables, rng,
+                     config.train.val_loss_batches)
 
 
 def merge_processes(evaluator: evaluator_lib.Evaluator, out_dir: epath.PathLike) -> None:

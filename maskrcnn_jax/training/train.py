@@ -25,6 +25,7 @@ import optax
 
 from maskrcnn_jax import distributed
 from maskrcnn_jax import models
+from maskrcnn_jax import run
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
@@ -243,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def diverged(message):
     mngr.wait_until_finished()  # The last good checkpoint is complete before the exit.
-    return FloatingPointError(message)
+    return run.DivergenceError(message)
 
   evaluated = {}  # {step: metrics} of the latest evaluation: each step is evaluated once.
 

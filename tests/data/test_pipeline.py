@@ -87,6 +87,27 @@ def test_eval_sharding_is_disjoint_and_covering(config):
     assert len(num_batches) == 1  # Every process runs the same number of steps.
 
 
+def test_loss_batches_are_the_same_for_any_process_count(config):
+  """Global batch k: images [kG, (k + 1)G) in image-id order, split over the processes."""
+  ordered = [int(i) for b in pipeline.create_eval_dataset(config, batch_size=5)
+             .as_numpy_iterator() for i in b["image_id"]]
+  for global_batch, expected_batches in ((2, 2), (4, 1)):  # 5 images: full batches only.
+    for process_count in (1, 2):
+      per_process = [list(pipeline.create_loss_dataset(
+          config, global_batch_size=global_batch, num_batches=3, process_index=p,
+          process_count=process_count).as_numpy_iterator()) for p in range(process_count)]
+      batches = [{k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+                 for parts in zip(*per_process)]
+      assert len(batches) == expected_batches
+      ids = [int(i) for b in batches for i in b["image_id"]]
+      assert ids == ordered[:global_batch * expected_batches], (global_batch, process_count)
+      assert all(b["image_valid"].all() for b in batches)
+      if process_count == 1:
+        reference = batches
+      for b, ref in zip(batches, reference):
+        np.testing.assert_array_equal(b["image"], ref["image"])
+
+
 def test_train_skips_images_without_instances(synthetic_root, tmp_path):
   root = tmp_path / "root"
   shutil.copytree(synthetic_root, root)

@@ -1,6 +1,7 @@
 """The training loop on the tiny config: end to end, resume, preemption, non-finite steps,
 staged freezing, and data-parallel equivalence (1 x 4 devices against 4 x 1 processes,
-preempted by SIGTERM and resumed as 2 x 2, started as the README's manual launch)."""
+preempted by SIGTERM and resumed as 2 x 2, started as the README's manual launch: train and
+validation losses)."""
 
 import os
 import pathlib
@@ -213,6 +214,13 @@ def free_port():
     return s.getsockname()[1]
 
 
+def val_loss_of(workdir):
+  """{step: val/total_loss} of a run."""
+  from maskrcnn_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
+  steps, losses = pictures.read_scalars(str(workdir))["val/total_loss"]
+  return dict(zip(steps.tolist(), losses.tolist()))
+
+
 def run_of(workdir):
   """(train/total_loss per step, the last checkpoint's params, its step) of a run."""
   from maskrcnn_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
@@ -276,8 +284,9 @@ def test_preempted_four_processes_resume_as_two_and_train_as_one(equivalence_ref
                                                                  tmp_path):
   """4 processes x 1 device from the stage boundary, SIGTERM, then 2 processes x 2 devices
   to the end: every step after the boundary is taken by one of the two layouts, and the
-  resume crosses topologies, so each step's loss and the final parameters check both."""
-  root, expected, _ = equivalence_reference
+  resume crosses topologies, so each step's loss and the final parameters check both. The
+  final validation loss is the reference's too."""
+  root, expected, ref_workdir = equivalence_reference
   resumed_at_stage_boundary(equivalence_reference, tmp_path)
   launch(tmp_path, root, processes=4, devices=1, sigterm_after=RESUME_AT + 1)
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
@@ -285,6 +294,8 @@ def test_preempted_four_processes_resume_as_two_and_train_as_one(equivalence_ref
   assert saved[-1] in (RESUME_AT + 2, RESUME_AT + 3), saved
   launch(tmp_path, root, processes=2, devices=2)
   assert_same_run(run_of(tmp_path), expected, "4 x 1 preempted, resumed as 2 x 2")
+  np.testing.assert_allclose(val_loss_of(tmp_path)[STEPS], val_loss_of(ref_workdir)[STEPS],
+                             rtol=1e-4)
 
 
 def test_resume_on_other_topology_is_logged(caplog):
