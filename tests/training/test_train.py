@@ -1,6 +1,7 @@
 """The training loop on the tiny config: end to end, resume, preemption, non-finite steps,
 staged freezing, and data-parallel equivalence (1 x 4 devices against 4 x 1 processes,
-preempted by SIGTERM and resumed as 2 x 2, started as the README's manual launch)."""
+preempted by SIGTERM and resumed as 2 x 2, started as the README's manual launch); a
+SIGTERM during a resumed job's start-up."""
 
 import os
 import pathlib
@@ -288,7 +289,7 @@ def test_preempted_four_processes_resume_as_two_and_train_as_one(equivalence_ref
   assert_same_run(run_of(tmp_path), expected, "4 x 1 preempted, resumed as 2 x 2")
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=31)
 def test_sigterm_before_the_first_step_stops_every_process(equivalence_reference, tmp_path):
   """2 processes resumed at the stage boundary; process 0 gets SIGTERM once restored: both
   exit 143 (`launch` checks), before any step, the boundary still the latest checkpoint.
