@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= /tmp/maskrcnn_jax_demo/workdir
 
-.PHONY: demo test test-fast venv torch-venv clean
+.PHONY: demo test test-fast test-cluster venv torch-venv clean
 
 venv: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ test: venv torch-venv
 # The edit loop: no torch, no multi-process runs, no long trainings (setup.cfg's markers).
 test-fast: venv
 	$(PYTEST) -m "not slow and not parity" tests
+
+# Real launchers: the tiny config trained by 2 processes through mpirun and through srun on a
+# single-node Slurm that it starts and stops, each equal to one process (tests/cluster.sh).
+# As root it installs Debian's openmpi-bin, slurmd, slurmctld, slurm-client and munge.
+test-cluster: venv
+	tests/cluster.sh
 
 clean:
 	rm -rf $(VENV) $(TORCH_VENV) *.egg-info

@@ -64,6 +64,15 @@ def _override_error(argv) -> str | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.mode not in run.TRAINING_MODES:
+    return _main(None)
+  # A SIGTERM from the first second on is kept until every process can stop at the same
+  # point: exit 143 with the latest checkpoint complete.
+  with distributed.Preemption() as preemption:
+    return _main(preemption)
+
+
+def _main(preemption: distributed.Preemption | None):
   try:
     run.validate(FLAGS.config, FLAGS.mode, FLAGS.workdir)  # Before any set-up or compile.
     if FLAGS.mode in run.TRAINING_MODES:
@@ -72,11 +81,13 @@ def main(argv):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data: keep it off the accelerators.
     distributed.initialize(distributed.detect(), timeout_s=FLAGS.join_timeout)
+    if preemption is not None:
+      preemption.joined()
     distributed.check_backend()
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())
     run.write_config(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-    result = run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    result = run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, preemption=preemption)
   except validation.ConfigError as e:
     sys.exit(f"Invalid config: {e}")
   except distributed.ClusterError as e:
@@ -85,8 +96,8 @@ def main(argv):
     print(e, file=sys.stderr)
     sys.exit(EXIT_DIVERGED)
   if isinstance(result, dict) and result.get("preempted"):
-    logging.warning("Preempted after a checkpoint: exit code %d asks for a restart.",
-                    EXIT_PREEMPTED)
+    logging.warning("Preempted, the latest checkpoint complete: exit code %d asks for a "
+                    "restart.", EXIT_PREEMPTED)
     sys.exit(EXIT_PREEMPTED)
 
 

@@ -293,35 +293,51 @@ def describe_failure(launch: Launch, timeout_s: int) -> str:
 
 
 class Preemption:
-  """SIGTERM → save and exit, at the same step in every process.
+  """SIGTERM → stop at the same check in every process, from start-up to the last step.
 
-  One process: a SIGTERM handler sets a flag. Several: jax's preemption service, started
-  by `jax.distributed.initialize` with its own SIGTERM handler, tells the other
-  processes and picks the first step all of them reach after the notice
-  (`reached_preemption_sync_point`): no cross-host collective per step.
+  Every process makes the same sequence of `check()` calls: at start-up's phase boundaries,
+  then once per step. One process: a SIGTERM handler sets a flag, read at each check.
+  Several: jax's preemption service, started by `jax.distributed.initialize` with its own
+  SIGTERM handler, tells the other processes and makes the check after the fastest
+  process's latest one the sync point (`reached_preemption_sync_point`): no cross-host
+  collective per check. The service's counter is the number of checks, not the step: a
+  notice before any check makes check 1 the sync point, which a run resumed at step S
+  passes too (step S + 1 would not be 1).
+
+  Enter it before `initialize` (main.py): a SIGTERM that arrives before the join is held
+  here and handed to the service once it listens (`joined`).
   """
 
   def __init__(self):
     self.requested = False
+    self._checks = 0
     self._previous = None
 
   def __enter__(self):
-    # Several processes: a Python handler would replace the service's and hide the notice.
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    # Once joined, SIGTERM is the service's: a Python handler would hide the notice.
+    if not jax.distributed.is_initialized() and (
+        threading.current_thread() is threading.main_thread()):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint, then exiting.")
+    logging.warning("SIGTERM: stopping at the next check (a checkpoint if steps were taken).")
     self.requested = True
 
-  def check(self, step: int) -> bool:
-    """Call once per step, with increasing steps, in every process."""
-    if jax.process_count() == 1:
+  def joined(self) -> None:
+    """Call after `initialize`: a SIGTERM held since start-up goes to jax's service."""
+    if self.requested and jax.distributed.is_initialized():
+      self.requested = False  # The service's sync point decides from now on.
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  def check(self) -> bool:
+    """True from the sync point on; call at the same points in every process."""
+    self._checks += 1
+    if not jax.distributed.is_initialized():
       return self.requested
-    if multihost_utils.reached_preemption_sync_point(step):
-      logging.warning("Preemption notice: saving a checkpoint at step %d, then exiting.", step)
+    if not self.requested and multihost_utils.reached_preemption_sync_point(self._checks):
+      logging.warning("Preemption notice: stopping at check %d.", self._checks)
       self.requested = True
     return self.requested
 

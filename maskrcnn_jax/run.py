@@ -175,15 +175,19 @@ def write_config(config: ml_collections.ConfigDict, workdir: str, mode: str = "t
   (epath.Path(workdir) / "config.json").write_text(text)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mode: str):
-  """Runs `mode`; returns what the mode's library function returns (used by tests)."""
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str, *, preemption=None):
+  """Runs `mode`; returns what the mode's library function returns (used by tests).
+
+  preemption: training's `distributed.Preemption`, entered before the join (main.py).
+  """
   from maskrcnn_jax.evaluation import run_eval  # pylint: disable=g-import-not-at-top
   from maskrcnn_jax.training import train  # pylint: disable=g-import-not-at-top
 
   validation.validate_devices(config, jax.device_count())
   logging.info("Mode %s, workdir %s", mode, workdir)
   if mode in TRAINING_MODES:
-    return train.train_and_evaluate(config, workdir, evaluate=mode == "train_and_eval")
+    return train.train_and_evaluate(config, workdir, evaluate=mode == "train_and_eval",
+                                    preemption=preemption)
   if mode == "eval":
     return run_eval.evaluate_checkpoint(config, workdir)
   if mode == "inspect":

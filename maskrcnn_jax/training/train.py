@@ -178,13 +178,18 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       evaluate: bool = True) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evaluate: bool = True,
+                       preemption: distributed.Preemption | None = None) -> dict[str, Any]:
   """Trains all stages of `config.train.stages` (resuming from WORKDIR's latest checkpoint).
 
-  Returns a summary: per-stage first/last total loss, skipped steps, final metrics, and
-  the final `state` (for tests).
+  A SIGTERM (`preemption`, main.py's since start-up; else one entered here) stops the run
+  at the next check: after the restore, at each stage's start (nothing new to save), or
+  after a step (saved). Returns a summary: per-stage first/last total loss, skipped steps,
+  final metrics, whether it was preempted, and the final `state` (for tests).
   """
+  if preemption is None:
+    with distributed.Preemption() as preemption:
+      return train_and_evaluate(config, workdir, evaluate=evaluate, preemption=preemption)
   build.prepare(config.data)
   class_set = categories.get_class_set(config.data.class_set)
   model = models.build(config.model, num_classes=class_set.num_classes + 1)
@@ -227,13 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Resumed from step %d (stage %s).", latest, stages[opt_stage].name)
     _log_topology_change(meta)
   del variables
+  summaries, final_metrics = [], {}
+  preempted = preemption.check()  # Restored: stop before the evaluation's set-up.
 
   step = int(state.step)
   ds = pipeline.create_train_dataset(config.data, global_batch_size=config.train.global_batch_size,
                                      seed=config.seed, start_step=step)
   batches = global_batches(ds, data_sharding)
   loss_step = make_loss_step(mesh, model)
-  evaluation = run_eval.Evaluation(config, model, mesh) if evaluate else None
+  evaluation = run_eval.Evaluation(config, model, mesh) if evaluate and not preempted else None
 
   def meta(stage_idx):
     return {"step": int(state.step), "stage": stage_idx, "stage_name": stages[stage_idx].name,
@@ -269,62 +276,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.train.profile_steps and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
                                           logdir=workdir))
-  summaries, final_metrics, preempted = [], {}, False
-  with distributed.Preemption() as preemption:
-    for stage_idx in range(optimizer.stage_index(stages, step), len(stages)):
-      stage, mask, tx = stages[stage_idx], masks[stage_idx], txs[stage_idx]
-      if opt_stage != stage_idx:
-        state = new_stage_state(state, tx, mask, replicated)
-        opt_stage = stage_idx
-      optimizer.log_stage(stage, mask)
-      train_fn = make_train_step(mesh, model=model, tx=tx, mask=mask,
-                                 lr_fn=optimizer.learning_rate(config.train, stage),
-                                 stage_start=bounds[stage_idx])
-      summary = StageSummary(stage.name, first_step=step)
-      history, last_run, t0 = [], None, time.time()
-      while step < bounds[stage_idx + 1]:
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          state, metrics = train_fn(state, next(batches), step_rng)
-        step += 1
-        history.append(metrics)
-        if last_run is not None and int(last_run) >= config.train.max_nonfinite_steps:
-          raise diverged(
-              f"{int(last_run)} steps in a row had a non-finite loss or gradient (up to step "
-              f"{step - 1}); stopping. The last good checkpoint is in {workdir}/checkpoints.")
-        last_run = metrics["nonfinite_run"]  # Read one step late: keeps the device busy.
-        for hook in hooks:
-          hook(step)
-        if step % config.train.log_every_steps == 0 or step == bounds[stage_idx + 1]:
-          scalars = _mean_metrics(history)
-          elapsed = time.time() - t0
-          # GT instances past data.max_instances, dropped since the last log (all processes).
-          scalars["num_truncated"] = round(scalars["num_truncated"] * len(history))
-          scalars.update(stage=stage_idx, step_time=elapsed / len(history),
-                         images_per_sec=len(history) * config.train.global_batch_size / elapsed,
-                         skipped_steps_total=float(state.nonfinite_total))
-          writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-          if np.isnan(summary.first_loss):
-            summary.first_loss = scalars["total_loss"]
-          summary.last_loss, summary.last_step = scalars["total_loss"], step
-          history, t0 = [], time.time()
-        if step % config.train.checkpoint_every_steps == 0:
-          checkpoint.save(mngr, step, state, meta(stage_idx))
-        if preemption.check(step):
-          checkpoint.save(mngr, step, state, meta(stage_idx))
-          preempted = True
-          break
-        if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
-          final_metrics = run_evaluation()
+  for stage_idx in range(optimizer.stage_index(stages, step), len(stages)):
+    if preempted or preemption.check():  # At the stage's start: saved, or no step taken.
+      preempted = True
+      break
+    stage, mask, tx = stages[stage_idx], masks[stage_idx], txs[stage_idx]
+    if opt_stage != stage_idx:
+      state = new_stage_state(state, tx, mask, replicated)
+      opt_stage = stage_idx
+    optimizer.log_stage(stage, mask)
+    train_fn = make_train_step(mesh, model=model, tx=tx, mask=mask,
+                               lr_fn=optimizer.learning_rate(config.train, stage),
+                               stage_start=bounds[stage_idx])
+    summary = StageSummary(stage.name, first_step=step)
+    history, last_run, t0 = [], None, time.time()
+    while step < bounds[stage_idx + 1]:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = train_fn(state, next(batches), step_rng)
+      step += 1
+      history.append(metrics)
       if last_run is not None and int(last_run) >= config.train.max_nonfinite_steps:
         raise diverged(
-            f"{int(last_run)} steps in a row had a non-finite loss or gradient; stopping. "
-            f"The last good checkpoint is in {workdir}/checkpoints.")
-      summaries.append(summary)
-      if preempted:
+            f"{int(last_run)} steps in a row had a non-finite loss or gradient (up to step "
+            f"{step - 1}); stopping. The last good checkpoint is in {workdir}/checkpoints.")
+      last_run = metrics["nonfinite_run"]  # Read one step late: keeps the device busy.
+      for hook in hooks:
+        hook(step)
+      if step % config.train.log_every_steps == 0 or step == bounds[stage_idx + 1]:
+        scalars = _mean_metrics(history)
+        elapsed = time.time() - t0
+        # GT instances past data.max_instances, dropped since the last log (all processes).
+        scalars["num_truncated"] = round(scalars["num_truncated"] * len(history))
+        scalars.update(stage=stage_idx, step_time=elapsed / len(history),
+                       images_per_sec=len(history) * config.train.global_batch_size / elapsed,
+                       skipped_steps_total=float(state.nonfinite_total))
+        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        if np.isnan(summary.first_loss):
+          summary.first_loss = scalars["total_loss"]
+        summary.last_loss, summary.last_step = scalars["total_loss"], step
+        history, t0 = [], time.time()
+      if step % config.train.checkpoint_every_steps == 0:
+        checkpoint.save(mngr, step, state, meta(stage_idx))
+      if preemption.check():
+        checkpoint.save(mngr, step, state, meta(stage_idx))
+        preempted = True
         break
-      checkpoint.save(mngr, step, state, meta(stage_idx))  # Stage boundary.
-      final_metrics = run_evaluation()
-  if not summaries:
+      if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
+        final_metrics = run_evaluation()
+    if last_run is not None and int(last_run) >= config.train.max_nonfinite_steps:
+      raise diverged(
+          f"{int(last_run)} steps in a row had a non-finite loss or gradient; stopping. "
+          f"The last good checkpoint is in {workdir}/checkpoints.")
+    summaries.append(summary)
+    if preempted:
+      break
+    checkpoint.save(mngr, step, state, meta(stage_idx))  # Stage boundary.
+    final_metrics = run_evaluation()
+  if not summaries and not preempted:
     logging.info("Already trained to step %d: evaluating only.", step)
     final_metrics = run_evaluation()
   mngr.wait_until_finished()

@@ -1,8 +1,8 @@
-"""main.py in one process of a localhost job; STEP > 0: process 0 sends itself SIGTERM
-after train step STEP.
+"""main.py in one process of a localhost job; process 0 sends itself SIGTERM after train
+step WHEN > 0, or once the checkpoint is restored (WHEN = restore), before the first step.
 
   JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=I \
-      python tests/training/equivalence_worker.py STEP --config configs/tiny.py ...
+      python tests/training/equivalence_worker.py WHEN --config configs/tiny.py ...
 
 Started by test_train.py the way the README's manual launch starts main.py; only the
 signal is added, at a known step, as a scheduler's would arrive at an unknown one, and
@@ -12,6 +12,7 @@ the job's programs are compiled once (`share_compiled_programs`).
 import os
 import signal
 import sys
+import time
 
 from absl import app
 import jax
@@ -19,6 +20,7 @@ from jax._src import cache_key
 
 import main
 from maskrcnn_jax.training import train
+from maskrcnn_jax.weights import checkpoint
 
 
 def sigterm_after(step: int) -> None:
@@ -35,6 +37,22 @@ def sigterm_after(step: int) -> None:
     return wrapped
 
   train.make_train_step = make
+
+
+def sigterm_after_restore() -> None:
+  """Process 0 sends itself SIGTERM as the restore ends; every process then takes 5 s more,
+  as a slower restore would, so that jax's service (it polls for SIGTERM each second) has
+  told all of them before their first check."""
+  real = checkpoint.restore_state
+
+  def restore(*args):
+    state = real(*args)
+    if jax.process_index() == 0:
+      os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    return state
+
+  checkpoint.restore_state = restore
 
 
 def share_compiled_programs() -> None:
@@ -60,7 +78,9 @@ def share_compiled_programs() -> None:
 
 if __name__ == "__main__":
   share_compiled_programs()
-  step = int(sys.argv.pop(1))
-  if step:
-    sigterm_after(step)
+  when = sys.argv.pop(1)
+  if when == "restore":
+    sigterm_after_restore()
+  elif int(when):
+    sigterm_after(int(when))
   app.run(main.main, flags_parser=main.parse_flags)

@@ -1,7 +1,7 @@
 """The training loop on the tiny config: end to end, resume, preemption, non-finite steps,
 staged freezing, and data-parallel equivalence (1 x 4 devices against 4 x 1 processes,
 preempted by SIGTERM and resumed as 2 x 2, started as the README's manual launch: train and
-validation losses)."""
+validation losses); a SIGTERM during a resumed job's start-up."""
 
 import os
 import pathlib
@@ -14,6 +14,7 @@ import sys
 from flax import traverse_util
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import main
@@ -174,12 +175,12 @@ STEPS = 6
 RESUME_AT = 2
 
 
-def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: int = 0):
+def launch(workdir, data_root, *, processes: int, devices: int, sigterm_after: int | str = 0):
   """The README's manual launch of main.py on localhost (tiny config, global batch 4).
 
   Several processes run main.py through equivalence_worker.py, which compiles the job's
-  programs once. sigterm_after: process 0 gets SIGTERM after that train step; every
-  process must then exit with main.EXIT_PREEMPTED.
+  programs once. sigterm_after: process 0 gets SIGTERM after that train step, or once
+  restored (`"restore"`); every process must then exit with main.EXIT_PREEMPTED.
   """
   port = free_port()
   procs = []
@@ -296,6 +297,16 @@ def test_preempted_four_processes_resume_as_two_and_train_as_one(equivalence_ref
   assert_same_run(run_of(tmp_path), expected, "4 x 1 preempted, resumed as 2 x 2")
   np.testing.assert_allclose(val_loss_of(tmp_path)[STEPS], val_loss_of(ref_workdir)[STEPS],
                              rtol=1e-4)
+
+
+@pytest.mark.slow(seconds=31)
+def test_sigterm_before_the_first_step_stops_every_process(equivalence_reference, tmp_path):
+  """2 processes resumed at the stage boundary; process 0 gets SIGTERM once restored: both
+  exit 143 (`launch` checks), before any step, the boundary still the latest checkpoint.
+  (Counted in steps, jax's sync point would be step 1, never reached after step 2.)"""
+  resumed_at_stage_boundary(equivalence_reference, tmp_path)
+  launch(tmp_path, equivalence_reference[0], processes=2, devices=1, sigterm_after="restore")
+  assert ocp.utils.checkpoint_steps(tmp_path / "checkpoints") == [RESUME_AT]
 
 
 def test_resume_on_other_topology_is_logged(caplog):
