@@ -102,7 +102,7 @@ def test_only_divergence_exits_3(tmp_path, monkeypatch):
   from maskrcnn_jax import run  # pylint: disable=g-import-not-at-top
   errors = [run.DivergenceError("3 steps in a row had a non-finite loss"),
             FloatingPointError("overflow in a host computation")]
-  def fail(*args):
+  def fail(*args, **kwargs):
     raise errors.pop(0)
   monkeypatch.setattr(run, "validate", lambda *args: None)
   monkeypatch.setattr(run, "check_resume", lambda *args: None)
