@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from maskrcnn_jax import distributed
 from maskrcnn_jax import run
+from maskrcnn_jax import training
 from maskrcnn_jax import validation
 
 # Exit codes (README, "Exit codes"). Errors in the config or the launch exit with 1.
@@ -92,7 +93,7 @@ def _main(preemption: distributed.Preemption | None):
     sys.exit(f"Invalid config: {e}")
   except distributed.ClusterError as e:
     sys.exit(f"Cannot join the cluster: {e}")
-  except run.DivergenceError as e:  # Other FloatingPointErrors are crashes (exit 1).
+  except training.DivergenceError as e:  # Other FloatingPointErrors are crashes (exit 1).
     print(e, file=sys.stderr)
     sys.exit(EXIT_DIVERGED)
   if isinstance(result, dict) and result.get("preempted"):

@@ -1,4 +1,4 @@
-"""What main.py calls: validation, the resolved config, the modes and how training stops."""
+"""What main.py calls: validation, the resolved config, and the modes."""
 
 import datetime
 import functools
@@ -17,10 +17,6 @@ from maskrcnn_jax.weights import load
 
 MODES = ("train", "eval", "train_and_eval", "predict", "inspect")
 TRAINING_MODES = ("train", "train_and_eval")
-
-
-class DivergenceError(FloatingPointError):
-  """`train.max_nonfinite_steps` steps in a row were non-finite; the checkpoints are complete."""
 
 
 def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None = None) -> None:

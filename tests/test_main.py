@@ -100,7 +100,8 @@ def test_other_modes_write_their_config_beside_their_outputs(tmp_path, mode):
 
 def test_only_divergence_exits_3(tmp_path, monkeypatch):
   from maskrcnn_jax import run  # pylint: disable=g-import-not-at-top
-  errors = [run.DivergenceError("3 steps in a row had a non-finite loss"),
+  from maskrcnn_jax import training  # pylint: disable=g-import-not-at-top
+  errors = [training.DivergenceError("3 steps in a row had a non-finite loss"),
             FloatingPointError("overflow in a host computation")]
   def fail(*args, **kwargs):
     raise errors.pop(0)

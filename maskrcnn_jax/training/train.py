@@ -25,7 +25,7 @@ import optax
 
 from maskrcnn_jax import distributed
 from maskrcnn_jax import models
-from maskrcnn_jax import run
+from maskrcnn_jax import training
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
@@ -251,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
 
   def diverged(message):
     mngr.wait_until_finished()  # The last good checkpoint is complete before the exit.
-    return run.DivergenceError(message)
+    return training.DivergenceError(message)
 
   evaluated = {}  # {step: metrics} of the latest evaluation: each step is evaluated once.
 
