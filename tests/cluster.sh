@@ -26,10 +26,19 @@ fi
 tmp=$(mktemp -d /tmp/maskrcnn_jax_cluster.XXXXXX)
 daemons=()  # The pid files of what this script started.
 stop() {
+  local pid_file pid pids=()
   for pid_file in "${daemons[@]}"; do
-    [ -s "$pid_file" ] && kill "$(cat "$pid_file")" 2>/dev/null || true
+    if [ -s "$pid_file" ]; then pids+=("$(cat "$pid_file")"); fi
   done
-  rm -rf "$tmp"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # slurmctld saves its state as it stops: wait for every daemon before removing $tmp.
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  done
+  rm -rf "$tmp" 2>/dev/null || { sleep 1; rm -rf "$tmp"; }
 }
 trap stop EXIT
 
