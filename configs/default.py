@@ -151,6 +151,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_images = -1  # -1: the whole validation split.
   config.eval.mask_threshold = 0.5
   config.eval.num_pictures = 8  # Images drawn in collages and proposal pictures.
+  # The PNG pictures (and TensorBoard images) of each evaluation: confusion matrices, counts,
+  # precision/recall, collages, loss curves. Off: metrics, tables and results only.
+  config.eval.pictures = True
   # Minimum detection score for per-image precision/recall, prediction counts and pictures
   # (AP and the semantic metrics use every detection).
   config.eval.score_threshold = 0.5

@@ -40,4 +40,5 @@ def get_config():
   config.train.checkpoint_every_steps = 2
   config.train.val_loss_batches = 1
   config.eval.num_pictures = 2
+  config.eval.pictures = False  # Seconds per evaluation: tests of the pictures turn them on.
   return config

@@ -160,6 +160,7 @@ def test_train_eval_predict_outputs_on_ram(ram, tiny_data, tmp_path, monkeypatch
   Image.new("RGB", (40, 30), (90, 160, 20)).save(image, format="PNG")
   (inputs / "a.png").write_bytes(image.getvalue())
   config.predict.input_dir = str(inputs)
+  config.eval.pictures = True
   workdir = ram / "workdir"
 
   run.write_config(config, str(workdir))

@@ -184,7 +184,8 @@ class Evaluator:
                mask_threshold: float = 0.5, num_pictures: int = 8,
                score_threshold: float = 0.5, num_proposals: int = 50,
                coco_backend: str = "pycocotools", consumers: Sequence[Any] = (),
-               panoptic: dict[str, Any] | None = None, official_export: bool = False):
+               panoptic: dict[str, Any] | None = None, official_export: bool = False,
+               draw: bool = True):
     """Loads the ground truth.
 
     Args:
@@ -205,10 +206,12 @@ class Evaluator:
       panoptic: `panoptic.combine` thresholds; used when the class set has things.
       official_export: `write` also writes COCO-Stuff's official results (`export`) and,
         with things, the COCO panoptic predictions and ground truth.
+      draw: `write` draws `pictures()` and the loss curves (seconds at 92 classes).
     """
     self.class_set = class_set
     self.mask_threshold = mask_threshold
     self.num_pictures = num_pictures
+    self.draw = draw
     self.score_threshold = score_threshold
     self.num_proposals = num_proposals
     self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
@@ -514,8 +517,8 @@ class Evaluator:
     """Writes the metrics, tables, COCO results and pictures into `out_dir`.
 
     Files: metrics.json, coco_results.json (scorable by any COCO tool), per_class.csv,
-    per_supercategory.csv, per_image.csv, confusion.csv, `pictures()` as PNG and the
-    consumers' files: with `official_export` stuff_results.json + stuff_results/
+    per_supercategory.csv, per_image.csv, confusion.csv, with `draw` `pictures()` as PNG,
+    and the consumers' files: with `official_export` stuff_results.json + stuff_results/
     (`export.write_results`) and, with things, panoptic{,_gt}.json + panoptic{,_gt}/
     (`PanopticEvaluator.write`).
 
@@ -546,8 +549,8 @@ class Evaluator:
         for g, row in enumerate(self._confusion) if g])
     for consumer in self.consumers:
       consumer.write(out_dir)
-    images = self.pictures()
-    if log_dir:
+    images = self.pictures() if self.draw else {}
+    if log_dir and self.draw:
       try:
         images["loss_curves"] = pictures.loss_curves(log_dir)
       except ValueError as e:  # No losses logged yet: the metrics still matter.

@@ -159,7 +159,8 @@ class Evaluation:
         # Process 0 draws its own first images: no input image crosses processes.
         num_pictures=config.eval.num_pictures if jax.process_index() == 0 else 0,
         score_threshold=config.eval.score_threshold, coco_backend=config.eval.coco_backend,
-        panoptic=config.eval.panoptic.to_dict(), official_export=config.eval.official_export)
+        panoptic=config.eval.panoptic.to_dict(), official_export=config.eval.official_export,
+        draw=config.eval.pictures)
     frame = self.evaluator.frame_size()
     paste = None
     if config.eval.paste == "device" or (config.eval.paste == "auto"
