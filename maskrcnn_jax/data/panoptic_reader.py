@@ -113,15 +113,14 @@ def read_png(path, height: int, width: int) -> tuple[np.ndarray | None, str | No
   return pan, None, None
 
 
-def segment_annotations(pan: np.ndarray, segments: list[dict], class_set, source: str,
+def segment_annotations(pan: np.ndarray, segments: list[dict], source: str,
                         counts: collections.Counter, warnings: list[str]
                         ) -> list[dict[str, Any]]:
   """One image's segments as COCO annotations (module doc).
 
   Args:
     pan: [H, W] segment ids.
-    segments: its `segments_info` (`id`, `category_id`, optional `iscrowd`).
-    class_set: tells things (COCO id < 92) from stuff.
+    segments: its `segments_info` (`id`, `category_id` (things < 92), optional `iscrowd`).
     source: the PNG, named in warnings.
     counts, warnings: unlisted pixels and empty segments are counted and reported here.
 
@@ -130,28 +129,34 @@ def segment_annotations(pan: np.ndarray, segments: list[dict], class_set, source
     `id` (the first segment's), `category_id`, `iscrowd`, `area`, `bbox` [x, y, w, h] and
     `segmentation` (a compressed RLE with `counts` a str).
   """
-  listed = np.array([s["id"] for s in segments], np.int64)
-  unlisted = np.setdiff1d(np.unique(pan), np.append(listed, panoptic.VOID))
+  ids = np.array([s["id"] for s in segments], np.int64)
+  order = np.argsort(ids)
+  pos = np.searchsorted(ids[order], pan)  # Per pixel, in [0, n]: n past the largest id.
+  listed = np.append(ids[order], -1)[pos] == pan
+  unlisted = np.unique(pan[~listed & (pan != panoptic.VOID)])
   if len(unlisted):
     warnings.append(f"{source}: pixels of segment ids {unlisted[:5].tolist()} not in "
                     "segments_info: left VOID")
     counts["unlisted_segment"] += len(unlisted)
-  groups = {}  # Key → segment ids; things one each, stuff one per category and crowd flag.
-  for seg in segments:
-    crowd = int(seg.get("iscrowd", 0))
+  groups = {}  # Key → (first segment, group number); things one each, stuff per category.
+  group_of = np.zeros(len(ids), np.int32)  # Per segment in `segments` order.
+  for i, seg in enumerate(segments):
     thing = seg["category_id"] < categories.FIRST_STUFF_ID
-    key = (seg["id"],) if thing else (seg["category_id"], crowd)
-    groups.setdefault(key, (seg, []))[1].append(seg["id"])
+    key = (seg["id"],) if thing else (seg["category_id"], int(seg.get("iscrowd", 0)))
+    group_of[i] = groups.setdefault(key, (seg, len(groups) + 1))[1]
+  # Column-major group map: each group's mask is then a Fortran view, as RLE wants it.
+  grouped_t = np.ascontiguousarray(np.where(listed, np.append(group_of[order], 0)[pos], 0).T)
   anns = []
-  for seg, ids in groups.values():
-    mask = np.isin(pan, ids)
-    if not mask.any():
+  for seg, g in groups.values():
+    mask = (grouped_t == g).view(np.uint8).T
+    rle = mask_utils.encode(np.asfortranarray(mask[:, :, None]))[0]
+    area = int(mask_utils.area(rle))
+    if not area:
       counts["empty_instance"] += 1
       continue
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     anns.append(dict(id=seg["id"], category_id=seg["category_id"],
-                     iscrowd=int(seg.get("iscrowd", 0)), area=int(mask_utils.area(rle)),
+                     iscrowd=int(seg.get("iscrowd", 0)), area=area,
                      bbox=[float(v) for v in mask_utils.toBbox(rle)], segmentation=rle))
   return anns
 
@@ -163,7 +168,7 @@ def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
   if pan is None:
     return None, collections.Counter({problem: 1}), [message]
   counts, warnings = collections.Counter(), []
-  anns = segment_annotations(pan, segments, class_set, str(png_path), counts, warnings)
+  anns = segment_annotations(pan, segments, str(png_path), counts, warnings)
   example, image_counts, image_warnings = coco_reader._example(
       (image_id, info, image_path, [(png_path, a) for a in anns], class_set, mask_size))
   return example, counts + image_counts, warnings + image_warnings

@@ -48,7 +48,7 @@ class GroundTruth:
         del images[image_id], self._anns[image_id], self._sizes[image_id]
         continue
       annotations += [dict(a, image_id=image_id) for a in panoptic_reader.segment_annotations(
-          pan, self._anns[image_id]["segments_info"], class_set,
+          pan, self._anns[image_id]["segments_info"],
           str(self._png_dir / self._anns[image_id]["file_name"]), counts, warnings)]
     for message in warnings:
       logging.warning("%s", message)

@@ -96,12 +96,13 @@ def test_bad_input_is_counted(root):
     del _segments(data, 142238)[0]          # A listed person: its pixels become VOID.
     _segments(data, 142238).append(dict(id=99, category_id=1))  # No pixels.
     _segments(data, 142238).append(dict(id="x", category_id=1))  # Malformed.
+    _segments(data, 439180).clear()         # Every segment unlisted: no instances.
     data["annotations"].append(dict(image_id=5, file_name="5.png", segments_info=[]))
   _edit(root, change)
   examples, counts = _read(root)
-  assert counts == dict(images=2, unlisted_segment=1, empty_instance=1, malformed_entry=1,
-                        orphan_annotation=1)
-  assert [len(e["classes"]) for e in examples] == [17, 32]
+  assert counts == dict(images=2, unlisted_segment=1 + 32, empty_instance=1,
+                        malformed_entry=1, orphan_annotation=1, no_instances=1)
+  assert [len(e["classes"]) for e in examples] == [17, 0]
   (pngs / "000000439180.png").write_bytes(b"not a png")
   Image.new("RGB", (10, 10)).save(pngs / "000000142238.png")
   examples, counts = _read(root)
