@@ -272,8 +272,9 @@ def test_evaluator_reports_panoptic(stuff_json, instances_json, make_perfect_bat
   metrics = ev.result()
   # GT: road, sky, person (image 7), tree, road (image 9; the crowd car is ignored). The
   # detections are the stuff regions: the person is the one FN, every stuff segment a TP.
-  assert metrics["panoptic_cocostuff/PQ"] == pytest.approx(3 / 4)
-  assert metrics["panoptic_cocostuff/PQ_things"] == 0 and metrics["panoptic_cocostuff/PQ_stuff"] == 1
+  pq = "panoptic_cocostuff/PQ"
+  assert metrics[pq] == pytest.approx(3 / 4)
+  assert metrics[f"{pq}_things"] == 0 and metrics[f"{pq}_stuff"] == 1
 
 
 def test_panoptic_evaluator_files_recheck(tmp_path, stuff_json, instances_json,
