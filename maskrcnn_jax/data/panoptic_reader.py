@@ -144,19 +144,29 @@ def segment_annotations(pan: np.ndarray, segments: list[dict], source: str,
     thing = seg["category_id"] < categories.FIRST_STUFF_ID
     key = (seg["id"],) if thing else (seg["category_id"], int(seg.get("iscrowd", 0)))
     group_of[i] = groups.setdefault(key, (seg, len(groups) + 1))[1]
-  # Column-major group map: each group's mask is then a Fortran view, as RLE wants it.
-  grouped_t = np.ascontiguousarray(np.where(listed, np.append(group_of[order], 0)[pos], 0).T)
+  # The runs of the column-major group map (COCO RLE order), sorted by group.
+  flat = np.where(listed, np.append(group_of[order], 0)[pos], 0).T.ravel()
+  starts = np.flatnonzero(np.diff(flat, prepend=-1))
+  ends = np.append(starts[1:], flat.size)
+  runs = np.argsort(flat[starts], kind="stable")
+  bounds = np.searchsorted(flat[starts][runs], np.arange(len(groups) + 2))
+  height, width = pan.shape
   anns = []
   for seg, g in groups.values():
-    mask = (grouped_t == g).view(np.uint8).T
-    rle = mask_utils.encode(np.asfortranarray(mask[:, :, None]))[0]
-    area = int(mask_utils.area(rle))
-    if not area:
+    run = runs[bounds[g]:bounds[g + 1]]
+    if not len(run):
       counts["empty_instance"] += 1
       continue
+    # Run lengths from 0s: before the first run, each run, the gap to the next, ..., the
+    # end (none when the last run ends the image, as pycocotools' encode writes it).
+    edges = np.concatenate([[0], np.stack([starts[run], ends[run]], 1).ravel(), [flat.size]])
+    lengths = np.diff(edges)[:None if ends[run[-1]] < flat.size else -1]
+    rle = mask_utils.frPyObjects(dict(size=[height, width], counts=lengths.tolist()),
+                                 height, width)
     rle["counts"] = rle["counts"].decode("ascii")
     anns.append(dict(id=seg["id"], category_id=seg["category_id"],
-                     iscrowd=int(seg.get("iscrowd", 0)), area=area,
+                     iscrowd=int(seg.get("iscrowd", 0)),
+                     area=int((ends[run] - starts[run]).sum()),
                      bbox=[float(v) for v in mask_utils.toBbox(rle)], segmentation=rle))
   return anns
 

@@ -7,7 +7,9 @@ reads): COCO AP and the semantic metrics score against it. Called with an image 
 gives that image's official panoptic map and `segments_info`: PQ scores against these
 (`panoptic.PanopticEvaluator`, metrics `panoptic_coco/...`), as panopticapi's `pq_compute`
 does on the same files. Images the reader skips (module doc there) are left out here too,
-so that the evaluated split equals the ground truth.
+so that the evaluated split equals the ground truth. Reading takes about 50 ms per image
+(PNG decode, segment masks as RLE) on the shared 2-core development machine: for val2017's
+5,000 images some 4 minutes, once per run (`run_eval` keeps the evaluator).
 """
 
 import collections

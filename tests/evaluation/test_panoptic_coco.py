@@ -42,7 +42,8 @@ def test_ground_truth_is_the_official_files(tmp_path):
   data = json.loads(panopticapi_ref.GT_JSON.read_text())
   detection = json.loads((panopticapi_ref.ANNOTATIONS /
                           "panoptic_val2017_detection_format.json").read_text())
-  key = lambda a: (a["image_id"], a["category_id"], a["iscrowd"], a["area"], a["bbox"])
+  key = lambda a: (a["image_id"], a["category_id"], a["iscrowd"], a["area"], a["bbox"],
+                   a["segmentation"]["counts"])
   assert sorted(map(key, gt.coco.dataset["annotations"])) == sorted(
       key(dict(a, bbox=[float(v) for v in a["bbox"]])) for a in detection["annotations"])
   pan, segments = gt(142238)
