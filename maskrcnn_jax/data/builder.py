@@ -118,7 +118,7 @@ class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     class_set = categories.get_class_set(config.class_set)
     counts, partial = collections.Counter(), set()
-    reader = panoptic_reader if class_set.name == panoptic_reader.CLASS_SET else coco_reader
+    reader = panoptic_reader if class_set.name == "panoptic" else coco_reader
     for example in reader.read_examples(root, split, class_set, mask_size=config.mask_size,
                                         counts=counts, partial=partial, pool=self.pool):
       example["masks"] = pack_masks(example["masks"])

@@ -16,7 +16,7 @@ Bad input, counted in `counts` under coco_reader's keys and these:
   missing_png           the annotation's PNG is absent: image skipped
   corrupt_png           the PNG does not decode or is not RGB: image skipped (logged)
   png_size_mismatch     the PNG's size differs from the image's: image skipped (logged)
-  unannotated_image     an image without an entry in `annotations`: skipped
+  unannotated_image     an image without an entry in `annotations`: skipped (logged)
   unlisted_segment      PNG pixels of an id that `segments_info` does not list: left VOID,
                         as panopticapi's converters leave them (logged per image)
   empty_instance        a listed segment without pixels: skipped
@@ -43,8 +43,6 @@ from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import coco_reader
 from maskrcnn_jax.evaluation import panoptic
 
-CLASS_SET = "panoptic"
-
 _ANNOTATION_FIELDS = {"image_id": int, "file_name": str, "segments_info": list}
 _SEGMENT_FIELDS = {"id": int, "category_id": int}
 
@@ -67,7 +65,7 @@ def index(json_path, class_set: categories.ClassSet, counts: collections.Counter
       data["images"], coco_reader._IMAGE_FIELDS, json_path, "image entry", counts)}
   anns = {}
   for ann in coco_reader._well_formed(
-      data["annotations"], _ANNOTATION_FIELDS, json_path, "annotation of image", counts):
+      data["annotations"], _ANNOTATION_FIELDS, json_path, "annotation", counts):
     image_id = ann["image_id"]
     if image_id not in images:
       counts["orphan_annotation"] += 1
