@@ -23,6 +23,7 @@ def test_pq_equals_panopticapi(tmp_path):
   assert panopticapi_ref.predictions_sha256(tmp_path) == golden["predictions_sha256"], (
       "the predictions are not those panopticapi scored: run panopticapi_ref.py")
   assert not any(k.startswith("panoptic_cocostuff/") for k in metrics)
+  assert not (tmp_path / "stuff_results.json").exists()  # Its ids are not COCO-Stuff's.
   rescored = panoptic.pq_compute(panopticapi_ref.GT_JSON, tmp_path / "panoptic.json",
                                  panopticapi_ref.GT_DIR, tmp_path / "panoptic")
   want = golden["results"]
