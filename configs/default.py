@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.root = ""  # ROOT/{train2017,val2017,annotations}: the COCO download layout.
   config.data.tfds_data_dir = ""  # Where the TFDS builder writes; default ROOT/tfds.
-  config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff | coco
+  config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff | coco | panoptic
   config.data.image_size = 1024  # Longest side resized to this, then padded to a square.
   config.data.max_instances = 100
   # GT masks stored cropped to their box at this size; 112 gives mask targets closer to the
@@ -164,7 +164,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.paste = "auto"
   # Also write COCO-Stuff's official results (label-map PNGs + RLE JSON, evaluation/export.py).
   config.eval.official_export = False
-  # Panoptic merge of `things_and_stuff` detections (detectron2's PanopticFPN defaults).
+  # Panoptic merge of `things_and_stuff` and `panoptic` detections (PanopticFPN defaults).
   config.eval.panoptic = ml_collections.ConfigDict()
   config.eval.panoptic.overlap_threshold = 0.5  # Most of a thing that may lie on others.
   config.eval.panoptic.stuff_area_threshold = 4096  # Fewest pixels of a stuff segment.

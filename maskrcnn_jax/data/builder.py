@@ -1,4 +1,5 @@
-"""TFDS builder: COCO-Stuff 2017 (download layout, read by `coco_reader`) into TFRecords.
+"""TFDS builder: COCO-Stuff 2017 (download layout, read by `coco_reader`) or COCO panoptic
+(`panoptic_reader`) into TFRecords.
 
 One builder config per (class set, mask side Sm). Each record holds the encoded JPEG, the
 image id and size, and per instance its box (original pixels), training id, crowd flag,
@@ -21,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import coco_reader
+from maskrcnn_jax.data import panoptic_reader
 
 MASK_SIZES = (28, 56, 112)
 
@@ -70,6 +72,7 @@ class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
     train2017/*.jpg, val2017/*.jpg                  (images_{train,val}2017.zip)
     annotations/stuff_{train,val}2017.json          (stuff_annotations_trainval2017.zip)
     annotations/instances_{train,val}2017.json      (annotations_trainval2017.zip; things_and_stuff)
+    annotations/panoptic_{train,val}2017{.json,/}   (panoptic_annotations_trainval2017.zip)
   Nothing is downloaded.
   """
 
@@ -115,9 +118,9 @@ class MaskrcnnCocoStuff(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     class_set = categories.get_class_set(config.class_set)
     counts, partial = collections.Counter(), set()
-    for example in coco_reader.read_examples(root, split, class_set, mask_size=config.mask_size,
-                                             counts=counts, partial=partial,
-                                             pool=self.pool):
+    reader = panoptic_reader if class_set.name == "panoptic" else coco_reader
+    for example in reader.read_examples(root, split, class_set, mask_size=config.mask_size,
+                                        counts=counts, partial=partial, pool=self.pool):
       example["masks"] = pack_masks(example["masks"])
       yield example["image_id"], example
     self.info.metadata[f"counts/{split}"] = dict(sorted(counts.items()))

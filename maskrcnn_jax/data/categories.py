@@ -2,7 +2,10 @@
 
 COCO ids: 1-91 things (80 annotated in COCO; 11 ids never used), 92-182 the 91 stuff
 classes, 183 `other` (every pixel under a non-crowd thing mask, only in the stuff JSON).
-Training ids are 1..K in the order of a class set's `coco_ids`; 0 is background.
+COCO panoptic (`panoptic_{train,val}2017.json`) keeps the 80 things and 36 of the stuff
+ids, adds 17 merged stuff classes 184-200 (e.g. 199 wall-other-merged = wall-other,
+wall-concrete, wall-panel) and voids the rest. Training ids are 1..K in the order of a
+class set's `coco_ids`; 0 is background.
 """
 
 import dataclasses
@@ -196,21 +199,49 @@ CATEGORIES = (
     (183, "other", "other"),
 )
 
+# (id, name, supercategory) of the merged stuff classes of COCO panoptic, as in
+# panopticapi's panoptic_coco_categories.json.
+PANOPTIC_MERGED = (
+    (184, "tree-merged", "plant"),
+    (185, "fence-merged", "structural"),
+    (186, "ceiling-merged", "ceiling"),
+    (187, "sky-other-merged", "sky"),
+    (188, "cabinet-merged", "furniture-stuff"),
+    (189, "table-merged", "furniture-stuff"),
+    (190, "floor-other-merged", "floor"),
+    (191, "pavement-merged", "ground"),
+    (192, "mountain-merged", "solid"),
+    (193, "grass-merged", "plant"),
+    (194, "dirt-merged", "ground"),
+    (195, "paper-merged", "raw-material"),
+    (196, "food-other-merged", "food-stuff"),
+    (197, "building-other-merged", "building"),
+    (198, "rock-merged", "solid"),
+    (199, "wall-other-merged", "wall"),
+    (200, "rug-merged", "textile"),
+)
+
+# The COCO-Stuff ids COCO panoptic keeps as they are.
+PANOPTIC_KEPT_STUFF_IDS = (
+    92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141, 144, 145,
+    147, 148, 149, 151, 154, 155, 156, 159, 161, 166, 168, 171, 175, 176, 177, 178, 180, 181)
+
 # Thing ids listed by COCO-Stuff that COCO never annotated.
 UNANNOTATED_THING_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
 
 FIRST_STUFF_ID = 92
 OTHER_ID = 183
 
-_NAMES = {cid: name for cid, name, _ in CATEGORIES}
-_SUPERCATEGORIES = {cid: sup for cid, _, sup in CATEGORIES}
+_NAMES = {cid: name for cid, name, _ in CATEGORIES + PANOPTIC_MERGED}
+_SUPERCATEGORIES = {cid: sup for cid, _, sup in CATEGORIES + PANOPTIC_MERGED}
 
 THING_IDS = tuple(cid for cid in range(1, FIRST_STUFF_ID) if cid not in UNANNOTATED_THING_IDS)
 STUFF_IDS = tuple(range(FIRST_STUFF_ID, OTHER_ID))
+PANOPTIC_STUFF_IDS = PANOPTIC_KEPT_STUFF_IDS + tuple(c for c, _, _ in PANOPTIC_MERGED)
 
 
 def is_known(coco_id: int) -> bool:
-  """Whether `coco_id` is one of the 183 COCO-Stuff ids."""
+  """Whether `coco_id` is one of the 183 COCO-Stuff ids or a merged panoptic one (184-200)."""
   return coco_id in _NAMES
 
 
@@ -268,13 +299,15 @@ _CLASS_SETS = {
     "stuff": STUFF_IDS + (OTHER_ID,),
     "stuff_no_other": STUFF_IDS,
     "things_and_stuff": THING_IDS + STUFF_IDS,
+    "panoptic": THING_IDS + PANOPTIC_STUFF_IDS,
 }
 CLASS_SET_NAMES = tuple(_CLASS_SETS)
 
 
 def get_class_set(name: str) -> ClassSet:
   """The class set `name`: coco (the 80 things, ids 1-90), stuff (92-183), stuff_no_other
-  (92-182), things_and_stuff (the 80 things, then 92-182)."""
+  (92-182), things_and_stuff (the 80 things, then 92-182), panoptic (the 133 categories of
+  COCO panoptic in its order: the 80 things, then the 53 stuff ids up to 200)."""
   if name not in _CLASS_SETS:
     raise ValueError(f"unknown class set {name!r}; allowed: {', '.join(CLASS_SET_NAMES)}")
   return _class_set(name, _CLASS_SETS[name])

@@ -33,7 +33,7 @@ Bad input is handled as follows and counted in `counts` under these keys:
                         training pipeline skips it)
   images                images written
 
-An unknown category id (not one of the 183 COCO-Stuff ids) raises ValueError naming the
+An unknown category id (not one of `categories.CATEGORIES`) raises ValueError naming the
 file and the annotation id, and so does a file that is not COCO JSON: they mean the wrong
 file or a corrupt one.
 
@@ -60,13 +60,16 @@ SPLIT_DIRS = {"train": "train2017", "validation": "val2017"}
 
 
 def annotation_path(root, split: str, kind: str) -> epath.Path:
-  """ROOT/annotations/{kind}_{train,val}2017.json, kind is `stuff` or `instances`."""
+  """ROOT/annotations/{kind}_{train,val}2017.json, kind `stuff`, `instances` or `panoptic`."""
   return epath.Path(root) / "annotations" / f"{kind}_{SPLIT_DIRS[split]}.json"
 
 
 def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
   """The annotation files a class set reads: stuff when it has stuff classes, instances
-  when it has things (`coco`: a plain COCO 2017 root, no stuff file needed)."""
+  when it has things (`coco`: a plain COCO 2017 root, no stuff file needed); `panoptic`
+  reads the panoptic file (`panoptic_reader`)."""
+  if class_set.name == "panoptic":
+    return ("panoptic",)
   things = any(cid < categories.FIRST_STUFF_ID for cid in class_set.coco_ids)
   stuff = any(cid >= categories.FIRST_STUFF_ID for cid in class_set.coco_ids)
   return ("stuff",) * stuff + ("instances",) * things

@@ -1,7 +1,7 @@
 """Builds the TFRecords of a COCO-Stuff root once and prints what the build skipped.
 
     python -m maskrcnn_jax.data.prepare --root ROOT --data_dir DIR \
-        [--class_set stuff|stuff_no_other|things_and_stuff] [--mask_size 112] \
+        [--class_set stuff|stuff_no_other|things_and_stuff|coco|panoptic] [--mask_size 112] \
         [--num_workers N] [--max_instances 100] [--config configs/default.py]
 
 What is built is `config.data` of --config (run from the repository root for the default

@@ -75,14 +75,19 @@ def load_ground_truth(annotation_files: Sequence[str], class_set) -> coco_lib.CO
         raise ValueError(f"{path}: image {image['id']} is {image['height']}x{image['width']}"
                          f" here but {known['height']}x{known['width']} in an earlier file")
     annotations.extend(a for a in data["annotations"] if a["category_id"] in wanted)
+  return ground_truth_of(list(images.values()), annotations, class_set)
+
+
+def ground_truth_of(images: list[dict], annotations: list[dict], class_set) -> coco_lib.COCO:
+  """An indexed `COCO` of images and annotations (renumbered 1..n, in place) and the class
+  set's categories."""
   for new_id, ann in enumerate(annotations, start=1):
     ann["id"] = new_id
     ann.setdefault("iscrowd", 0)
   categories = [dict(id=int(c), name=n, supercategory=s) for c, n, s in
                 zip(class_set.coco_ids, class_set.names, class_set.supercategories)]
   gt = coco_lib.COCO()
-  gt.dataset = dict(images=list(images.values()), annotations=annotations,
-                    categories=categories)
+  gt.dataset = dict(images=images, annotations=annotations, categories=categories)
   with _stdout_to_log():
     gt.createIndex()
   return gt

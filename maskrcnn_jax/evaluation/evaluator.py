@@ -33,6 +33,7 @@ from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import export
 from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import panoptic as panoptic_lib
+from maskrcnn_jax.evaluation import panoptic_coco
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.evaluation import stuff_metrics
 
@@ -189,7 +190,8 @@ class Evaluator:
     """Loads the ground truth.
 
     Args:
-      annotation_files: COCO JSONs (stuff; plus instances for `things_and_stuff`).
+      annotation_files: COCO JSONs (stuff; plus instances for `things_and_stuff`), or
+        for `panoptic` the COCO panoptic JSON (`panoptic_coco.GroundTruth`).
       class_set: the model's `ClassSet`.
       mask_threshold: probability at which a pasted mask pixel is on.
       num_pictures: images kept for collages and proposal pictures.
@@ -204,8 +206,8 @@ class Evaluator:
         `state()` (picklable) and `merge(states)` as the evaluator's own; `result()`
         (metrics added to `result()`) and `write(out_dir)` (its files).
       panoptic: `panoptic.combine` thresholds; used when the class set has things.
-      official_export: `write` also writes COCO-Stuff's official results (`export`) and,
-        with things, the COCO panoptic predictions and ground truth.
+      official_export: `write` also writes COCO-Stuff's official results (`export`; not
+        for `panoptic`) and, with things, the COCO panoptic predictions and ground truth.
       draw: `write` draws `pictures()` and the loss curves (seconds at 92 classes).
     """
     self.class_set = class_set
@@ -214,12 +216,17 @@ class Evaluator:
     self.draw = draw
     self.score_threshold = score_threshold
     self.num_proposals = num_proposals
-    self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
+    if class_set.name == "panoptic":  # COCO panoptic: its own PNGs are the PQ ground truth.
+      panoptic_gt = panoptic_coco.GroundTruth(annotation_files, class_set)
+      self.coco_gt = panoptic_gt.coco
+    else:
+      self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
+      panoptic_gt = panoptic_lib.CocoStuffGroundTruth(self.coco_gt, class_set)
     self.consumers = tuple(consumers)
     if panoptic_lib.has_things(class_set):
       self.consumers += (panoptic_lib.PanopticEvaluator(
-          self.coco_gt, class_set, keep_files=official_export, **(panoptic or {})),)
-    if official_export:
+          panoptic_gt, class_set, keep_files=official_export, **(panoptic or {})),)
+    if official_export and class_set.name != "panoptic":  # Its ids are not COCO-Stuff's.
       self.consumers += (export.OfficialResults(class_set),)
     self._gt_runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._to_train = {int(c): i + 1 for i, c in enumerate(class_set.coco_ids)}
@@ -429,7 +436,8 @@ class Evaluator:
     `{stuff,stuff_supercat,stuff_no_other,stuff_no_other_supercat}/{mIoU,fwIoU,mAcc,pAcc}`,
     `per_image/{precision,recall}` (means over the images where defined), `num_images`,
     `num_gt_images` (the images in the ground truth) and the consumers' metrics (with
-    things: `panoptic/{PQ,SQ,RQ}[_things|_stuff]`, `panoptic.flat_metrics`). NaN where
+    things: `{panoptic_cocostuff,panoptic_coco}/{PQ,SQ,RQ}[_things|_stuff]`, PQ against the
+    COCO-Stuff-derived or, for `panoptic`, the official ground truth). NaN where
     undefined.
     """
     scores = self._compute()

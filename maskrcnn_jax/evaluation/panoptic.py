@@ -12,6 +12,11 @@ free pixels. Stuff detections are painted into a semantic map in ascending score
 the semantic metrics); each stuff class's free pixels become one segment if at least
 `stuff_area_threshold` of them remain.
 
+Two ground truths, named in the metrics: COCO panoptic's own PNGs and `segments_info`
+(class set `panoptic`, `panoptic_coco.GroundTruth`, metrics `panoptic_coco/...`: the
+benchmark published PQ uses), or a map derived from the COCO-Stuff and instances
+annotations of the other class sets with things (`ground_truth`, `panoptic_cocostuff/...`).
+
 PQ, SQ, RQ are exactly panopticapi's `pq_compute` (panopticapi/evaluation.py): a GT and a
 predicted segment of one category match when IoU > 0.5, with the predicted pixels on VOID
 left out of the union; crowd GT segments are never matched nor FN; an unmatched predicted
@@ -344,12 +349,12 @@ def format_table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-  """`summarize` output → `panoptic/{PQ,SQ,RQ}` and `panoptic/{PQ,SQ,RQ}_{things,stuff}`."""
+def flat_metrics(results: dict[str, Any], prefix: str) -> dict[str, float]:
+  """`summarize` output → `{prefix}/{PQ,SQ,RQ}` and `{prefix}/{PQ,SQ,RQ}_{things,stuff}`."""
   out = {}
   for name, suffix in (("All", ""), ("Things", "_things"), ("Stuff", "_stuff")):
     for key in ("pq", "sq", "rq"):
-      out[f"panoptic/{key.upper()}{suffix}"] = results[name][key]
+      out[f"{prefix}/{key.upper()}{suffix}"] = results[name][key]
   return out
 
 
@@ -393,19 +398,35 @@ def coco_categories(class_set) -> list[dict[str, Any]]:
           for c in categories_lib.coco_json_categories(class_set.coco_ids)]
 
 
-class PanopticEvaluator:
-  """Panoptic predictions and PQ of images, against a COCO instances + stuff ground truth.
+class CocoStuffGroundTruth:
+  """Panoptic ground truth derived from COCO-Stuff + instances (`ground_truth`)."""
 
-  The GT panoptic map of an image is `ground_truth`; predictions are `combine`d from the
-  detections. With `keep_files`, `write` saves both in the COCO panoptic format, so that
-  panopticapi (or this module's CLI) can re-check the numbers. A consumer of
-  `evaluator.Evaluator` (`add_image`, `reset`, `state`, `merge`, `result`, `write`).
+  prefix = "panoptic_cocostuff"  # Metric names: not the official COCO panoptic GT.
+
+  def __init__(self, coco_gt, class_set):
+    self.coco, self.class_set = coco_gt, class_set
+
+  def __call__(self, image_id: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    return ground_truth(self.coco, image_id, self.class_set)
+
+
+class PanopticEvaluator:
+  """Panoptic predictions and PQ of images against a panoptic ground truth.
+
+  The ground truth is `CocoStuffGroundTruth` (metrics `panoptic_cocostuff/...`) or COCO
+  panoptic's own (`panoptic_coco.GroundTruth`, `panoptic_coco/...`); predictions are
+  `combine`d from the detections. With `keep_files`, `write` saves both in the COCO
+  panoptic format, so that panopticapi (or this module's CLI) can re-check the numbers. A
+  consumer of `evaluator.Evaluator` (`add_image`, `reset`, `state`, `merge`, `result`,
+  `write`).
   """
 
-  def __init__(self, coco_gt, class_set, *, overlap_threshold: float = 0.5,
+  def __init__(self, gt, class_set, *, overlap_threshold: float = 0.5,
                stuff_area_threshold: int = 4096, instances_score_threshold: float = 0.5,
                keep_files: bool = False):
-    self.coco_gt = coco_gt
+    """gt: image id → ([H, W] segment ids, `segments_info`), with `coco` (the images) and
+    `prefix` (the metric names)."""
+    self.gt = gt
     self.class_set = class_set
     self.thresholds = dict(overlap_threshold=overlap_threshold,
                            stuff_area_threshold=stuff_area_threshold,
@@ -423,7 +444,7 @@ class PanopticEvaluator:
     """One image's detections (`evaluator.image_detections`: `masks`, `classes`, `scores`)."""
     pan, segments = combine(dets["masks"], dets["classes"], dets["scores"], self.class_set,
                             **self.thresholds)
-    gt, gt_segments = ground_truth(self.coco_gt, image_id, self.class_set)
+    gt, gt_segments = self.gt(image_id)
     add_stats(self.stats, pq_image(gt, gt_segments, pan, segments, self.isthing,
                                    image_id=image_id))
     if self.keep_files:
@@ -447,7 +468,7 @@ class PanopticEvaluator:
 
   def result(self) -> dict[str, float]:
     """`flat_metrics` of the images added."""
-    return flat_metrics(summarize(self.stats, self.isthing))
+    return flat_metrics(summarize(self.stats, self.isthing), self.gt.prefix)
 
   def write(self, out_dir) -> None:
     """Writes panoptic.json + panoptic/ (predictions), panoptic_gt.json + panoptic_gt/.
@@ -462,10 +483,10 @@ class PanopticEvaluator:
       (out_dir / name).mkdir(parents=True, exist_ok=True)
     for ann, png in self._predictions:
       (out_dir / "panoptic" / ann["file_name"]).write_bytes(png)
-      gt, segments = ground_truth(self.coco_gt, ann["image_id"], self.class_set)
+      gt, segments = self.gt(ann["image_id"])
       (out_dir / "panoptic_gt" / ann["file_name"]).write_bytes(png_bytes(gt))
       gt_anns.append(dict(ann, segments_info=segments))
-    images = [self.coco_gt.imgs[a["image_id"]] for a, _ in self._predictions]
+    images = [self.gt.coco.imgs[a["image_id"]] for a, _ in self._predictions]
     for name, anns in (("panoptic", [a for a, _ in self._predictions]),
                        ("panoptic_gt", gt_anns)):
       (out_dir / f"{name}.json").write_text(json.dumps(

@@ -23,6 +23,7 @@ def test_table_shape():
     ("stuff", 92, 183, 92),
     ("stuff_no_other", 92, 182, 91),
     ("things_and_stuff", 1, 182, 171),
+    ("panoptic", 1, 200, 133),
 ])
 def test_class_sets(name, first, last, k):
   cs = categories.get_class_set(name)
@@ -47,5 +48,17 @@ def test_out_of_set_ids_raise():
     cs.to_train_id(183)
   with pytest.raises(ValueError):
     cs.to_coco_id(0)
-  with pytest.raises(ValueError, match="coco, stuff, stuff_no_other, things_and_stuff"):
+  with pytest.raises(ValueError, match="coco, stuff, stuff_no_other, things_and_stuff, panoptic"):
     categories.get_class_set("things")
+
+
+def test_panoptic_is_panopticapis_category_list(samples):
+  """The 133 categories of panoptic_coco_categories.json, in its order (80 things, 53 stuff)."""
+  released = json.loads((samples / "panoptic_val2017" / "annotations" /
+                         "panoptic_coco_categories.json").read_text())
+  cs = categories.get_class_set("panoptic")
+  assert list(zip(cs.coco_ids, cs.names, cs.supercategories)) == [
+      (c["id"], c["name"], c["supercategory"]) for c in released]
+  assert [c < categories.FIRST_STUFF_ID for c in cs.coco_ids] == [
+      c["isthing"] == 1 for c in released]
+  assert categories.is_known(200) and not categories.is_known(201)

@@ -247,7 +247,8 @@ def test_merged_shards_carry_panoptic_and_official_results(tmp_path, monkeypatch
   merged = parts[0]
   merged.merge([pickle.loads(pickle.dumps(p.state())) for p in parts[1:]])
   expected = one.write(tmp_path / "one")
-  assert 0 < expected["panoptic/PQ"] < 1 and 0 < expected["panoptic/PQ_stuff"] < 1
+  pq = "panoptic_cocostuff/PQ"
+  assert 0 < expected[pq] < 1 and 0 < expected[f"{pq}_stuff"] < 1
   assert merged.write(tmp_path / "merged") == pytest.approx(expected, rel=0, abs=0,
                                                             nan_ok=True)
   for name in ("panoptic.json", "panoptic_gt.json", "stuff_results.json"):

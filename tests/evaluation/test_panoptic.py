@@ -272,8 +272,9 @@ def test_evaluator_reports_panoptic(stuff_json, instances_json, make_perfect_bat
   metrics = ev.result()
   # GT: road, sky, person (image 7), tree, road (image 9; the crowd car is ignored). The
   # detections are the stuff regions: the person is the one FN, every stuff segment a TP.
-  assert metrics["panoptic/PQ"] == pytest.approx(3 / 4)
-  assert metrics["panoptic/PQ_things"] == 0 and metrics["panoptic/PQ_stuff"] == 1
+  pq = "panoptic_cocostuff/PQ"
+  assert metrics[pq] == pytest.approx(3 / 4)
+  assert metrics[f"{pq}_things"] == 0 and metrics[f"{pq}_stuff"] == 1
 
 
 def test_panoptic_evaluator_files_recheck(tmp_path, stuff_json, instances_json,
@@ -285,17 +286,18 @@ def test_panoptic_evaluator_files_recheck(tmp_path, stuff_json, instances_json,
   dets["scores"][0, 2], dets["classes"][0, 2] = 0.95, cs.to_train_id(1)
   dets["masks"][0, 2], dets["valid"][0, 2] = 1.0, True
   coco_gt = coco_eval.load_ground_truth([stuff_json, instances_json], cs)
-  ev = panoptic.PanopticEvaluator(coco_gt, cs, stuff_area_threshold=1, keep_files=True)
+  ev = panoptic.PanopticEvaluator(panoptic.CocoStuffGroundTruth(coco_gt, cs), cs,
+                                  stuff_area_threshold=1, keep_files=True)
   for b, image_id in enumerate(batch["image_id"][:2]):
     ev.add(int(image_id), evaluator_lib.image_detections(dets, b, batch["image_info"][b]))
   metrics = ev.result()
   # The pasted rectangle equals the rasterised polygon: every segment a TP with IoU 1.
-  assert all(metrics[f"panoptic/{k}{g}"] == 1 for k in ("PQ", "SQ", "RQ")
+  assert all(metrics[f"panoptic_cocostuff/{k}{g}"] == 1 for k in ("PQ", "SQ", "RQ")
              for g in ("", "_things", "_stuff"))
   ev.write(tmp_path)
   recheck = panoptic.pq_compute(tmp_path / "panoptic_gt.json", tmp_path / "panoptic.json",
                                 tmp_path / "panoptic_gt", tmp_path / "panoptic")
-  assert panoptic.flat_metrics(recheck) == pytest.approx(metrics)
+  assert panoptic.flat_metrics(recheck, "panoptic_cocostuff") == pytest.approx(metrics)
 
 
 def test_no_panoptic_without_things(tmp_path, stuff_json, make_perfect_batch):
@@ -304,7 +306,7 @@ def test_no_panoptic_without_things(tmp_path, stuff_json, make_perfect_batch):
   dets["classes"][0, 0] = cs.to_train_id(157)  # The road of image 7 predicted as sky.
   ev = evaluator_lib.Evaluator([stuff_json], cs, num_pictures=0, official_export=True)
   ev.add(batch, dets)
-  assert not any(k.startswith("panoptic/") for k in ev.result())
+  assert not any(k.startswith("panoptic") for k in ev.result())
   ev.write(str(tmp_path))
   assert not (tmp_path / "panoptic.json").exists()
   assert json.loads((tmp_path / "metrics.json").read_text())["stuff/mIoU"] < 1
