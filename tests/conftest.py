@@ -13,6 +13,7 @@
   step do not compile again.
 """
 
+import contextlib
 import copy
 import os
 import shutil
@@ -31,16 +32,30 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_disable_most_optimizations", True)
 
 
-def _optimizations(node):
-  """XLA's optimisations on while `node` runs, if it is marked `optimized` itself."""
-  if not any(m.name == "optimized" for m in node.own_markers):
-    yield
-    return
-  jax.config.update("jax_disable_most_optimizations", False)
+@contextlib.contextmanager
+def _xla_optimizations(on: bool):
+  """XLA's optimisations on or off for the programs compiled inside; then as before."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", not on)
   try:
     yield
   finally:
-    jax.config.update("jax_disable_most_optimizations", True)
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def _optimizations(node):
+  """XLA's optimisations on while `node` runs, if it is marked `optimized` itself."""
+  on = any(m.name == "optimized" for m in node.own_markers)
+  with _xla_optimizations(True) if on else contextlib.nullcontext():
+    yield
+
+
+@pytest.fixture(scope="session")
+def unoptimized():
+  """`with unoptimized():` in an `optimized` test or module: XLA's optimisations off for a
+  program compiled there and run once (an init, a single forward), where they cost more
+  than they save."""
+  return lambda: _xla_optimizations(False)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,8 +11,9 @@ import pytest
 from configs import default
 from maskrcnn_jax import models
 
-# Optimised: test_overfits_one_image takes 80 steps of the module's one compiled step. Slow:
-# its tests share that step's compile (measured 4-60 s each on 2 cores).
+# Optimised: test_overfits_one_image takes 80 steps of the module's one compiled step (what
+# runs once compiles unoptimised). Slow: its tests share that step's compile (measured 4-60 s
+# each on 2 cores).
 pytestmark = [pytest.mark.optimized, pytest.mark.slow]
 
 S, M, SM = 64, 4, 16
@@ -61,10 +62,11 @@ def make_batch(num_valid=2, brightness=0):
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(unoptimized):
   model = models.build(tiny_config(), num_classes=NUM_CLASSES)
-  variables = jax.jit(lambda k: model.init({"params": k, "sampling": k}, make_batch(),
-                                           train=True))(jax.random.key(0))
+  with unoptimized():  # Run once.
+    variables = jax.jit(lambda k: model.init({"params": k, "sampling": k}, make_batch(),
+                                             train=True))(jax.random.key(0))
   tx = optax.adam(3e-3)
   traces = []
 
@@ -80,8 +82,10 @@ def tiny():
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, out
 
-  detect = jax.jit(lambda params, batch: model.apply({**variables, "params": params}, batch,
-                                                     train=False))
+  with unoptimized():  # A few forwards.
+    detect = jax.jit(lambda params, batch: model.apply(
+        {**variables, "params": params}, batch, train=False)).lower(
+            variables["params"], make_batch()).compile()
   return types.SimpleNamespace(model=model, variables=variables, tx=tx, step=step,
                                traces=traces, detect=detect)
 
@@ -151,10 +155,11 @@ def test_padding_never_detects(tiny):
   assert not det["scores"].any() and not det["masks"].any()
 
 
-def test_bfloat16_losses_are_float32(tiny):
+def test_bfloat16_losses_are_float32(tiny, unoptimized):
   model = models.build(tiny_config(dtype="bfloat16"), num_classes=NUM_CLASSES)
   run = jax.jit(lambda v, b, k: model.apply(v, b, train=True, rngs={"sampling": k}))
-  out = run(tiny.variables, make_batch(), jax.random.key(0))  # float32 parameters
+  with unoptimized():  # Run once.
+    out = run(tiny.variables, make_batch(), jax.random.key(0))  # float32 parameters
   for key in LOSSES:
     assert out[key].dtype == jnp.float32 and np.isfinite(out[key]), key
 
