@@ -141,6 +141,13 @@ def build(root, data_dir, *, class_set: str, mask_size: int, num_workers: int = 
   builder = make_builder(data_dir, class_set=class_set, mask_size=mask_size)
   if builder.is_prepared():
     return builder
+  class_set_ = categories.get_class_set(class_set)
+  indexed = {}  # Every split's annotations checked before any image is decoded.
+  for split in present_splits(root, class_set_):
+    counts, partial = collections.Counter(), set()
+    tasks = coco_reader.index(root, split, class_set_, mask_size=mask_size, counts=counts,
+                              partial=partial)
+    indexed[split] = tasks, counts, partial
   final = epath.Path(builder.data_path)
   work = final.parent / f"{_WORK_PREFIX}{final.name}"
   for stale in final.parent.glob(f"{constants.INCOMPLETE_PREFIX}*"):
@@ -148,7 +155,6 @@ def build(root, data_dir, *, class_set: str, mask_size: int, num_workers: int = 
       logging.info("Removing the stale build folder %s", stale)
       stale.rmtree()
   (work / "progress").mkdir(parents=True, exist_ok=True)
-  class_set_ = categories.get_class_set(class_set)
   template = naming.ShardedFileTemplate(data_dir=work, template=naming.DEFAULT_FILENAME_TEMPLATE,
                                         dataset_name=builder.name, filetype_suffix="tfrecord")
   split_infos, metadata = [], tfds.core.MetadataDict()
@@ -156,10 +162,7 @@ def build(root, data_dir, *, class_set: str, mask_size: int, num_workers: int = 
     # Started on the first shard to write, once for both splits.
     pool = functools.cache(lambda: stack.enter_context(coco_reader.worker_pool(num_workers))
                            if num_workers > 1 else None)
-    for split in present_splits(root, class_set_):
-      counts, partial = collections.Counter(), set()
-      tasks = coco_reader.index(root, split, class_set_, mask_size=mask_size, counts=counts,
-                                partial=partial)
+    for split, (tasks, counts, partial) in indexed.items():
       writer = _SplitWriter(builder.info.features, template.replace(split=split), tasks,
                             shard_images)
       info = writer.write(pool=pool, max_pending_bytes=max_pending_bytes, counts=counts)
@@ -167,12 +170,12 @@ def build(root, data_dir, *, class_set: str, mask_size: int, num_workers: int = 
       metadata[f"counts/{split}"] = dict(sorted(counts.items()))
       metadata[f"partial/{split}"] = sorted(partial)
       logging.info("%s %s: %s", builder.name, split, metadata[f"counts/{split}"])
-  (work / "progress").rmtree()
   tfds.folder_dataset.write_metadata(
       data_dir=work, features=builder.info.features, split_infos=split_infos,
       version=builder.VERSION, filename_template=template, check_data=False,
       metadata=metadata, **_INFO)
   work.rename(final)
+  (final / "progress").rmtree()
   return make_builder(data_dir, class_set=class_set, mask_size=mask_size)
 
 
@@ -246,7 +249,7 @@ class _SplitWriter:
             last_log = time.monotonic()
             logging.info("%s: %d / %d images decoded, shard %d of %d", self.template.split,
                          images, total, k, len(self.shards))
-      tmp.rename(path)
+      tmp.replace(path)
       _commit(self._done(k), json.dumps(dict(examples=num_examples, bytes=num_bytes,
                                              counts=shard_counts)).encode())
     shard_lengths, num_bytes = [], 0
@@ -263,4 +266,4 @@ def _commit(path: epath.Path, data: bytes) -> None:
   """Writes a file whole or not at all: a temp file, then a rename."""
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_bytes(data)
-  tmp.rename(path)
+  tmp.replace(path)

@@ -300,9 +300,9 @@ def _unknown_categories(path, anns) -> str | None:
   if not unknown:
     return None
   cids = sorted({a["category_id"] for a in unknown})
-  return (f"{path}: {len(unknown)} annotations have a category_id that is not a COCO-Stuff id "
-          f"(ids {', '.join(map(str, cids[:5]))}{', ...' if len(cids) > 5 else ''}; first "
-          f"annotation {unknown[0]['id']}): a wrong annotation file or class set")
+  return (f"{path}: unknown category_id in {len(unknown)} of {len(anns)} annotations (ids "
+          f"{', '.join(map(str, cids[:5]))}{', ...' if len(cids) > 5 else ''}; first annotation "
+          f"{unknown[0]['id']}): not COCO-Stuff's, a wrong annotation file or class set")
 
 
 def _unique(entries, path, what: str, counts) -> Iterator[dict]:
