@@ -221,7 +221,7 @@ def test_unknown_category_stops_before_any_image_is_decoded(bad_root, monkeypatc
   with pytest.raises(DataError) as e:
     _read(bad_root, "train", "stuff")
   assert str(e.value) == (
-      f"{bad_root}/annotations/stuff_train2017.json: unknown category_id in 4 of 32 annotations "
+      f"{bad_root}/annotations/stuff_train2017.json: unknown category_id in 4 of 29 annotations "
       "(ids 184, 999; first annotation 10000004): not COCO-Stuff's, a wrong annotation file or "
       "class set")
   assert not decoded
