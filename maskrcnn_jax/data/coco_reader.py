@@ -50,6 +50,8 @@ import io
 import json
 import multiprocessing
 from multiprocessing import pool as mp_pool
+import sys
+import types
 from typing import Iterator
 
 from absl import logging
@@ -446,5 +448,12 @@ def decode(tasks: list[Task], *, pool: mp_pool.Pool | None, max_pending_bytes: i
 
 def worker_pool(num_workers: int) -> mp_pool.Pool:
   """A pool for `decode`. Spawned, not forked: the caller may run TensorFlow's and JAX's
-  threads. Each worker imports the main module once at start."""
-  return multiprocessing.get_context("spawn").Pool(num_workers)
+  threads. The workers start without the caller's main module, which spawn would import in
+  each (main.py or prepare: TensorFlow and JAX, about 0.5 GiB per worker); they need only
+  this module."""
+  main = sys.modules["__main__"]
+  sys.modules["__main__"] = types.ModuleType("__main__")  # Read by spawn as the pool starts.
+  try:
+    return multiprocessing.get_context("spawn").Pool(num_workers)
+  finally:
+    sys.modules["__main__"] = main
