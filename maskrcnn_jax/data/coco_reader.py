@@ -63,7 +63,7 @@ from pycocotools import mask as mask_utils
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import DataError
 
-# One image to decode: (image id, JSON image entry, file path, file bytes,
+# One image to decode: (image id, JSON image entry, file path, file size in bytes,
 # [(annotation file name, annotation)], class set, mask side Sm).
 Task = tuple[int, dict, str, int, list, categories.ClassSet, int]
 
@@ -415,20 +415,16 @@ def _packed_examples(tasks: list[Task]) -> list:
 
 
 def decode(tasks: list[Task], *, pool: mp_pool.Pool | None, max_pending_bytes: int,
-           chunk_images: int = 8, stats: dict | None = None) -> Iterator[tuple]:
+           chunk_images: int = 8) -> Iterator[tuple]:
   """(example or None, counts, warnings) of each task, in order, masks packed (`pack_masks`).
 
   With a pool, chunks of up to `chunk_images` consecutive images go to the workers, never
   more than `max_pending_bytes` of image files at once (at least one chunk) between being
   sent and the caller's next request for an example: memory stays bounded for any split.
-  stats, when given, gets `peak_pending_bytes`.
   """
-  stats = {} if stats is None else stats
-  stats["peak_pending_bytes"] = 0
   chunks = [tasks[i:i + chunk_images] for i in range(0, len(tasks), chunk_images)]
   if pool is None:
     for chunk in chunks:
-      stats["peak_pending_bytes"] = max(stats["peak_pending_bytes"], sum(t[3] for t in chunk))
       yield from _packed_examples(chunk)
     return
   pending, pending_bytes, next_chunk = collections.deque(), 0, 0
@@ -440,7 +436,6 @@ def decode(tasks: list[Task], *, pool: mp_pool.Pool | None, max_pending_bytes: i
       pending.append((size, pool.apply_async(_packed_examples, (chunks[next_chunk],))))
       pending_bytes += size
       next_chunk += 1
-    stats["peak_pending_bytes"] = max(stats["peak_pending_bytes"], pending_bytes)
     size, result = pending.popleft()
     yield from result.get()
     pending_bytes -= size
