@@ -334,6 +334,7 @@ def index(root, split: str, class_set: categories.ClassSet, *, mask_size: int,
   images, anns_by_image, ids_by_file = {}, collections.defaultdict(list), {}
   for kind in annotation_kinds(class_set):
     path = annotation_path(root, split, kind)
+    logging.info("Checking %s", path)
     data = _load_json(path)
     anns = list(_unique(_well_formed(data["annotations"], _ANNOTATION_FIELDS, path,
                                      "annotation", counts), path, "annotation", counts))
