@@ -8,10 +8,11 @@ annotations are), 16 distinct images cycled under new ids, and builds each size 
 `python -m maskrcnn_jax.data.prepare` (class set stuff, Sm 112, the record index included)
 in a fresh data dir. Per size it prints the wall time, the CPU seconds of the writing
 process and of the workers, the peak RSS of the writing process and of the largest worker
-(getrusage; the workers' sampled every 50 ms), and the peak size of the build's temp folder (polled every 50 ms) next to the
-finished dataset's size. Seconds per 1,000 images come from the difference between the
-sizes, so that fixed costs (the workers' start, metadata) cancel; the idle-core estimate is
-the larger of the writing process's CPU time and the workers' CPU time over their number.
+(getrusage; the workers' sampled every 50 ms), and the peak size of the dataset's folder
+while it is built (polled every 50 ms) next to the finished dataset's size. Seconds per
+1,000 images come from the difference between the sizes, so that fixed costs (the workers'
+start, metadata) cancel; the idle-core estimate is the larger of the writing process's CPU
+time and the workers' CPU time over their number.
 """
 
 import io
@@ -99,7 +100,7 @@ runpy.run_module("maskrcnn_jax.data.prepare", run_name="__main__")
 def measure_build(root: pathlib.Path, data_dir: pathlib.Path, build_workers: int) -> dict:
   """Runs prepare on root into data_dir, polling its workers' RSS (getrusage's maximum for
   children counts the parent's pages a spawned child holds before its exec) and the size of
-  its temp folder."""
+  its dataset folder while it is built."""
   config_dir = data_dir / "maskrcnn_coco_stuff" / "stuff_m112"
   start = time.time()
   proc = subprocess.Popen(
@@ -112,7 +113,7 @@ def measure_build(root: pathlib.Path, data_dir: pathlib.Path, build_workers: int
     try:
       for worker in psutil.Process(proc.pid).children(recursive=True):
         peak_worker = max(peak_worker, worker.memory_info().rss)
-      peak_temp = max(peak_temp, sum(_folder_bytes(d) for d in config_dir.glob("incomplete.*")))
+      peak_temp = max(peak_temp, _folder_bytes(config_dir / "1.0.0"))
     except (psutil.NoSuchProcess, FileNotFoundError):  # Gone, or a file renamed while summed.
       pass
     time.sleep(0.05)
@@ -140,7 +141,7 @@ def main(argv):
     print(f"{n} images ({jpeg_mib:.0f} MiB of JPEG), {_WORKERS.value} workers: prepare "
           f"{r['wall']:.1f} s wall, build {r['build_wall']:.1f} s wall, CPU {r['build_cpu']:.1f} s "
           f"writing + {r['worker_cpu']:.1f} s workers; peak RSS {r['main_rss_mib']:.0f} MiB "
-          f"writing, {r['worker_rss_mib']:.0f} MiB largest worker; peak temp folder "
+          f"writing, {r['worker_rss_mib']:.0f} MiB largest worker; peak build folder "
           f"{r['peak_temp_mib']:.1f} MiB, dataset {r['dataset_mib']:.1f} MiB; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
   small, large = results[sizes[0]], results[sizes[-1]]

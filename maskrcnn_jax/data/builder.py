@@ -8,11 +8,12 @@ masks, beside 100-200 KiB of JPEG per COCO image).
 
 `build` writes the records itself, not through TFDS's download_and_prepare (which writes a
 split all or nothing): each split in shards of `shard_images` consecutive image ids, in
-image-id order, each shard committed on its own (temp file, then rename) in
-CONFIG_DIR/incomplete.resumable_VERSION, so that a killed build resumes at the first
-unfinished shard with the same records. `tfds.folder_dataset.write_metadata` then makes the
-folder a TFDS dataset, renamed to CONFIG_DIR/VERSION. Memory stays bounded: the workers
-pack the masks, and only `max_pending_bytes` of images are in flight (`coco_reader.decode`).
+image-id order, each shard committed on its own (temp file, then rename) in the dataset's
+folder CONFIG_DIR/VERSION, so that a killed build resumes at the first unfinished shard with
+the same records. `tfds.folder_dataset.write_metadata` then makes the folder a TFDS
+dataset; its dataset_info.json, written last, commits it (no folder rename, which an object
+store does file by file). Memory stays bounded: the workers pack the masks, and only
+`max_pending_bytes` of images are in flight (`coco_reader.decode`).
 The bad-input counts of the build (see `coco_reader`) are stored in the dataset's
 metadata.json as `counts/<split>`, and the ids of images with partial annotations (in one of
 the stuff and instances files only) as `partial/<split>`.
@@ -43,7 +44,6 @@ from maskrcnn_jax.data import DataError
 MASK_SIZES = (28, 56, 112)
 SHARD_IMAGES = 1024  # Images per shard: about 160 MiB of COCO records, the unit of a resume.
 MAX_PENDING_BYTES = 256 * 2**20  # Image bytes in flight between the workers and the writer.
-_WORK_PREFIX = "incomplete.resumable_"
 LOG_EVERY_S = 60  # Seconds between the progress lines of a build and of the processes waiting.
 
 
@@ -133,8 +133,8 @@ def build(root, data_dir, *, class_set: str, mask_size: int, num_workers: int = 
           max_pending_bytes: int = MAX_PENDING_BYTES) -> MaskrcnnCocoStuff:
   """Builds (once; a no-op when already built) the TFRecords of ROOT under data_dir.
 
-  Resumes a killed build at its first unfinished shard; removes the temp folders of other
-  builds (TFDS's `incomplete.*`). num_workers: processes decoding the images (1: this one).
+  Resumes a killed build at its first unfinished shard; removes the temp folders TFDS's
+  builds leave (`incomplete.*`). num_workers: processes decoding the images (1: this one).
   The records are the same for any num_workers and max_pending_bytes; shard_images must
   stay the same to resume (else the split starts over).
   """
@@ -148,12 +148,10 @@ def build(root, data_dir, *, class_set: str, mask_size: int, num_workers: int = 
     tasks = coco_reader.index(root, split, class_set_, mask_size=mask_size, counts=counts,
                               partial=partial)
     indexed[split] = tasks, counts, partial
-  final = epath.Path(builder.data_path)
-  work = final.parent / f"{_WORK_PREFIX}{final.name}"
-  for stale in final.parent.glob(f"{constants.INCOMPLETE_PREFIX}*"):
-    if stale != work:
-      logging.info("Removing the stale build folder %s", stale)
-      stale.rmtree()
+  work = epath.Path(builder.data_path)
+  for stale in work.parent.glob(f"{constants.INCOMPLETE_PREFIX}*"):
+    logging.info("Removing the stale build folder %s", stale)
+    stale.rmtree()
   (work / "progress").mkdir(parents=True, exist_ok=True)
   template = naming.ShardedFileTemplate(data_dir=work, template=naming.DEFAULT_FILENAME_TEMPLATE,
                                         dataset_name=builder.name, filetype_suffix="tfrecord")
@@ -174,8 +172,7 @@ def build(root, data_dir, *, class_set: str, mask_size: int, num_workers: int = 
       data_dir=work, features=builder.info.features, split_infos=split_infos,
       version=builder.VERSION, filename_template=template, check_data=False,
       metadata=metadata, **_INFO)
-  work.rename(final)
-  (final / "progress").rmtree()
+  (work / "progress").rmtree()
   return make_builder(data_dir, class_set=class_set, mask_size=mask_size)
 
 

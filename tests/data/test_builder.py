@@ -95,7 +95,7 @@ def test_a_killed_build_resumes_to_the_same_records(noise_root, default_build, t
                                                     monkeypatch):
   data_dir = tmp_path / "tfds"
   config_dir = data_dir / "maskrcnn_coco_stuff" / "stuff_m28"
-  progress = config_dir / "incomplete.resumable_1.0.0" / "progress"
+  progress = config_dir / "1.0.0" / "progress"
   script = f"""
 import time
 from maskrcnn_jax.data import builder, coco_reader
@@ -125,3 +125,4 @@ builder.build({str(noise_root)!r}, {str(data_dir)!r}, class_set="stuff", mask_si
   assert _records(resumed) == _records(default_build)
   assert resumed.info.metadata == default_build.info.metadata
   assert sorted(p.name for p in config_dir.iterdir()) == ["1.0.0"]
+  assert not (config_dir / "1.0.0" / "progress").exists()
