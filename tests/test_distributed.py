@@ -253,9 +253,10 @@ def test_other_processes_wait_for_the_data_build_on_the_coordination_service(tmp
     assert rc == 0, err[-2000:]
     outs.append(json.loads(out.strip().splitlines()[-1]))
   assert [o["train_examples"] for o in outs] == [4, 4]
-  # Process 1 waited through process 0's 2 s, with a line each 0.5 s.
-  waits = results[1][2].count("Process 1: waiting for process 0's data build")
-  assert waits >= 2, results[1][2][-2000:]
+  # Through process 0's 2 s, each process logged a line each 0.5 s.
+  assert results[0][2].count("Process 0: building the data of") >= 2, results[0][2][-2000:]
+  assert results[1][2].count("Process 1: waiting for process 0's data build") >= 2, \
+      results[1][2][-2000:]
   error = f"{tmp_path}/bad/annotations/stuff_train2017.json: unknown category_id in 1 of "
   assert outs[0]["error"].startswith(error)
   assert outs[1]["error"].startswith(f"the data build on process 0 failed: {error}")

@@ -5,7 +5,10 @@
 `built`. `annotation_files` names the ground truth evaluation scores against.
 """
 
+import contextlib
 import os
+import threading
+import time
 
 from absl import logging
 from etils import epath
@@ -19,6 +22,8 @@ from maskrcnn_jax.data import coco_reader
 from maskrcnn_jax.data import DataError
 from maskrcnn_jax.data import record_index
 from maskrcnn_jax.data import synthetic
+
+LOG_EVERY_S = 60  # Seconds between the progress lines of every process while the data is built.
 
 
 def data_dir(data_config: ml_collections.ConfigDict) -> str:
@@ -55,8 +60,8 @@ def prepare(data_config: ml_collections.ConfigDict, *,
   Writes the synthetic set to ROOT first when `data.synthetic.enabled` and ROOT is missing
   or empty. Idempotent: fast when already built; a killed build resumes. With several
   processes, process 0 builds (`data.build_workers` processes decode the images) and the
-  others wait for it on the coordination service for up to `wait_s`, logging each minute;
-  the data directory must be shared. Raises DataError (one line) for bad annotation files,
+  others wait for it on the coordination service for up to `wait_s`; every process logs a
+  line each `LOG_EVERY_S`. The data directory must be shared. Raises DataError (one line) for bad annotation files,
   in every process. Warns about images holding more than `data.max_instances` instances
   (training keeps the largest; batches count the rest in `num_truncated`).
   """
@@ -66,12 +71,13 @@ def prepare(data_config: ml_collections.ConfigDict, *,
   key = f"maskrcnn_jax/data/{builder.data_dir}"
   if jax.process_index() > 0:
     error = distributed.wait_for(key, what=f"process 0's data build of {builder.data_dir}",
-                                 timeout_s=wait_s, log_every_s=builder_lib.LOG_EVERY_S)
+                                 timeout_s=wait_s, log_every_s=LOG_EVERY_S)
     if error:
       raise DataError(f"the data build on process 0 failed: {error}")
     return _builder(data_config)
   try:
-    builder = _build(data_config)
+    with _heartbeat(f"building the data of {builder.data_dir}"):
+      builder = _build(data_config)
   except Exception as e:
     if jax.process_count() > 1:
       distributed.publish(key, str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -79,6 +85,22 @@ def prepare(data_config: ml_collections.ConfigDict, *,
   if jax.process_count() > 1:
     distributed.publish(key, "")
   return builder
+
+
+@contextlib.contextmanager
+def _heartbeat(what: str):
+  """Logs a line every `LOG_EVERY_S` while the body runs."""
+  stop, start = threading.Event(), time.monotonic()
+  def beat():
+    while not stop.wait(LOG_EVERY_S):
+      logging.info("Process 0: %s (%.1f min)", what, (time.monotonic() - start) / 60)
+  thread = threading.Thread(target=beat, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    stop.set()
+    thread.join()
 
 
 def _build(data_config: ml_collections.ConfigDict) -> builder_lib.MaskrcnnCocoStuff:

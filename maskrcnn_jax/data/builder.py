@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import time
 
 from absl import logging
 from etils import epath
@@ -44,7 +43,6 @@ from maskrcnn_jax.data import DataError
 MASK_SIZES = (28, 56, 112)
 SHARD_IMAGES = 1024  # Images per shard: about 160 MiB of COCO records, the unit of a resume.
 MAX_PENDING_BYTES = 256 * 2**20  # Image bytes in flight between the workers and the writer.
-LOG_EVERY_S = 60  # Seconds between the progress lines of a build and of the processes waiting.
 
 
 @dataclasses.dataclass
@@ -228,7 +226,6 @@ class _SplitWriter:
     tasks = [t for shard in self.shards[start:] for t in shard]
     results = coco_reader.decode(tasks, pool=pool() if tasks else None,
                                  max_pending_bytes=max_pending_bytes)
-    total, images, last_log = len(tasks), 0, time.monotonic()
     for k in range(start, len(self.shards)):
       path, shard_counts, num_examples, num_bytes = self._path(k), collections.Counter(), 0, 0
       tmp = path.with_name(path.name + ".tmp")
@@ -241,14 +238,11 @@ class _SplitWriter:
             record = self.serialize(example)
             writer.write(record)
             num_examples, num_bytes = num_examples + 1, num_bytes + len(record)
-          images += 1
-          if time.monotonic() - last_log >= LOG_EVERY_S:
-            last_log = time.monotonic()
-            logging.info("%s: %d / %d images decoded, shard %d of %d", self.template.split,
-                         images, total, k, len(self.shards))
       tmp.replace(path)
       _commit(self._done(k), json.dumps(dict(examples=num_examples, bytes=num_bytes,
                                              counts=shard_counts)).encode())
+      logging.info("%s: shard %d of %d written (%d records)", self.template.split, k + 1,
+                   len(self.shards), num_examples)
     shard_lengths, num_bytes = [], 0
     for k in range(len(self.shards)):
       done = json.loads(self._done(k).read_text())
