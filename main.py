@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow's C++ sta
 import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
+from maskrcnn_jax import data
 from maskrcnn_jax import distributed
 from maskrcnn_jax import run
 from maskrcnn_jax import training
@@ -93,6 +94,8 @@ def _main(preemption: distributed.Preemption | None):
     sys.exit(f"Invalid config: {e}")
   except distributed.ClusterError as e:
     sys.exit(f"Cannot join the cluster: {e}")
+  except data.DataError as e:
+    sys.exit(f"Invalid data: {e}")
   except training.DivergenceError as e:  # Other FloatingPointErrors are crashes (exit 1).
     print(e, file=sys.stderr)
     sys.exit(EXIT_DIVERGED)

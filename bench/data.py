@@ -125,8 +125,8 @@ def _throughput(config, *, batch_size: int, warmup: int, steps: int) -> tuple[fl
 def _build(root: pathlib.Path, data_dir: pathlib.Path, image_size: int, num_workers: int):
   """(wall seconds, CPU seconds here, CPU seconds in the workers) of one build into data_dir."""
   config = _config(root, image_size)
-  config.tfds_data_dir = str(data_dir)
-  return common.timed(build.prepare, config, num_workers=num_workers, clock=_clocks)[1]
+  config.tfds_data_dir, config.build_workers = str(data_dir), num_workers
+  return common.timed(build.prepare, config, clock=_clocks)[1]
 
 
 def _write(root: pathlib.Path, num_images: int) -> None:

@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   # full-resolution mask than torchvision's (docs/benchmarks.md, mask targets).
   config.data.mask_size = 112
   config.data.read_parallelism = 16  # Records read at once: raise it for a remote data dir.
+  config.data.build_workers = 0  # Processes decoding images in a data build; 0: one per core.
   # Train on images listed in only one of the stuff and instances files (things_and_stuff).
   config.data.allow_partial_annotations = False
   config.data.eval_batch_size = 2

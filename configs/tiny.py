@@ -13,6 +13,7 @@ def get_config():
   config.data.image_size = 64
   config.data.max_instances = 6
   config.data.mask_size = 14
+  config.data.build_workers = 1  # 12 images: a worker pool would only add its start-up.
   config.data.eval_batch_size = 2
   config.data.synthetic.num_train = 8
   config.data.synthetic.num_val = 4

@@ -29,6 +29,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from typing import Mapping
 
 from absl import logging
@@ -281,6 +282,35 @@ def _give_up(message: str) -> None:
 def _first_line(error: Exception) -> str:
   return next((line.strip() for line in str(error).splitlines() if line.strip()),
               type(error).__name__)
+
+
+def _client():
+  """The coordination service's client (jax 0.10.2 has no public handle on it)."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  return jax_distributed.global_state.client
+
+
+def publish(key: str, value: str) -> None:
+  """Sets `key` on the coordination service, for `wait_for` in the other processes."""
+  _client().key_value_set(key, value, allow_overwrite=True)
+
+
+def wait_for(key: str, *, what: str, timeout_s: float, log_every_s: float = 60) -> str:
+  """The value another process `publish`es under `key`: waited for on the coordination
+  service, not in a device collective (whose timeout a long wait may hit), with a log line
+  every `log_every_s`. TimeoutError after `timeout_s`."""
+  start = time.monotonic()
+  while True:
+    left = timeout_s - (time.monotonic() - start)
+    if left <= 0:
+      raise TimeoutError(f"process {jax.process_index()}: waited {timeout_s:.0f} s for {what}")
+    try:
+      return _client().blocking_key_value_get(key, max(1, int(min(left, log_every_s) * 1000)))
+    except jax.errors.JaxRuntimeError as e:
+      if "DEADLINE_EXCEEDED" not in str(e):
+        raise
+    logging.info("Process %d: waiting for %s (%.1f min)", jax.process_index(), what,
+                 (time.monotonic() - start) / 60)
 
 
 def describe_failure(launch: Launch, timeout_s: int) -> str:

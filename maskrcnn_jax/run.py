@@ -89,9 +89,9 @@ def check_trainable(config: ml_collections.ConfigDict, params: dict[str, Any]) -
 # What a resumed run must keep: the data order and examples, the RNG streams and what a
 # step count means. (A new process count is fine: every topology reads the same batches.)
 _RESUME_KEYS = ("seed", "train.global_batch_size", "data", "train.stages")
-# Free: evaluation's batch, where the data lives and how fast it is read, learning rates.
+# Free: evaluation's batch, where the data lives, how fast it is built and read, learning rates.
 _RESUME_FREE = ("data.eval_batch_size", "data.tfds_data_dir", "data.root",
-                "data.read_parallelism", "train.stages[*].lr")
+                "data.read_parallelism", "data.build_workers", "train.stages[*].lr")
 
 
 def _flatten(node, prefix: str = "") -> dict[str, Any]:

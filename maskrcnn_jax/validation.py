@@ -83,6 +83,7 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
   _positive(config, "data.mask_size")
   _positive(config, "data.eval_batch_size")
   _positive(config, "data.read_parallelism")
+  _positive(config, "data.build_workers", zero_ok=True)
   lo, hi = config.data.augment.scale_range
   _check(0 < lo <= hi, "data.augment.scale_range", (lo, hi), "must be (lo, hi) with 0 < lo <= hi")
   _positive(config, "data.repeat_threshold")

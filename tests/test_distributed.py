@@ -212,12 +212,12 @@ def _free_port() -> int:
 
 
 def _launch(mode: str, num_processes: int, *, timeout_s: int = 120, port: int | None = None,
-            ids=None):
+            ids=None, env=None):
   """The README's manual launch on localhost: one process per id, 2 CPU devices each."""
   port = port or _free_port()
   procs = []
   for i in (range(num_processes) if ids is None else ids):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
            "JAX_NUM_PROCESSES": str(num_processes), "JAX_PROCESS_ID": str(i)}
@@ -243,6 +243,23 @@ def test_two_processes_join_and_agree_on_preemption(mode):
   # Process 1 alone got SIGTERM, at check 3 or before the join; both stop at the same check
   # (a SIGTERM before the join reaches the service, not only process 1's handler).
   assert outs[0]["stopped_at"] == outs[1]["stopped_at"] > (3 if mode == "preempt" else 0)
+
+
+@pytest.mark.slow  # Two processes.
+def test_other_processes_wait_for_the_data_build_on_the_coordination_service(tmp_path):
+  results = _launch("prepare", 2, env={"MASKRCNN_JAX_TEST_DATA": str(tmp_path)})
+  outs = []
+  for rc, out, err in results:
+    assert rc == 0, err[-2000:]
+    outs.append(json.loads(out.strip().splitlines()[-1]))
+  assert [o["train_examples"] for o in outs] == [4, 4]
+  # Through process 0's 2 s, each process logged a line each 0.5 s.
+  assert results[0][2].count("Process 0: building the data of") >= 2, results[0][2][-2000:]
+  assert results[1][2].count("Process 1: waiting for process 0's data build") >= 2, \
+      results[1][2][-2000:]
+  error = f"{tmp_path}/bad/annotations/stuff_train2017.json: unknown category_id in 1 of "
+  assert outs[0]["error"].startswith(error)
+  assert outs[1]["error"].startswith(f"the data build on process 0 failed: {error}")
 
 
 def test_unreachable_coordinator_fails_in_one_line(monkeypatch):

@@ -147,3 +147,19 @@ def test_missing_pretrained_weights_name_the_converter(tmp_path):
                          ": no converted weights there; convert them once with `python -m "
                          "maskrcnn_jax.weights.convert_detectron2 --input FILE.pkl")
   assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.slow  # The data check after main's start-up (TensorFlow's import).
+def test_unknown_category_stops_the_run_in_one_line(tmp_path):
+  from maskrcnn_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "data"
+  synthetic.write_synthetic(root, num_train=2, num_val=1, image_size=32, seed=0)
+  path = root / "annotations" / "stuff_train2017.json"
+  data = json.loads(path.read_text())
+  data["annotations"][0]["category_id"] = 999
+  path.write_text(json.dumps(data))
+  assert exit_message(
+      "--config", str(ROOT / "configs/tiny.py"), "--workdir", str(tmp_path / "run"),
+      "--mode", "inspect", f"--config.data.root={root}", "--config.data.synthetic.enabled=False"
+  ) == (f"Invalid data: {path}: unknown category_id in 1 of 7 annotations (ids 999; first "
+        "annotation 10000000): not COCO-Stuff's, a wrong annotation file or class set")

@@ -83,11 +83,13 @@ def test_resume_allows_other_changes_and_the_override(tmp_path, caplog):
   config.eval.num_pictures = 0
   config.data.root = "gs://bucket/coco"
   config.data.read_parallelism = 64
+  config.data.build_workers = 96
   with caplog.at_level(logging.INFO):
     run.check_resume(config, workdir)  # Learning rates, evaluation, where the data is read.
   assert "train.stages[1].lr (0.0002 -> 0.001)" in caplog.text
   assert "data.root ('' -> 'gs://bucket/coco')" in caplog.text
   assert "data.read_parallelism (16 -> 64)" in caplog.text
+  assert "data.build_workers (0 -> 96)" in caplog.text
   config.seed = 7
   config.train.allow_config_change = True
   with caplog.at_level(logging.WARNING):

@@ -11,7 +11,7 @@ original pixels, (x1, y1, x2, y2) with x2 = last column + 1), never from the JSO
 
 Bad input is handled as follows and counted in `counts` under these keys:
 
-  missing_image         image file absent: image skipped
+  missing_image         image file absent: image skipped (its file logged)
   corrupt_image         not decodable or truncated: image skipped
   image_size_mismatch   decoded size differs from the JSON: image skipped
   converted_image       grayscale, CMYK, PNG, ... content: re-encoded as an RGB JPEG, kept
@@ -29,16 +29,20 @@ Bad input is handled as follows and counted in `counts` under these keys:
                         entirely outside): instance skipped
   dropped_category      a known COCO id outside the class set (e.g. 183 for stuff_no_other)
   orphan_annotation     an annotation whose image id is not in the JSON's images
+  duplicate_image       an image entry whose id an earlier entry of the same file has: skipped
+  duplicate_annotation  an annotation whose id an earlier one of the same file has: skipped
   no_instances          an image left without instances: kept (evaluation scores it; the
                         training pipeline skips it)
   images                images written
 
-An unknown category id (not one of `categories.CATEGORIES`) raises ValueError naming the
-file and the annotation id, and so does a file that is not COCO JSON: they mean the wrong
+`index` checks the annotation files in one pass before any image is decoded. Unknown
+category ids (neither COCO-Stuff's 183 ids nor COCO panoptic's merged 184-200) raise `DataError` naming the file, their
+number and the first ids, and so does a file that is not COCO JSON: they mean the wrong
 file or a corrupt one.
 
-The images are decoded in image-id order, by a process pool when one is given (`pool`:
-the JSON is read once, in the calling process; each worker gets its images' annotations).
+The images are decoded in image-id order, by a process pool when one is given (`decode`:
+the JSON is read once, in the calling process; each worker gets its images' annotations
+and returns the masks bit-packed).
 """
 
 import collections
@@ -46,7 +50,9 @@ import io
 import json
 import multiprocessing
 from multiprocessing import pool as mp_pool
-from typing import Iterator
+import sys
+import types
+from typing import Any, Iterator
 
 from absl import logging
 from etils import epath
@@ -55,6 +61,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import DataError
+
+# One image to decode: (image id, JSON image entry, file path, file size in bytes,
+# [(annotation file name, annotation)], class set, mask side Sm).
+Task = tuple[int, dict, str, int, list, categories.ClassSet, int]
 
 SPLIT_DIRS = {"train": "train2017", "validation": "val2017"}
 
@@ -75,16 +86,27 @@ def annotation_kinds(class_set: categories.ClassSet) -> tuple[str, ...]:
   return ("stuff",) * stuff + ("instances",) * things
 
 
+def packed_mask_bytes(mask_size: int) -> int:
+  """Bytes of one bit-packed Sm×Sm mask."""
+  return (mask_size * mask_size + 7) // 8
+
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+  """[N, Sm, Sm] uint8 in {0, 1} -> [N, packed_mask_bytes(Sm)] uint8 (bits, MSB first)."""
+  n, height, width = masks.shape
+  return np.packbits(masks.reshape(n, height * width).astype(bool), axis=1)
+
+
 def _load_json(path: epath.Path) -> dict:
   if not path.is_file():
-    raise FileNotFoundError(f"annotation file {path} does not exist")
+    raise DataError(f"annotation file {path} does not exist")
   try:
     data = json.loads(path.read_text())
   except ValueError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
+    raise DataError(f"{path}: not valid JSON ({e})") from None
   if not (isinstance(data, dict) and isinstance(data.get("images"), list)
           and isinstance(data.get("annotations"), list)):
-    raise ValueError(f"{path}: not COCO JSON (needs `images` and `annotations` lists)")
+    raise DataError(f"{path}: not COCO JSON (needs `images` and `annotations` lists)")
   return data
 
 
@@ -194,9 +216,7 @@ def _instance(ann, source, class_set, height, width, mask_size, counts, warnings
 
   Skips are counted in `counts`; their messages are appended to `warnings`.
   """
-  cid = ann["category_id"]
-  if not categories.is_known(cid):
-    raise ValueError(f"{source}: annotation {ann['id']} has unknown category_id {cid}")
+  cid = ann["category_id"]  # Known: `index` refuses unknown ids.
   if not class_set.contains(cid):
     counts["dropped_category"] += 1
     return None
@@ -232,14 +252,11 @@ def _instance(ann, source, class_set, height, width, mask_size, counts, warnings
   return box, class_set.to_train_id(cid), bool(ann.get("iscrowd", 0)), area, mask
 
 
-def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
+def _example(task: Task) -> tuple[dict | None, collections.Counter, list[str]]:
   """One image: (its example or None when skipped, its counts, its warning messages)."""
-  image_id, info, path, anns, class_set, mask_size = task
+  image_id, info, path, _, anns, class_set, mask_size = task
   counts, warnings = collections.Counter(), []
   path = epath.Path(path)
-  if not path.is_file():
-    counts["missing_image"] += 1
-    return None, counts, warnings
   try:
     data, size, converted = _rgb_jpeg(path.read_bytes())
   except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -282,18 +299,58 @@ def _well_formed(entries, fields, path, what: str, counts) -> Iterator[dict]:
     yield entry
 
 
-def _index(root: epath.Path, split: str, class_set, counts, partial):
-  """(images by id, [(file name, annotation)] by image id) of the split's JSON files."""
+def _unknown_categories(path, anns) -> str | None:
+  """The one-line error for annotations whose category is not a COCO-Stuff id, or None."""
+  unknown = [a for a in anns if not categories.is_known(a["category_id"])]
+  if not unknown:
+    return None
+  cids = sorted({a["category_id"] for a in unknown})
+  return (f"{path}: unknown category_id in {len(unknown)} of {len(anns)} annotations (ids "
+          f"{', '.join(map(str, cids[:5]))}{', ...' if len(cids) > 5 else ''}; first annotation "
+          f"{unknown[0]['id']}): not COCO-Stuff's, a wrong annotation file or class set")
+
+
+def _unique(entries, path, what: str, counts) -> Iterator[dict]:
+  """The entries of ids not seen before in this file; the others counted as duplicates."""
+  seen, duplicates = set(), []
+  for entry in entries:
+    if entry["id"] in seen:
+      duplicates.append(entry["id"])
+      continue
+    seen.add(entry["id"])
+    yield entry
+  if duplicates:
+    counts[f"duplicate_{what}"] += len(duplicates)
+    logging.warning("%s: %d %s entries repeat an earlier id: skipped (first ids: %s)", path,
+                    len(duplicates), what, duplicates[:10])
+
+
+def index(root, split: str, class_set: categories.ClassSet, *, mask_size: int,
+          counts: collections.Counter, partial: set | None = None) -> list[Task]:
+  """The images of `split` to decode, by id: the split's JSON files checked in one pass.
+
+  Raises DataError for a file that is not COCO JSON or holds an unknown category id. Counts
+  (see the module docstring) malformed entries, duplicate ids, orphan annotations, partial
+  annotations (their ids added to `partial`) and missing image files (each one logged).
+  """
+  root = epath.Path(root)
   images, anns_by_image, ids_by_file = {}, collections.defaultdict(list), {}
   for kind in annotation_kinds(class_set):
     path = annotation_path(root, split, kind)
+    logging.info("Checking %s", path)
     data = _load_json(path)
+    anns = list(_unique(_well_formed(data["annotations"], _ANNOTATION_FIELDS, path,
+                                     "annotation", counts), path, "annotation", counts))
+    error = _unknown_categories(path, anns)
+    if error:
+      raise DataError(error)
     known = set()
-    for image in _well_formed(data["images"], _IMAGE_FIELDS, path, "image entry", counts):
+    for image in _unique(_well_formed(data["images"], _IMAGE_FIELDS, path, "image entry",
+                                      counts), path, "image", counts):
       images.setdefault(image["id"], image)
       known.add(image["id"])
     ids_by_file[path.name] = known
-    for ann in _well_formed(data["annotations"], _ANNOTATION_FIELDS, path, "annotation", counts):
+    for ann in anns:
       if ann["image_id"] not in known:
         counts["orphan_annotation"] += 1
         continue
@@ -302,13 +359,32 @@ def _index(root: epath.Path, split: str, class_set, counts, partial):
     everywhere = set.intersection(*ids_by_file.values())
     only_some = sorted(set(images) - everywhere)
     counts["partial_annotations"] += len(only_some)
-    partial.update(only_some)
+    if partial is not None:
+      partial.update(only_some)
     for name, ids in ids_by_file.items():
       missing = sorted(set(only_some) - ids)
       if missing:
         logging.warning("%s: %d images of the other annotation file are not listed here "
                         "(first ids: %s)", name, len(missing), missing[:10])
-  return images, anns_by_image
+  return tasks_of(root / SPLIT_DIRS[split], images, anns_by_image, class_set, mask_size, counts)
+
+
+def tasks_of(image_dir: epath.Path, images: dict[int, dict], anns: dict[int, Any], class_set,
+             mask_size: int, counts: collections.Counter) -> list[Task]:
+  """The tasks of `images` (by id) whose file exists, each with `anns[id]` (popped: the
+  index is freed as the tasks are made); a missing file is counted and named."""
+  tasks = []
+  for image_id in sorted(images):
+    path = image_dir / images[image_id]["file_name"]
+    try:
+      size = path.stat().length
+    except OSError:
+      logging.warning("%s: image %d has no file: skipped", path, image_id)
+      counts["missing_image"] += 1
+      continue
+    tasks.append((image_id, images[image_id], str(path), size, anns.pop(image_id, []),
+                  class_set, mask_size))
+  return tasks
 
 
 def read_examples(
@@ -319,7 +395,6 @@ def read_examples(
     mask_size: int,
     counts: collections.Counter,
     partial: set | None = None,
-    pool: mp_pool.Pool | None = None,
 ) -> Iterator[dict]:
   """Yields one example per usable image of `split` (train | validation), by image id.
 
@@ -328,24 +403,72 @@ def read_examples(
   is_crowd [N] bool, areas [N] int32 (mask pixels), masks [N, Sm, Sm] uint8 in {0, 1}
   (the mask cropped to its box, resized). Bad input is skipped and counted in `counts`
   (see the module docstring); the ids of images with partial annotations are added to
-  `partial`. pool: processes decoding the images (None: this one); see `worker_pool`.
+  `partial`. Decodes in this process; `decode` is the parallel form.
   """
-  root = epath.Path(root)
-  images, anns_by_image = _index(root, split, class_set, counts,
-                                 set() if partial is None else partial)
-  image_dir = root / SPLIT_DIRS[split]
-  tasks = ((image_id, images[image_id], str(image_dir / images[image_id]["file_name"]),
-            anns_by_image.pop(image_id, []), class_set, mask_size) for image_id in sorted(images))
-  results = map(_example, tasks) if pool is None else pool.imap(_example, tasks, chunksize=4)
-  for example, image_counts, warnings in results:
+  tasks = index(root, split, class_set, mask_size=mask_size, counts=counts, partial=partial)
+  yield from examples(tasks, counts)
+
+
+def examples(tasks: list[Task], counts: collections.Counter, example=None) -> Iterator[dict]:
+  """The examples of `tasks`, decoded in this process by `example` (default `_example`);
+  their counts added to `counts`, their warnings logged."""
+  for ex, image_counts, warnings in map(example or _example, tasks):
     counts.update(image_counts)
     for message in warnings:
       logging.warning("%s", message)
-    if example is not None:
-      yield example
+    if ex is not None:
+      yield ex
+
+
+def _packed_examples(example, tasks: list[Task]) -> list:
+  """A worker's chunk: `example` of each task, masks bit-packed (8× less to send back)."""
+  out = []
+  for ex, counts, warnings in map(example, tasks):
+    if ex is not None:
+      ex["masks"] = pack_masks(ex["masks"])
+    out.append((ex, counts, warnings))
+  return out
+
+
+def decode(tasks: list[Task], *, pool: mp_pool.Pool | None, max_pending_bytes: int,
+           chunk_images: int = 8, example=None) -> Iterator[tuple]:
+  """(example or None, counts, warnings) of each task, in order, masks packed (`pack_masks`).
+
+  example: the module-level function decoding one task (default `_example`;
+  `panoptic_reader.decode_task` for its tasks).
+
+  With a pool, chunks of up to `chunk_images` consecutive images go to the workers, never
+  more than `max_pending_bytes` of image files at once (at least one chunk) between being
+  sent and the caller's next request for an example: memory stays bounded for any split.
+  """
+  example = example or _example
+  chunks = [tasks[i:i + chunk_images] for i in range(0, len(tasks), chunk_images)]
+  if pool is None:
+    for chunk in chunks:
+      yield from _packed_examples(example, chunk)
+    return
+  pending, pending_bytes, next_chunk = collections.deque(), 0, 0
+  while pending or next_chunk < len(chunks):
+    while next_chunk < len(chunks):
+      size = sum(t[3] for t in chunks[next_chunk])
+      if pending and pending_bytes + size > max_pending_bytes:
+        break
+      pending.append((size, pool.apply_async(_packed_examples, (example, chunks[next_chunk]))))
+      pending_bytes += size
+      next_chunk += 1
+    size, result = pending.popleft()
+    yield from result.get()
+    pending_bytes -= size
 
 
 def worker_pool(num_workers: int) -> mp_pool.Pool:
-  """A pool for `read_examples`. Spawned, not forked: the caller may run TensorFlow's and
-  JAX's threads. Each worker imports the main module once at start."""
-  return multiprocessing.get_context("spawn").Pool(num_workers)
+  """A pool for `decode`. Spawned, not forked: the caller may run TensorFlow's and JAX's
+  threads. The workers start without the caller's main module, which spawn would import in
+  each (main.py or prepare: TensorFlow and JAX, about 0.5 GiB per worker); they need only
+  this module."""
+  main = sys.modules["__main__"]
+  sys.modules["__main__"] = types.ModuleType("__main__")  # Read by spawn as the pool starts.
+  try:
+    return multiprocessing.get_context("spawn").Pool(num_workers)
+  finally:
+    sys.modules["__main__"] = main

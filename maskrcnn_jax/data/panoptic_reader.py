@@ -25,12 +25,11 @@ Bad input, counted in `counts` under coco_reader's keys and these:
                         (logged with file and id)
   orphan_annotation     an annotation whose image id is not in the JSON's images
 
-A category outside the class set raises ValueError naming the file and the segment id: it
+A category outside the class set raises DataError naming the file and the segment id: it
 means the wrong file or a corrupt one.
 """
 
 import collections
-from multiprocessing import pool as mp_pool
 from typing import Any, Iterator
 
 from absl import logging
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from maskrcnn_jax.data import DataError
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import coco_reader
 from maskrcnn_jax.evaluation import panoptic
@@ -53,8 +53,8 @@ def png_dir(json_path) -> epath.Path:
   return json_path.parent / json_path.name.removesuffix(".json")
 
 
-def index(json_path, class_set: categories.ClassSet, counts: collections.Counter
-          ) -> tuple[dict[int, dict], dict[int, dict]]:
+def index_json(json_path, class_set: categories.ClassSet, counts: collections.Counter
+                ) -> tuple[dict[int, dict], dict[int, dict]]:
   """(images by id, annotations by image id) of a panoptic JSON, both of the usable images.
 
   Annotations keep their well-formed segments only; bad entries are counted (module doc).
@@ -79,8 +79,8 @@ def index(json_path, class_set: categories.ClassSet, counts: collections.Counter
         ann["segments_info"], _SEGMENT_FIELDS, json_path, f"image {image_id}: segment",
         counts):
       if not class_set.contains(seg["category_id"]):
-        raise ValueError(f"{json_path}: image {image_id}, segment {seg['id']} has category_id "
-                         f"{seg['category_id']}, not one of class set {class_set.name!r}")
+        raise DataError(f"{json_path}: image {image_id}, segment {seg['id']} has category_id "
+                        f"{seg['category_id']}, not one of class set {class_set.name!r}")
       if seg["id"] in seen or seg["id"] == panoptic.VOID:
         logging.warning("%s: image %d: segment id %d repeated or VOID: skipped", json_path,
                         image_id, seg["id"])
@@ -169,42 +169,37 @@ def segment_annotations(pan: np.ndarray, segments: list[dict], source: str,
   return anns
 
 
-def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
-  """One image (`coco_reader._example` on its segments): (example or None, counts, warnings)."""
-  image_id, info, image_path, png_path, segments, class_set, mask_size = task
+def index(root, split: str, class_set: categories.ClassSet, *, mask_size: int,
+          counts: collections.Counter, partial: set | None = None) -> list[coco_reader.Task]:
+  """`coco_reader.index` of a COCO panoptic root: its JSON checked before any image is
+  decoded; each task's annotations are (PNG path, segments_info). `partial` stays empty:
+  one annotation file annotates no image in part."""
+  del partial
+  root = epath.Path(root)
+  json_path = coco_reader.annotation_path(root, split, "panoptic")
+  images, anns = index_json(json_path, class_set, counts)
+  pngs = png_dir(json_path)
+  segments = {i: (str(pngs / a["file_name"]), a["segments_info"]) for i, a in anns.items()}
+  return coco_reader.tasks_of(root / coco_reader.SPLIT_DIRS[split], images, segments,
+                              class_set, mask_size, counts)
+
+
+def decode_task(task: coco_reader.Task) -> tuple[dict | None, collections.Counter, list[str]]:
+  """One image of `index` (`coco_reader._example` on its segments): (example or None,
+  counts, warnings)."""
+  image_id, info, image_path, size, (png_path, segments), class_set, mask_size = task
   pan, problem, message = read_png(png_path, info["height"], info["width"])
   if pan is None:
     return None, collections.Counter({problem: 1}), [message]
   counts, warnings = collections.Counter(), []
   anns = segment_annotations(pan, segments, str(png_path), counts, warnings)
   example, image_counts, image_warnings = coco_reader._example(
-      (image_id, info, image_path, [(png_path, a) for a in anns], class_set, mask_size))
+      (image_id, info, image_path, size, [(png_path, a) for a in anns], class_set, mask_size))
   return example, counts + image_counts, warnings + image_warnings
 
 
-def read_examples(
-    root,
-    split: str,
-    class_set: categories.ClassSet,
-    *,
-    mask_size: int,
-    counts: collections.Counter,
-    partial: set | None = None,
-    pool: mp_pool.Pool | None = None,
-) -> Iterator[dict]:
-  """`coco_reader.read_examples` of a COCO panoptic root (module doc); `partial` stays empty."""
-  del partial  # One annotation file: no image is annotated in part.
-  root = epath.Path(root)
-  json_path = coco_reader.annotation_path(root, split, "panoptic")
-  images, anns = index(json_path, class_set, counts)
-  image_dir, pngs = root / coco_reader.SPLIT_DIRS[split], png_dir(json_path)
-  tasks = ((i, images[i], str(image_dir / images[i]["file_name"]),
-            str(pngs / anns[i]["file_name"]), anns[i]["segments_info"], class_set, mask_size)
-           for i in sorted(images))
-  results = map(_example, tasks) if pool is None else pool.imap(_example, tasks, chunksize=4)
-  for example, image_counts, warnings in results:
-    counts.update(image_counts)
-    for message in warnings:
-      logging.warning("%s", message)
-    if example is not None:
-      yield example
+def read_examples(root, split: str, class_set: categories.ClassSet, *, mask_size: int,
+                  counts: collections.Counter, partial: set | None = None) -> Iterator[dict]:
+  """`coco_reader.read_examples` of a COCO panoptic root (module doc)."""
+  tasks = index(root, split, class_set, mask_size=mask_size, counts=counts, partial=partial)
+  yield from coco_reader.examples(tasks, counts, decode_task)

@@ -66,13 +66,7 @@ def create_train_dataset(
     raise ValueError(f"global batch size {global_batch_size} is not a positive multiple of the "
                      f"{process_count} processes")
   builder = build.built(data_config)
-  records = record_index.load(builder, "train")
-  partial = np.isin(records.image_id, builder.info.metadata.get("partial/train", []))
-  if partial.any() and not data_config.allow_partial_annotations:
-    logging.warning("training leaves out %d images with partial annotations "
-                    "(data.allow_partial_annotations is off)", partial.sum())
-    records = dataclasses.replace(records, num_instances=np.where(partial, 0,
-                                                                  records.num_instances))
+  records = training_records(data_config, builder)
   stream = lambda: sampler.train_stream(
       records, seed=seed, start_step=start_step, global_batch=global_batch_size,
       class_balanced=data_config.class_balanced, threshold=data_config.repeat_threshold,
@@ -82,6 +76,19 @@ def create_train_dataset(
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True,
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def training_records(data_config: ml_collections.ConfigDict, builder) -> record_index.Records:
+  """The train split's record index as training samples it: unless
+  `data.allow_partial_annotations`, images with partial annotations count no instance."""
+  records = record_index.load(builder, "train")
+  partial = np.isin(records.image_id, builder.info.metadata.get("partial/train", []))
+  if partial.any() and not data_config.allow_partial_annotations:
+    logging.warning("training leaves out %d images with partial annotations "
+                    "(data.allow_partial_annotations is off)", partial.sum())
+    records = dataclasses.replace(records, num_instances=np.where(partial, 0,
+                                                                  records.num_instances))
+  return records
 
 
 def create_loss_dataset(

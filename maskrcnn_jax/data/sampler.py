@@ -36,6 +36,13 @@ def repeat_factors(image_classes: list[np.ndarray], threshold: float) -> np.ndar
                    for cl in image_classes])
 
 
+def training_factors(records, threshold: float) -> np.ndarray:
+  """The repeat factors training samples with: [C] for the C records holding a non-crowd
+  instance (`records`: a split's `record_index.Records`), in record order."""
+  candidates = np.flatnonzero(records.num_instances > 0)
+  return repeat_factors([records.image_classes(i) for i in candidates], threshold)
+
+
 def epoch_order(candidates: np.ndarray, factors: np.ndarray | None, *, seed: int,
                 epoch: int) -> np.ndarray:
   """One epoch's global order of record indices, a function of (seed, epoch) only.
@@ -69,9 +76,7 @@ def train_stream(records, *, seed, start_step, global_batch, class_balanced, thr
   candidates = np.flatnonzero(records.num_instances > 0)
   if not len(candidates):
     raise ValueError("no training image has a non-crowd instance")
-  factors = None
-  if class_balanced:
-    factors = repeat_factors([records.image_classes(i) for i in candidates], threshold)
+  factors = training_factors(records, threshold) if class_balanced else None
   local = global_batch // process_count
   epoch, first = 0, 0  # `first`: global position of the epoch's slot 0.
   order = epoch_order(candidates, factors, seed=seed, epoch=epoch)

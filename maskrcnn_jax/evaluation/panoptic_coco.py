@@ -38,7 +38,7 @@ class GroundTruth:
       raise ValueError(f"one COCO panoptic JSON is scored against, got {annotation_files}")
     path = annotation_files[0]
     counts, warnings = collections.Counter(), []
-    images, self._anns = panoptic_reader.index(path, class_set, counts)
+    images, self._anns = panoptic_reader.index_json(path, class_set, counts)
     self._png_dir = panoptic_reader.png_dir(path)
     self._sizes = {i: (image["height"], image["width"]) for i, image in images.items()}
     annotations = []

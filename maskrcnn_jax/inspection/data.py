@@ -10,7 +10,6 @@ from matplotlib import figure as mfigure
 from matplotlib import patches
 import numpy as np
 
-from maskrcnn_jax.data import sampler
 from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.evaluation import stuff_metrics
@@ -137,11 +136,11 @@ class Statistics:
   def num_images(self) -> int:
     return len(self.image_classes)
 
-  def pictures(self, *, repeat_threshold: float) -> dict[str, np.ndarray]:
-    """Class histogram, instance-size histogram and the images' repeat factors (LVIS)."""
+  def pictures(self, *, factors: np.ndarray, repeat_threshold: float) -> dict[str, np.ndarray]:
+    """Class histogram, instance-size histogram and the repeat factors (LVIS) `factors`:
+    those of the whole split (`sampler.training_factors`)."""
     names = list(self.class_set.names)
     sizes = np.concatenate(self.sizes) if self.sizes else np.zeros(0)
-    factors = sampler.repeat_factors(self.image_classes, repeat_threshold)
     small, large = COCO_SIZE_LIMITS
     return {
         "class_histogram": bar_figure(
@@ -156,8 +155,9 @@ class Statistics:
                   f"{np.mean(sizes >= large):.0%} large (COCO limits dashed)"),
         "repeat_factors": histogram_figure(
             factors, bins=30, log=True, xlabel="repeat factor",
-            title=f"repeat factors at threshold {repeat_threshold}: "
-                  f"{np.mean(factors > 1):.0%} of images repeated, mean {factors.mean():.2f}"),
+            title=f"repeat factors of the {len(factors)} training images at threshold "
+                  f"{repeat_threshold}: {np.mean(factors > 1):.0%} repeated, mean "
+                  f"{factors.mean():.2f}"),
     }
 
   def table(self) -> list[dict]:

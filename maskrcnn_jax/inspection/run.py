@@ -28,6 +28,7 @@ from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import preprocess
+from maskrcnn_jax.data import sampler
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import pictures
 from maskrcnn_jax.evaluation import run_eval
@@ -144,7 +145,10 @@ def inspect_data(config: ml_collections.ConfigDict, class_set: categories.ClassS
     stats.add(batch)
     for b in np.flatnonzero(batch["image_valid"])[:config.inspect.num_images - len(gt)]:
       gt[f"gt_{int(batch['image_id'][b])}.png"] = data_lib.gt_picture(batch, b, class_set)
-  histograms = stats.pictures(repeat_threshold=config.data.repeat_threshold)
+  # Histograms of the first `inspect.num_stats_images`; repeat factors of the whole split.
+  records = pipeline.training_records(config.data, build.built(config.data))
+  factors = sampler.training_factors(records, config.data.repeat_threshold)
+  histograms = stats.pictures(factors=factors, repeat_threshold=config.data.repeat_threshold)
   examples = preprocess.augmentation_examples(config.data, index=0,
                                               num_draws=NUM_AUGMENTATIONS, seed=config.seed)
   augment = config.data.augment
@@ -158,7 +162,10 @@ def inspect_data(config: ml_collections.ConfigDict, class_set: categories.ClassS
                 f"photometric {augment.photometric}"),
       "statistics.json": {"num_images": stats.num_images,
                           "num_instances": int(stats.instances.sum()),
-                          "num_truncated": stats.num_truncated},
+                          "num_truncated": stats.num_truncated,
+                          "repeat_factors": {"images": len(factors),
+                                             "repeated": float(np.mean(factors > 1)),
+                                             "mean": float(factors.mean())}},
   })
 
 

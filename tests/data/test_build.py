@@ -4,6 +4,7 @@ import ml_collections
 import pytest
 
 from maskrcnn_jax.data import build
+from maskrcnn_jax.data import DataError
 import tiny_data
 
 
@@ -21,7 +22,7 @@ def test_prepare_writes_synthetic_once(tmp_path):
 
 
 def test_prepare_without_data_raises(tmp_path):
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(DataError, match="does not exist"):
     build.prepare(tiny_data.config(tmp_path / "missing"))
 
 

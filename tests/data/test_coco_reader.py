@@ -10,6 +10,7 @@ import pytest
 
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import coco_reader
+from maskrcnn_jax.data import DataError
 
 
 def _read(root, split, class_set, mask_size=16):
@@ -209,10 +210,36 @@ def test_bad_annotations(bad_root):
   assert len(examples[-1]["classes"]) == 0 and examples[-1]["masks"].shape == (0, 16, 16)
 
 
-def test_unknown_category_raises(bad_root):
-  _edit_json(bad_root, "stuff", lambda d: d["annotations"][4].update(category_id=201))
-  with pytest.raises(ValueError, match=r"stuff_train2017.json: annotation 10000004 .* 201"):
+def test_unknown_category_stops_before_any_image_is_decoded(bad_root, monkeypatch):
+  def edit(data):
+    for ann in data["annotations"][4:7]:
+      ann["category_id"] = 999
+    data["annotations"][9]["category_id"] = 201
+  _edit_json(bad_root, "stuff", edit)
+  decoded = []
+  monkeypatch.setattr(coco_reader, "_example", lambda task: decoded.append(task))
+  with pytest.raises(DataError) as e:
     _read(bad_root, "train", "stuff")
+  assert str(e.value) == (
+      f"{bad_root}/annotations/stuff_train2017.json: unknown category_id in 4 of 29 annotations "
+      "(ids 201, 999; first annotation 10000004): not COCO-Stuff's, a wrong annotation file or "
+      "class set")
+  assert not decoded
+
+
+def test_duplicates_and_missing_files_are_skipped_counted_and_named(bad_root, caplog):
+  def edit(data):
+    data["annotations"].append(dict(data["annotations"][0]))  # Same id.
+    data["images"].append(dict(data["images"][1]))  # Same id, same file.
+  _edit_json(bad_root, "stuff", edit)
+  missing = _image_file(bad_root, 2)
+  missing.unlink()
+  with caplog.at_level("WARNING"):
+    examples, counts = _read(bad_root, "train", "stuff")
+  assert (counts["duplicate_annotation"], counts["duplicate_image"], counts["missing_image"],
+          counts["images"]) == (1, 1, 1, 7)
+  assert f"{missing}: image 3 has no file: skipped" in caplog.text
+  assert len(examples) == 7
 
 
 def test_rle_counts_matches_pycocotools():
@@ -295,14 +322,15 @@ def test_partial_annotations_are_counted_and_reported(bad_root, caplog):
 
 def test_workers_give_the_same_examples(synthetic_root):
   class_set = categories.get_class_set("things_and_stuff")
-  runs = []
-  with coco_reader.worker_pool(2) as pool:
-    for p in (None, pool):
-      counts = collections.Counter()
-      runs.append((list(coco_reader.read_examples(synthetic_root, "train", class_set,
-                                                  mask_size=16, counts=counts, pool=p)), counts))
-  (one, one_counts), (two, two_counts) = runs
-  assert one_counts == two_counts and len(one) == len(two) == 8
-  for a, b in zip(one, two):
-    for k in a:
+  counts = collections.Counter()
+  one = list(coco_reader.read_examples(synthetic_root, "train", class_set, mask_size=16,
+                                       counts=counts))
+  tasks = coco_reader.index(synthetic_root, "train", class_set, mask_size=16,
+                            counts=collections.Counter())
+  with coco_reader.worker_pool(2) as pool:  # One chunk of 3 images in flight at a time.
+    two = list(coco_reader.decode(tasks, pool=pool, max_pending_bytes=1, chunk_images=3))
+  assert counts == sum((c for _, c, _ in two), collections.Counter()) and len(two) == 8
+  for a, (b, _, _) in zip(one, two):
+    np.testing.assert_array_equal(coco_reader.pack_masks(a["masks"]), b["masks"])
+    for k in a.keys() - {"masks"}:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)

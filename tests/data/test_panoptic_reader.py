@@ -123,6 +123,7 @@ def test_category_outside_the_class_set_raises(root):
 def test_build_reads_the_panoptic_root(root, tmp_path):
   config = tiny_data.config(root)
   config.class_set, config.tfds_data_dir = "panoptic", str(tmp_path / "tfds")
+  config.build_workers = 2  # Its tasks decoded by `panoptic_reader.decode_task` in workers.
   assert build.annotation_files(config, "validation") == [
       str(root / "annotations" / "panoptic_val2017.json")]
   builder = build.prepare(config)

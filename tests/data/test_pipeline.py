@@ -134,9 +134,9 @@ def test_partial_annotations_leave_training(synthetic_root, tmp_path, caplog):
   data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
   path.write_text(json.dumps(data))
   config = tiny_data.config(root, hflip=False)
-  config.class_set, config.max_instances = "things_and_stuff", 2
+  config.class_set, config.max_instances, config.build_workers = "things_and_stuff", 2, 2
   with caplog.at_level("WARNING"):
-    built = build.prepare(config, num_workers=2)
+    built = build.prepare(config)
   assert built.info.metadata["counts/train"]["partial_annotations"] == 1
   assert "hold more than data.max_instances = 2 instances" in caplog.text
   for allow, expected in ((False, [1, 3, 4, 5, 6, 7, 8]), (True, list(range(1, 9)))):

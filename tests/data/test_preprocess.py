@@ -2,7 +2,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from maskrcnn_jax.data import builder
+from maskrcnn_jax.data import coco_reader
 from maskrcnn_jax.data import preprocess
 import tiny_data
 
@@ -24,7 +24,7 @@ def _example(height=32, width=48, areas=(300, 200), crowd=None, boxes=None, mask
       "classes": tf.range(1, n + 1, dtype=tf.int32),
       "is_crowd": tf.constant(np.zeros(n, bool) if crowd is None else np.array(crowd, bool)),
       "areas": tf.constant(np.array(areas, np.int32)),
-      "masks": tf.constant(builder.pack_masks(masks)),
+      "masks": tf.constant(coco_reader.pack_masks(masks)),
   }, image, boxes, masks
 
 
@@ -38,8 +38,8 @@ def _run(ex, key, *, image_size=48, max_instances=M, train=True, **augment):
 
 def test_unpack_masks_round_trip():
   masks = np.random.default_rng(1).integers(0, 2, (3, 7, 7), dtype=np.uint8)  # 49 bits: padded.
-  packed = builder.pack_masks(masks)
-  assert packed.shape == (3, builder.packed_mask_bytes(7)) == (3, 7)
+  packed = coco_reader.pack_masks(masks)
+  assert packed.shape == (3, coco_reader.packed_mask_bytes(7)) == (3, 7)
   np.testing.assert_array_equal(preprocess.unpack_masks(tf.constant(packed), 7).numpy(), masks)
 
 

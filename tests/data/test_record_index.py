@@ -44,6 +44,16 @@ def test_reads_a_remote_data_dir(config, ram_scheme):
   assert tf.io.gfile.glob(f"{remote.tfds_data_dir}/*/*/*/records_train.npz")  # Indexed there.
 
 
+def test_builds_into_a_remote_data_dir(config, ram_scheme):
+  remote = ml_collections.ConfigDict(config.to_dict())
+  remote.tfds_data_dir = f"ram://tfds_{time.time_ns()}"
+  built = build.prepare(remote)  # Shards committed by rename, no folder rename.
+  local = build.built(config)
+  for split in ("train", "validation"):
+    ids = lambda b: record_index.load(b, split).image_id.tolist()
+    assert ids(built) == ids(local)
+
+
 def test_a_corrupt_record_fails_its_crc(config, tmp_path):
   copy = ml_collections.ConfigDict(config.to_dict())
   copy.tfds_data_dir = str(tmp_path / "tfds")

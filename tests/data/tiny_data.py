@@ -11,6 +11,7 @@ def config(root, **augment) -> ml_collections.ConfigDict:
   config = default.get_config().data
   config.root = str(root)
   config.image_size, config.max_instances, config.mask_size = S, M, SM
+  config.build_workers = 1  # A few images: a worker pool would only add its start-up.
   config.augment.update(augment)
   return config
 

@@ -29,9 +29,10 @@ TOL, REACH = 12, 3
 
 @pytest.fixture(scope="module")
 def trained(tiny_workdir):
-  """(config, workdir) of the tiny run (heads 2 steps, 4+ 2 steps), inspected on 2 images."""
+  """(config, workdir) of the tiny run (heads 2 steps, 4+ 2 steps), inspected on 2 images,
+  statistics over 4 of its 8 training images."""
   config, workdir = tiny_workdir
-  config.inspect.num_images = 2
+  config.inspect.num_images, config.inspect.num_stats_images = 2, 4
   return config, workdir
 
 
@@ -165,7 +166,8 @@ def test_inspect_mode_writes_every_picture(trained, inspected):
   recall = json.loads((root / "rpn" / "recall.json").read_text())
   assert recall["num_gt"] > 0 and 0 <= recall["recall@0.7"] <= recall["recall@0.5"] <= 1
   stats = json.loads((root / "data" / "statistics.json").read_text())
-  assert stats["num_images"] == config.data.synthetic.num_train
+  assert stats["num_images"] == 4
+  assert stats["repeat_factors"]["images"] == config.data.synthetic.num_train  # The whole split.
   # The stage table: heads trains no backbone parameter, 4+ trains res4 and res5 only.
   stages = {r.split(",")[0]: r.split(",") for r in
             (root / "weights" / "stages.csv").read_text().splitlines()}
