@@ -14,7 +14,10 @@ Bad input is handled as follows and counted in `counts` under these keys:
   missing_image         image file absent: image skipped
   corrupt_image         not decodable or truncated: image skipped
   image_size_mismatch   decoded size differs from the JSON: image skipped
-  converted_image       grayscale, CMYK, PNG, ... content: re-encoded as an RGB JPEG, kept
+  converted_image       grayscale, CMYK, PNG, ... content: stored as RGB PNG, kept
+  exif_orientation_N    EXIF orientation N (2-8: mirrored and/or rotated) applied before the
+                        size check, as `images.decode` applies it in prediction; the image
+                        is stored as RGB PNG (its pixels as shown), kept
   rle_size_mismatch     an RLE `size` differs from the image: annotation skipped (logged
                         with file and annotation id); a mask at the wrong size cannot be placed
   malformed_rle         an RLE whose counts do not decode, are negative or do not sum to
@@ -55,6 +58,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import images
 
 SPLIT_DIRS = {"train": "train2017", "validation": "val2017"}
 
@@ -148,19 +152,21 @@ def _rle_problem(segmentation: dict, height: int, width: int) -> str | None:
   return None
 
 
-def _rgb_jpeg(data: bytes) -> tuple[bytes, tuple[int, int], bool]:
-  """(JPEG bytes, (height, width), converted): `data` itself when it is already an RGB JPEG.
+def _rgb_jpeg(data: bytes) -> tuple[bytes, tuple[int, int], bool, int]:
+  """(stored bytes, (height, width) as shown, converted, EXIF orientation) of an image file.
 
-  Raises OSError (or a PIL error) when `data` cannot be fully decoded.
+  `data` itself when it is an RGB JPEG without an orientation to apply; otherwise the
+  pixels `images.decode` gives (orientation applied), losslessly as PNG. Raises OSError
+  (or a PIL error) when `data` cannot be fully decoded.
   """
+  pixels, orientation = images.decode(data)
   with Image.open(io.BytesIO(data)) as image:
-    image.load()  # Decodes every pixel: truncated files raise here.
-    size = (image.height, image.width)
-    if image.format == "JPEG" and image.mode == "RGB":
-      return data, size, False
-    out = io.BytesIO()
-    image.convert("RGB").save(out, format="JPEG", quality=95)
-    return out.getvalue(), size, True
+    if image.format == "JPEG" and image.mode == "RGB" and orientation == 1:
+      return data, pixels.shape[:2], False, orientation
+    converted = not (image.format == "JPEG" and image.mode == "RGB")
+  out = io.BytesIO()
+  Image.fromarray(pixels).save(out, format="PNG", compress_level=1)
+  return out.getvalue(), pixels.shape[:2], converted, orientation
 
 
 def _to_rle(segmentation, height: int, width: int):
@@ -238,11 +244,13 @@ def _example(task) -> tuple[dict | None, collections.Counter, list[str]]:
     counts["missing_image"] += 1
     return None, counts, warnings
   try:
-    data, size, converted = _rgb_jpeg(path.read_bytes())
+    data, size, converted, orientation = _rgb_jpeg(path.read_bytes())
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     warnings.append(f"{path}: cannot decode ({e}): skipped")
     counts["corrupt_image"] += 1
     return None, counts, warnings
+  if orientation != 1:
+    counts[f"exif_orientation_{orientation}"] += 1
   height, width = info["height"], info["width"]
   if size != (height, width):
     warnings.append(f"{path}: decoded size {size}, JSON says {(height, width)}: skipped")
@@ -320,8 +328,8 @@ def read_examples(
 ) -> Iterator[dict]:
   """Yields one example per usable image of `split` (train | validation), by image id.
 
-  An example: image (RGB JPEG bytes), image_id, height, width, and per instance
-  boxes [N, 4] float32 original pixels, classes [N] int32 training ids in [1, K],
+  An example: image (RGB JPEG or PNG bytes: `_rgb_jpeg`), image_id, height, width, and per
+  instance boxes [N, 4] float32 original pixels, classes [N] int32 training ids in [1, K],
   is_crowd [N] bool, areas [N] int32 (mask pixels), masks [N, Sm, Sm] uint8 in {0, 1}
   (the mask cropped to its box, resized). Bad input is skipped and counted in `counts`
   (see the module docstring); the ids of images with partial annotations are added to
