@@ -159,11 +159,13 @@ def _rgb_jpeg(data: bytes) -> tuple[bytes, tuple[int, int], bool, int]:
   pixels `images.decode` gives (orientation applied), losslessly as PNG. Raises OSError
   (or a PIL error) when `data` cannot be fully decoded.
   """
-  pixels, orientation = images.decode(data)
   with Image.open(io.BytesIO(data)) as image:
-    if image.format == "JPEG" and image.mode == "RGB" and orientation == 1:
-      return data, pixels.shape[:2], False, orientation
+    image.load()  # Decodes every pixel: truncated files raise here.
+    orientation = images.orientation(image)
     converted = not (image.format == "JPEG" and image.mode == "RGB")
+    if not converted and orientation == 1:
+      return data, (image.height, image.width), False, orientation
+  pixels = images.decode(data)
   out = io.BytesIO()
   Image.fromarray(pixels).save(out, format="PNG", compress_level=1)
   return out.getvalue(), pixels.shape[:2], converted, orientation

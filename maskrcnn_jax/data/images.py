@@ -40,17 +40,22 @@ EXIF_ORIENTATION = 0x0112
 STRIDE = rpn.STRIDES[-1]
 
 
-def decode(data: bytes) -> tuple[np.ndarray, int]:
-  """Image file bytes (any format and mode) -> ([H, W, 3] uint8 RGB as shown, with its EXIF
-  orientation applied; the EXIF orientation, 1 when absent or invalid).
+def orientation(image: Image.Image) -> int:
+  """The EXIF orientation of an opened image: 1 (as stored) when absent or invalid, 2-8
+  mirrored and/or rotated."""
+  value = image.getexif().get(EXIF_ORIENTATION, 1)
+  return value if value in range(1, 9) else 1
+
+
+def decode(data: bytes) -> np.ndarray:
+  """Image file bytes (any format and mode) -> [H, W, 3] uint8 RGB as shown: its EXIF
+  orientation applied.
 
   Raises OSError (or a PIL error) when `data` cannot be fully decoded.
   """
   with Image.open(io.BytesIO(data)) as image:
     image.load()  # Decodes every pixel: truncated files raise here.
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    orientation = orientation if orientation in range(1, 9) else 1
-    return np.asarray(ImageOps.exif_transpose(image).convert("RGB")), orientation
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 def decode_tf(data: tf.Tensor) -> tf.Tensor:

@@ -25,7 +25,7 @@ def load_images(paths: list[str], data_config: ml_collections.ConfigDict, *,
          "image_info": np.zeros((batch_size, 5), np.float32),
          "image_valid": np.zeros((batch_size,), bool), "original": []}
   for i, path in enumerate(paths):
-    original, _ = images.decode(epath.Path(path).read_bytes())
+    original = images.decode(epath.Path(path).read_bytes())
     h, w = original.shape[:2]
     scale = images.scale(h, w, data_config)
     new_h, new_w = images.resized_size(h, w, scale)

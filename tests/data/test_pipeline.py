@@ -52,7 +52,7 @@ def test_eval_matches_the_reader(config, synthetic_root):
       np.testing.assert_array_equal(batch["classes"][i, :n], e["classes"][order])
       np.testing.assert_array_equal(batch["masks"][i, :n], e["masks"][order])
       assert not batch["classes"][i, n:].any() and not batch["masks"][i, n:].any()
-      np.testing.assert_array_equal(batch["image"][i], images.decode(e["image"])[0])  # PIL's.
+      np.testing.assert_array_equal(batch["image"][i], images.decode(e["image"]))  # PIL's.
   assert sorted(seen) == sorted(expected)
   last = batches[-1]
   assert last["image_valid"].tolist() == [True, False] and not last["valid"][1].any()
