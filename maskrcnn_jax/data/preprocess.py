@@ -1,11 +1,12 @@
 """Serialized examples -> the per-image tensors of a batch (`pipeline` lists them), in TF.
 
-S `data.image_size`, M `data.max_instances`, Sm `data.mask_size`. Augmentation (hflip,
-photometric and scale jitter) draws from stateless ops keyed by (seed, the example's key),
-so an image's augmentation depends on nothing else. With scale jitter above 1 the resized
-image is larger than S and a random S×S window of it is kept: boxes are clipped to it and
-masks re-cropped to the clipped boxes, and padded pixel = original pixel × scale − window
-offset (training only).
+Hc × Wc the canvas of `data.resize` (`images`), M `data.max_instances`, Sm `data.mask_size`.
+Augmentation (hflip, photometric and scale jitter, and the shortest side when `data.min_size`
+holds several) draws from stateless ops keyed by (seed, the example's key), so an image's
+augmentation depends on nothing else. With scale jitter above 1 the resized image may be
+larger than the canvas and a random Hc × Wc window of it is kept: boxes are clipped to it
+and masks re-cropped to the clipped boxes, and padded pixel = original pixel × (resized /
+original size, per axis) − window offset (training only).
 """
 
 import itertools
