@@ -20,13 +20,13 @@ def load_config(path: str):
 
 
 def default_config(depth: int, size: int):
-  """configs/default.py at ResNet `depth` and image side `size`, with torchvision's layout
-  of the model (torchvision's Mask R-CNN is the peer)."""
+  """configs/default.py at ResNet `depth` and a `size`² canvas (resize `longest`), with
+  torchvision's layout of the model (torchvision's Mask R-CNN is the peer)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   default.torchvision_weights(config.model)
   config.model.depth = depth
-  config.data.image_size = size
+  config.data.resize, config.data.image_size = "longest", size
   return config
 
 

@@ -94,7 +94,7 @@ def _config(root: pathlib.Path, image_size: int,
             mask_size: int = 112) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       root=str(root), tfds_data_dir=str(root / "tfds"), class_set="stuff",
-      image_size=image_size, max_instances=100, mask_size=mask_size, class_balanced=False,
+      resize="longest", image_size=image_size, max_instances=100, mask_size=mask_size, class_balanced=False,
       repeat_threshold=0.001, read_parallelism=16, allow_partial_annotations=False,
       augment=dict(hflip=True, scale_range=(0.8, 1.25), photometric=True),
       synthetic=dict(enabled=False)))

@@ -181,7 +181,7 @@ def whole_eval(config: ml_collections.ConfigDict, out_dir: str, *, num_images: i
   config.data.root = str(root)
   config.data.tfds_data_dir = ""
   config.data.synthetic.enabled = False  # Written here at height × width.
-  config.data.image_size = side
+  config.data.resize, config.data.image_size = "longest", side
   config.data.eval_batch_size = batch_size
   config.model.roi_heads.score_threshold = 0.0
   config.model.roi_heads.detections_per_image = num_detections

@@ -42,6 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bench import common
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import images
 from maskrcnn_jax.training import optimizer, train
 
 MB = 2.0**20
@@ -163,6 +164,7 @@ def main():
   config = common.load_config(args.config)
   overrides = [tuple(s.split("=", 1)) for s in args.raw_set]
   overrides += [(k, str(v)) for k, v in (("model.dtype", args.dtype),
+                                         ("data.resize", args.image_size and "longest"),
                                          ("data.image_size", args.image_size),
                                          ("model.depth", args.depth)) if v]
   common.override(config, overrides)
@@ -172,7 +174,8 @@ def main():
       {"params": k, "sampling": k}, train.dummy_batch(config.data, 1), train=True),
                              jax.random.key(0))
   print(f"# {jax.devices()[0].device_kind} ({jax.default_backend()}); {args.config} "
-        f"R{config.model.depth} {config.data.image_size}² batch {args.batch} per device "
+        f"R{config.model.depth} {'x'.join(map(str, images.canvas(config.data)))} batch "
+        f"{args.batch} per device "
         f"{config.model.dtype}; RoIs {config.model.roi_heads.rois_per_image}; "
         f"overrides {overrides}", flush=True)
   print(f"{'step':<16} {'args MB':>8} {'out MB':>8} {'temp MB':>9} {'peak MB':>9} "

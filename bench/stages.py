@@ -16,6 +16,7 @@ from bench import common
 from bench import run as bench_run
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import images
 from maskrcnn_jax.training import train
 
 
@@ -23,24 +24,27 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/demo.py")
   parser.add_argument("--depth", type=int, default=0, help="overrides model.depth")
-  parser.add_argument("--size", type=int, default=0, help="overrides data.image_size")
+  parser.add_argument("--size", type=int, default=0,
+                      help="a size² canvas: data.image_size, resize longest")
   parser.add_argument("--batch", type=int, default=0, help="overrides the global batch")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per stage")
   args = parser.parse_args()
   config = common.load_config(args.config)
   config.model.depth = args.depth or config.model.depth
-  config.data.image_size = args.size or config.data.image_size
+  if args.size:
+    config.data.resize, config.data.image_size = "longest", args.size
+  size, _ = images.canvas(config.data)  # Square canvases only.
   batch_size = args.batch or config.train.global_batch_size
   class_set = categories.get_class_set(config.data.class_set)
   model = models.build(config.model, num_classes=class_set.num_classes + 1)
   mesh = train.make_mesh()
   variables = train.init_variables(model, config.data, jax.random.key(0),
                                    NamedSharding(mesh, P()))
-  batch = common.synthetic_batch(batch_size, config.data.image_size, 3,
+  batch = common.synthetic_batch(batch_size, size, 3,
                                  mask_size=config.data.mask_size,
                                  max_instances=config.data.max_instances,
                                  num_classes=class_set.num_classes + 1)
-  print(f"R{config.model.depth}-FPN {config.data.image_size}² batch {batch_size}, "
+  print(f"R{config.model.depth}-FPN {size}² batch {batch_size}, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
   print(f"{'stage':>8} {'trainable':>10} {'compile s':>10} {'step s':>8}")
   for stage in config.train.stages:

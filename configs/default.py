@@ -46,7 +46,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.root = ""  # ROOT/{train2017,val2017,annotations}: the COCO download layout.
   config.data.tfds_data_dir = ""  # Where the TFDS builder writes; default ROOT/tfds.
   config.data.class_set = "stuff"  # stuff | stuff_no_other | things_and_stuff | coco | panoptic
-  config.data.image_size = 1024  # Longest side resized to this, then padded to a square.
+  # The study's matterport "square" resize: shortest side up to 800, longest at most 1024,
+  # padded to 1024² (maskrcnn_jax/data/images.py: longest | shortest_edge | square).
+  config.data.resize = "square"
+  config.data.image_size = 1024  # `longest`: the longest side, and the square canvas.
+  # shortest_edge | square: the shortest side (a tuple: one drawn per training image, the
+  # largest in evaluation) and the longest side's cap, which also sets the square canvas.
+  config.data.min_size = (800,)
+  config.data.max_size = 1024
   config.data.max_instances = 100
   # GT masks stored cropped to their box at this size; 112 gives mask targets closer to the
   # full-resolution mask than torchvision's (docs/benchmarks.md, mask targets).

@@ -9,6 +9,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.data.root = "/tmp/maskrcnn_jax_demo/data"
+  config.data.resize = "longest"  # The synthetic images are square: `square` resizes alike.
   config.data.image_size = 256
   config.data.max_instances = 16
   config.data.mask_size = 28

@@ -12,9 +12,9 @@ The class set `coco`: detectron2's 81-way classifier (`classifier_layout` detect
 background last) is mapped onto it at load time. The model takes detectron2's inference
 settings (maskrcnn_jax/weights/convert_detectron2.py lists every difference from
 torchvision's): configs/default.py's `detectron2_weights`, plus adaptive RoIAlign sampling,
-no minimum detection size and RPN boxes kept down to a width of 1e-7. detectron2 resizes the
-shorter side to 800 (longer <= 1333) and pads to a multiple of 32; here the longer side is
-resized to 1344 and the image padded to a square.
+no minimum detection size and RPN boxes kept down to a width of 1e-7. Its resize: the
+shorter side to 800, the longer at most 1333 (`data.resize` shortest_edge); detectron2 pads
+to a multiple of 32, here to a fixed 1344² canvas.
 """
 
 from configs import default
@@ -23,7 +23,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.data.class_set = "coco"
-  config.data.image_size = 1344
+  config.data.resize, config.data.min_size, config.data.max_size = "shortest_edge", (800,), 1333
   default.detectron2_weights(config.model)
   config.init.checkpoint = "weights/detectron2_mask_rcnn_R_101_FPN_3x"
   config.init.scope = "full"

@@ -14,9 +14,9 @@ set `coco` those rows are mapped onto its 80 classes at load time, so prediction
 COCO AP use the converted classifier; other class sets keep the rows of the COCO classes
 they share and initialise the rest (`maskrcnn_jax.weights.load`).
 
-torchvision resizes the shorter side to 800 (longer side <= 1333) and pads to a multiple
-of 32; here the longer side is resized and the image padded to a square that is a
-multiple of 64, so 1088: a 4:3 COCO image becomes 1088 x 816, torchvision's 1067 x 800.
+Its resize: the shorter side to 800, the longer at most 1333 (`data.resize` shortest_edge);
+torchvision pads to a multiple of 32, here to a fixed 1344² canvas. torchvision floors the
+resized size where this rounds it (a side may differ by a pixel).
 """
 
 from configs import default
@@ -24,7 +24,7 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.data.image_size = 1088
+  config.data.resize, config.data.min_size, config.data.max_size = "shortest_edge", (800,), 1333
 
   config.model.depth = 50
   config.model.freeze_at = 2  # torchvision's default trainable_backbone_layers=3.

@@ -3,8 +3,8 @@
 Every experiment config is `get_config(arg)`: with no argument it is the run on real
 COCO-Stuff at the study's scale (`configs/default.py` plus the experiment's diff); with
 `:cpu` (`--config experiments/lr_0005.py:cpu`) the same diff applies to a CPU-sized base:
-`configs/demo.py` (ResNet-18, synthetic data) at 128² with a shorter 3-stage schedule, a
-few minutes per run on 2 cores.
+`configs/demo.py` (ResNet-18, synthetic data) at 128² (the study's `square` resize scaled
+down) with a shorter 3-stage schedule, a few minutes per run on 2 cores.
 """
 
 import ml_collections
@@ -23,7 +23,9 @@ def base(arg: str | None) -> ml_collections.ConfigDict:
     return default.get_config()
   config = demo.get_config()
   config.data.root = "/tmp/maskrcnn_jax_experiments/data"
-  config.data.image_size = config.data.synthetic.image_size = 128
+  config.data.synthetic.image_size = 128
+  # The study's `square` resize at 128 / 1024 of its size: 100 up, at most 128, canvas 128².
+  config.data.resize, config.data.min_size, config.data.max_size = "square", (100,), 128
   config.model.anchor_sizes = (8, 16, 32, 64, 128)
   for stage, steps in zip(config.train.stages, (40, 60, 80)):
     stage.steps = steps

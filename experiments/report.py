@@ -17,9 +17,11 @@ import pathlib
 import shutil
 
 from matplotlib import figure as mfigure
+import ml_collections
 import numpy as np
 
 from experiments import run as run_lib
+from maskrcnn_jax.data import images
 from maskrcnn_jax.evaluation import pictures
 
 METRICS = (("bbox/AP", "box AP"), ("segm/AP", "mask AP"), ("stuff/mIoU", "mIoU"),
@@ -124,10 +126,13 @@ def write_report(runs: list[dict], out: pathlib.Path, *, missing: list[str]) -> 
   assets = out.with_suffix("")
   assets.mkdir(parents=True, exist_ok=True)
   config = runs[0]["config"]
+  data = ml_collections.ConfigDict({"resize": "longest", **config["data"]})  # Older runs: longest.
+  height, width = images.canvas(data)
   stages = " → ".join(f"{s['name']} {s['steps']} steps at {s['lr']:g}"
                       for s in config["train"]["stages"])
   lines = ["# Experiments: the study and its proposals", "",
-           f"Scale: ResNet-{config['model']['depth']} FPN, {config['data']['image_size']}² images, "
+           f"Scale: ResNet-{config['model']['depth']} FPN, `{data.resize}` resize to "
+           f"{height}×{width}, "
            f"global batch {config['train']['global_batch_size']}, data root "
            f"`{config['data']['root']}`; baseline schedule {stages}. Regenerate with "
            "`python -m experiments.run --scale cpu --root ROOT` then "

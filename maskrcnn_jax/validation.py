@@ -11,12 +11,14 @@ from typing import Any
 
 import ml_collections
 
+from maskrcnn_jax.models import rpn
 from maskrcnn_jax.weights import load
 
 DEPTHS = (18, 34, 50, 101, 152)
 DTYPES = ("float32", "bfloat16")
 TRAINABLE_PRESETS = ("heads", "5+", "4+", "3+", "2+", "all")
 PASTE_PLACES = ("auto", "device", "host")
+RESIZE_MODES = ("longest", "shortest_edge", "square")  # maskrcnn_jax/data/images.py
 
 
 class ConfigError(ValueError):
@@ -77,8 +79,18 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
   from maskrcnn_jax.data import categories  # pylint: disable=g-import-not-at-top
 
   _in(config, "data.class_set", categories.CLASS_SET_NAMES)
-  size = config.data.image_size
-  _check(size > 0 and size % 64 == 0, "data.image_size", size, "must be a positive multiple of 64")
+  _in(config, "data.resize", RESIZE_MODES)
+  if config.data.resize == "longest":
+    size, stride = config.data.image_size, rpn.STRIDES[-1]
+    _check(size > 0 and size % stride == 0, "data.image_size", size,
+           f"must be a positive multiple of {stride} (data.resize longest)")
+  else:
+    min_size, max_size = config.data.min_size, config.data.max_size
+    _check(len(min_size) > 0 and all(isinstance(s, int) and s > 0 for s in min_size),
+           "data.min_size", min_size,
+           f"must be one or more positive integers (data.resize {config.data.resize})")
+    _check(max_size >= max(min_size), "data.max_size", max_size,
+           f"must be >= the largest data.min_size ({max(min_size)})")
   _positive(config, "data.max_instances")
   _positive(config, "data.mask_size")
   _positive(config, "data.eval_batch_size")

@@ -68,8 +68,8 @@ def test_bad_override_exits_with_one_line(tmp_path, override, expected):
 def test_override_reaches_the_config(tmp_path):
   """The overridden value is what validation sees, and nothing runs after a bad config."""
   assert exit_message("--config", str(ROOT / "configs/default.py"), "--workdir", str(tmp_path),
-                      "--config.data.root=/data", "--config.data.image_size=1000") == (
-      "Invalid config: config.data.image_size = 1000: must be a positive multiple of 64")
+                      "--config.data.root=/data", "--config.data.max_size=700") == (
+      "Invalid config: config.data.max_size = 700: must be >= the largest data.min_size (800)")
   assert not (tmp_path / "config.json").exists()
 
 

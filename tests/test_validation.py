@@ -19,10 +19,22 @@ def test_shipped_configs_are_valid(get_config):
   validation.validate(config)
 
 
+def test_longest_needs_a_canvas_of_whole_strides():
+  config = default.get_config()
+  config.data.root, config.data.resize, config.data.image_size = "/data", "longest", 1000
+  with pytest.raises(validation.ConfigError, match=r"^config.data.image_size = 1000: must be a "
+                     r"positive multiple of 64 \(data.resize longest\)$"):
+    validation.validate(config)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("model.depth", 77, "config.model.depth = 77: must be one of 18, 34, 50, 101, 152"),
     ("model.dtype", "float16", "config.model.dtype = 'float16': must be one of float32"),
-    ("data.image_size", 1000, "config.data.image_size = 1000: must be a positive multiple of 64"),
+    ("data.resize", "fit", "config.data.resize = 'fit': must be one of longest, shortest_edge, "
+     "square"),
+    ("data.min_size", (800, 0), "config.data.min_size = (800, 0): must be one or more positive "
+     "integers (data.resize square)"),
+    ("data.max_size", 700, "config.data.max_size = 700: must be >= the largest data.min_size (800)"),
     ("data.class_set", "stuf", "config.data.class_set = 'stuf': must be one of coco, stuff"),
     ("data.root", "", "config.data.root = '': must name the COCO-Stuff root"),
     ("model.rpn.bg_iou", 0.8, "config.model.rpn.bg_iou = 0.8: must be <= model.rpn.fg_iou"),

@@ -1,9 +1,9 @@
 """TFDS dataset: COCO-Stuff 2017 (download layout, read by `coco_reader`) or COCO panoptic
 (`panoptic_reader`) into TFRecords.
 
-One builder config per (class set, mask side Sm). Each record holds the encoded JPEG, the
-image id and size, and per instance its box (original pixels), training id, crowd flag,
-mask area and box-cropped Sm×Sm mask, bit-packed (Sm² / 8 bytes) and zlib-compressed
+One builder config per (class set, mask side Sm). Each record holds the encoded image (the
+file's JPEG, or its pixels as PNG: `coco_reader`), the image id and size, and per instance
+its box (original pixels), training id, crowd flag, mask area and box-cropped Sm×Sm mask, bit-packed (Sm² / 8 bytes) and zlib-compressed
 (at Sm = 112 at most 1568 bytes per mask, about 220 zlib-compressed for COCO-Stuff's stuff
 masks, beside 100-200 KiB of JPEG per COCO image).
 
@@ -72,8 +72,10 @@ class MaskrcnnCocoStuff(dataset_builder.FileReaderBuilder):
 
   # TFDS finds this itself through the `importlib_resources` backport, which it does not declare.
   code_path = epath.Path(__file__)
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "EXIF orientation applied; converted and oriented images stored "
+                            "as PNG pixels."}
   BUILDER_CONFIGS = [builder_config(c, m) for c in categories.CLASS_SET_NAMES for m in MASK_SIZES]
 
   def _info(self) -> tfds.core.DatasetInfo:

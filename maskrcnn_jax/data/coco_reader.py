@@ -14,7 +14,10 @@ Bad input is handled as follows and counted in `counts` under these keys:
   missing_image         image file absent: image skipped (its file logged)
   corrupt_image         not decodable or truncated: image skipped
   image_size_mismatch   decoded size differs from the JSON: image skipped
-  converted_image       grayscale, CMYK, PNG, ... content: re-encoded as an RGB JPEG, kept
+  converted_image       grayscale, CMYK, PNG, ... content: stored as RGB PNG, kept
+  exif_orientation_N    EXIF orientation N (2-8: mirrored and/or rotated) applied before the
+                        size check, as `pixels.decode` applies it in prediction; the image
+                        is stored as RGB PNG (its pixels as shown), kept
   rle_size_mismatch     an RLE `size` differs from the image: annotation skipped (logged
                         with file and annotation id); a mask at the wrong size cannot be placed
   malformed_rle         an RLE whose counts do not decode, are negative or do not sum to
@@ -62,6 +65,7 @@ from pycocotools import mask as mask_utils
 
 from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import DataError
+from maskrcnn_jax.data import pixels
 
 # One image to decode: (image id, JSON image entry, file path, file size in bytes,
 # [(annotation file name, annotation)], class set, mask side Sm).
@@ -173,19 +177,23 @@ def _rle_problem(segmentation: dict, height: int, width: int) -> str | None:
   return None
 
 
-def _rgb_jpeg(data: bytes) -> tuple[bytes, tuple[int, int], bool]:
-  """(JPEG bytes, (height, width), converted): `data` itself when it is already an RGB JPEG.
+def _rgb_jpeg(data: bytes) -> tuple[bytes, tuple[int, int], bool, int]:
+  """(stored bytes, (height, width) as shown, converted, EXIF orientation) of an image file.
 
-  Raises OSError (or a PIL error) when `data` cannot be fully decoded.
+  `data` itself when it is an RGB JPEG without an orientation to apply; otherwise the
+  pixels `pixels.decode` gives (orientation applied), losslessly as PNG. Raises OSError
+  (or a PIL error) when `data` cannot be fully decoded.
   """
   with Image.open(io.BytesIO(data)) as image:
     image.load()  # Decodes every pixel: truncated files raise here.
-    size = (image.height, image.width)
-    if image.format == "JPEG" and image.mode == "RGB":
-      return data, size, False
-    out = io.BytesIO()
-    image.convert("RGB").save(out, format="JPEG", quality=95)
-    return out.getvalue(), size, True
+    orientation = pixels.orientation(image)
+    converted = not (image.format == "JPEG" and image.mode == "RGB")
+    if not converted and orientation == 1:
+      return data, (image.height, image.width), False, orientation
+  shown = pixels.decode(data)
+  out = io.BytesIO()
+  Image.fromarray(shown).save(out, format="PNG", compress_level=1)
+  return out.getvalue(), shown.shape[:2], converted, orientation
 
 
 def _to_rle(segmentation, height: int, width: int):
@@ -258,11 +266,13 @@ def _example(task: Task) -> tuple[dict | None, collections.Counter, list[str]]:
   counts, warnings = collections.Counter(), []
   path = epath.Path(path)
   try:
-    data, size, converted = _rgb_jpeg(path.read_bytes())
+    data, size, converted, orientation = _rgb_jpeg(path.read_bytes())
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     warnings.append(f"{path}: cannot decode ({e}): skipped")
     counts["corrupt_image"] += 1
     return None, counts, warnings
+  if orientation != 1:
+    counts[f"exif_orientation_{orientation}"] += 1
   height, width = info["height"], info["width"]
   if size != (height, width):
     warnings.append(f"{path}: decoded size {size}, JSON says {(height, width)}: skipped")
@@ -398,8 +408,8 @@ def read_examples(
 ) -> Iterator[dict]:
   """Yields one example per usable image of `split` (train | validation), by image id.
 
-  An example: image (RGB JPEG bytes), image_id, height, width, and per instance
-  boxes [N, 4] float32 original pixels, classes [N] int32 training ids in [1, K],
+  An example: image (RGB JPEG or PNG bytes: `_rgb_jpeg`), image_id, height, width, and per
+  instance boxes [N, 4] float32 original pixels, classes [N] int32 training ids in [1, K],
   is_crowd [N] bool, areas [N] int32 (mask pixels), masks [N, Sm, Sm] uint8 in {0, 1}
   (the mask cropped to its box, resized). Bad input is skipped and counted in `counts`
   (see the module docstring); the ids of images with partial annotations are added to

@@ -1,9 +1,9 @@
 """tf.data input pipelines: COCO-Stuff TFRecords -> fixed-shape batches (docs/design.md).
 
-B images per batch (G / P: the global batch over the processes), S `data.image_size`,
-M `data.max_instances`, Sm `data.mask_size`. A batch:
+B images per batch (G / P: the global batch over the processes), Hc × Wc the canvas of
+`data.resize` (`images`), M `data.max_instances`, Sm `data.mask_size`. A batch:
 
-  image          [B, S, S, 3] uint8   longest side resized to S × jitter, zero-padded bottom/right
+  image          [B, Hc, Wc, 3] uint8 resized by `data.resize` × jitter, zero-padded bottom/right
   image_id       [B] int32
   image_info     [B, 5] float32       (orig_h, orig_w, scale, valid_h, valid_w)
   boxes          [B, M, 4] float32    (x1, y1, x2, y2) in padded-image pixels

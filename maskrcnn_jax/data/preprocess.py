@@ -1,11 +1,12 @@
 """Serialized examples -> the per-image tensors of a batch (`pipeline` lists them), in TF.
 
-S `data.image_size`, M `data.max_instances`, Sm `data.mask_size`. Augmentation (hflip,
-photometric and scale jitter) draws from stateless ops keyed by (seed, the example's key),
-so an image's augmentation depends on nothing else. With scale jitter above 1 the resized
-image is larger than S and a random S×S window of it is kept: boxes are clipped to it and
-masks re-cropped to the clipped boxes, and padded pixel = original pixel × scale − window
-offset (training only).
+Hc × Wc the canvas of `data.resize` (`images`), M `data.max_instances`, Sm `data.mask_size`.
+Augmentation (hflip, photometric and scale jitter, and the shortest side when `data.min_size`
+holds several) draws from stateless ops keyed by (seed, the example's key), so an image's
+augmentation depends on nothing else. With scale jitter above 1 the resized image may be
+larger than the canvas and a random Hc × Wc window of it is kept: boxes are clipped to it
+and masks re-cropped to the clipped boxes, and padded pixel = original pixel × (resized /
+original size, per axis) − window offset (training only).
 """
 
 import itertools
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import record_index
+from maskrcnn_jax.data import images
 
 # Photometric jitter: brightness, contrast and saturation factors drawn from 1 ± this.
 PHOTOMETRIC_DELTA = 0.2
@@ -63,9 +65,11 @@ def _recrop_masks(masks, boxes, clipped):
   return tf.cast(out[..., 0] >= 0.5, tf.uint8)
 
 
-def preprocess(ex, key, *, seed, image_size, max_instances, mask_size, augment, train):
+def preprocess(ex, key, *, seed, data_config, train):
   """One parsed example -> the per-image tensors of a batch (`pipeline` lists them)."""
-  image = tf.io.decode_jpeg(ex["image"], channels=3)
+  augment, max_instances = data_config.augment, data_config.max_instances
+  mask_size = data_config.mask_size
+  image = images.decode_tf(ex["image"])
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
   keep = tf.logical_not(ex["is_crowd"])
@@ -88,20 +92,23 @@ def preprocess(ex, key, *, seed, image_size, max_instances, mask_size, augment, 
 
   lo, hi = augment.scale_range if train else (1.0, 1.0)
   jitter = tf.random.stateless_uniform([], seeds[2], lo, hi) if hi > lo else tf.constant(lo)
-  scale = image_size * jitter / tf.maximum(hf, wf)
-  new_h = tf.maximum(tf.cast(tf.round(hf * scale), tf.int32), 1)
-  new_w = tf.maximum(tf.cast(tf.round(wf * scale), tf.int32), 1)
-  image = tf.image.resize(image, [new_h, new_w], method="bilinear")
-  room = tf.cast(tf.maximum(tf.stack([new_h, new_w]) - image_size, 0), tf.float32)
+  min_size = (images.draw_min_size(data_config, tf.random.experimental.stateless_fold_in(
+      seeds[2], 1)) if train and len(data_config.min_size) > 1 else None)
+  scale = images.scale(height, width, data_config, min_size) * tf.cast(jitter, tf.float64)
+  new_h, new_w = images.resized_size(height, width, scale)
+  image = images.resize(image, new_h, new_w)
+  size = tf.constant(images.canvas(data_config))
+  room = tf.cast(tf.maximum(tf.stack([new_h, new_w]) - size, 0), tf.float32)
   offset = tf.cast(tf.floor(tf.random.stateless_uniform([2], seeds[3]) * (room + 1)), tf.int32)
-  image = image[offset[0]:offset[0] + image_size, offset[1]:offset[1] + image_size]
-  valid_h = tf.minimum(new_h - offset[0], image_size)
-  valid_w = tf.minimum(new_w - offset[1], image_size)
-  image = tf.saturate_cast(image + 0.5, tf.uint8)  # Rounds: the values are clamped first.
-  image = tf.image.pad_to_bounding_box(image, 0, 0, image_size, image_size)
+  image = image[offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1]]
+  valid_h = tf.minimum(new_h - offset[0], size[0])
+  valid_w = tf.minimum(new_w - offset[1], size[1])
+  image = images.to_canvas(image, data_config)
 
+  # Each axis scales by its own ratio, resized / original, as the image does.
+  ratio = tf.cast(tf.stack([new_w, new_h]), tf.float32) / tf.stack([wf, hf])
   shift = tf.cast(tf.tile(offset[::-1], [2]), tf.float32)
-  boxes = boxes * scale - shift
+  boxes = boxes * tf.tile(ratio, [2]) - shift
   limit = tf.cast(tf.stack([valid_w, valid_h, valid_w, valid_h]), tf.float32)
   clipped = tf.clip_by_value(boxes, 0.0, limit)
   inside = tf.reduce_all(clipped[:, 2:] - clipped[:, :2] > 1e-5, -1)
@@ -120,7 +127,7 @@ def preprocess(ex, key, *, seed, image_size, max_instances, mask_size, augment, 
   out = {
       "image": image,
       "image_id": tf.cast(ex["image_id"], tf.int32),
-      "image_info": tf.stack([hf, wf, scale, tf.cast(valid_h, tf.float32),
+      "image_info": tf.stack([hf, wf, tf.cast(scale, tf.float32), tf.cast(valid_h, tf.float32),
                               tf.cast(valid_w, tf.float32)]),
       "boxes": tf.gather(tf.pad(clipped, pad + [[0, 0]]), order),
       "classes": tf.gather(tf.pad(classes, pad), order),
@@ -132,7 +139,6 @@ def preprocess(ex, key, *, seed, image_size, max_instances, mask_size, augment, 
                                     tf.zeros_like(x))
   for k in ("boxes", "classes", "masks"):
     out[k] = zero_invalid(out[k])
-  out["image"].set_shape([image_size, image_size, 3])
   out["boxes"].set_shape([max_instances, 4])
   out["classes"].set_shape([max_instances])
   out["masks"].set_shape([max_instances, mask_size, mask_size])
@@ -163,9 +169,7 @@ def example_dataset(records: record_index.Records, features, stream, data_config
   offset = tf.constant(records.offset)
   length = tf.constant(records.length)
   parse = record_index.parse_fn(features)
-  kwargs = dict(seed=seed, image_size=data_config.image_size,
-                max_instances=data_config.max_instances, mask_size=data_config.mask_size,
-                augment=data_config.augment, train=train)
+  kwargs = dict(seed=seed, data_config=data_config, train=train)
 
   def read(index, *rest):
     serialized = record_index.read_record(paths[shard[index]], offset[index], length[index])

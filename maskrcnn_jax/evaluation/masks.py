@@ -1,7 +1,10 @@
 """Detections back into original-image coordinates: boxes and box-relative masks.
 
 D detections, m mask side (28), H × W the original image. `image_info` is the batch's
-`(orig_h, orig_w, scale, valid_h, valid_w)`: padded-image pixel = original pixel × scale.
+`(orig_h, orig_w, scale, valid_h, valid_w)`. An evaluated image is resized, never cropped, so
+its valid size is its resized size and each axis scales by its own ratio: padded-image x =
+original x × valid_w / orig_w, y likewise (data/images.py; detectron2's and torchvision's
+rescaling of detections).
 """
 
 import jax
@@ -9,15 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _check_info(image_info) -> tuple[int, int, float]:
+def _check_info(image_info) -> tuple[int, int, np.ndarray]:
+  """(H, W, [4] float64 (sx, sy, sx, sy): padded-image pixels per original pixel)."""
   info = np.asarray(image_info, np.float64)
   if info.shape != (5,):
     raise ValueError(f"image_info must be [5] (orig_h, orig_w, scale, valid_h, valid_w), "
                      f"got shape {info.shape}")
-  height, width, scale = int(round(info[0])), int(round(info[1])), float(info[2])
-  if height <= 0 or width <= 0 or not scale > 0:
-    raise ValueError(f"image_info has a bad size or scale: {info.tolist()}")
-  return height, width, scale
+  height, width = int(round(info[0])), int(round(info[1]))
+  if height <= 0 or width <= 0 or not (info[3] > 0 and info[4] > 0):
+    raise ValueError(f"image_info has a bad size: {info.tolist()}")
+  return height, width, np.tile([info[4] / info[1], info[3] / info[0]], 2)
 
 
 def boxes_to_original(boxes: np.ndarray, image_info) -> np.ndarray:
@@ -34,7 +38,7 @@ def boxes_to_original(boxes: np.ndarray, image_info) -> np.ndarray:
   if boxes.ndim != 2 or boxes.shape[-1] != 4:
     raise ValueError(f"boxes must be [D, 4], got {boxes.shape}")
   height, width, scale = _check_info(image_info)
-  out = boxes / np.float32(scale)
+  out = boxes / scale.astype(np.float32)
   out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
   out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
   return out
@@ -64,7 +68,7 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
                 threshold: float | None = None) -> np.ndarray:
   """Pastes box-relative mask probabilities into the original image.
 
-  Each mask is resized bilinearly onto its box (box / scale, not clipped, so the mask keeps
+  Each mask is resized bilinearly onto its box (in original pixels, not clipped, so the mask keeps
   its geometry); pixels outside the box get 0. Matches detectron2's `paste_masks_in_image`
   (`grid_sample`, `align_corners=False`; torchvision's older integer-box paste differs by
   about a pixel at mask borders), computed per mask as two small matrix products over the
@@ -157,7 +161,8 @@ def paste_image_device(masks, boxes, image_info, valid, *, frame: int, threshold
     H × W image.
   """
   m = masks.shape[-1]
-  boxes = jnp.where(valid[:, None], boxes, 0.0) / image_info[2]
+  scale = jnp.tile(image_info[4:2:-1] / image_info[1::-1], 2)  # (sx, sy, sx, sy)
+  boxes = jnp.where(valid[:, None], boxes, 0.0) / scale
   wx = _device_weights(boxes[:, 0], boxes[:, 2], frame, m)  # [D, F(x), m]
   wy = _device_weights(boxes[:, 1], boxes[:, 3], frame, m)  # [D, F(y), m]
   # HIGHEST: a TF32/bf16 matmul would move pixels across the threshold.

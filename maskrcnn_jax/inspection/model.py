@@ -51,9 +51,9 @@ def forward(model, variables, batch: dict[str, jax.Array], rng: jax.Array, *,
   return result
 
 
-def anchors(model, image_size: int) -> list[np.ndarray]:
-  """The model's anchors of an S × S input: per level P2..P6, [N_l, 4]."""
-  return model.rpn.anchors(image_size, image_size)
+def anchors(model, canvas: tuple[int, int]) -> list[np.ndarray]:
+  """The model's anchors of an input canvas (height, width): per level P2..P6, [N_l, 4]."""
+  return model.rpn.anchors(*canvas)
 
 
 def anchors_picture(image: np.ndarray, level_anchors: list[np.ndarray],

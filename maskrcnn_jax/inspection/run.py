@@ -26,6 +26,7 @@ import numpy as np
 from maskrcnn_jax import models
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import images
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import preprocess
 from maskrcnn_jax.data import sampler
@@ -173,7 +174,7 @@ def inspect_anchors(config: ml_collections.ConfigDict, state: ModelState,
                     out: Output) -> dict[str, Any]:
   """anchors/: the anchors per level; per image the RPN's positive and negative anchors,
   refined by its deltas."""
-  level_anchors = model_lib.anchors(state.model, config.data.image_size)
+  level_anchors = model_lib.anchors(state.model, images.canvas(config.data))
   all_anchors = np.concatenate(level_anchors)
   files = {}
   for batch, b, test in _train_images(config, state, train=False):
@@ -191,7 +192,7 @@ def inspect_anchors(config: ml_collections.ConfigDict, state: ModelState,
 def inspect_rpn(config: ml_collections.ConfigDict, state: ModelState,
                 out: Output) -> dict[str, Any]:
   """rpn/: per image the top proposals before and after NMS; their recall of the GT."""
-  all_anchors = np.concatenate(model_lib.anchors(state.model, config.data.image_size))
+  all_anchors = np.concatenate(model_lib.anchors(state.model, images.canvas(config.data)))
   recall = model_lib.ProposalRecall()
   files = {}
   for batch, b, test in _train_images(config, state, train=False):

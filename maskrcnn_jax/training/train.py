@@ -28,6 +28,7 @@ from maskrcnn_jax import models
 from maskrcnn_jax import training
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import images
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.evaluation import run_eval
 from maskrcnn_jax.training import optimizer
@@ -69,11 +70,11 @@ def total_loss(outputs: dict[str, jax.Array]) -> jax.Array:
 
 def dummy_batch(data_config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
   """Zeros in the shapes and dtypes of a training batch (docs/design.md)."""
-  s, m, sm = data_config.image_size, data_config.max_instances, data_config.mask_size
+  (h, w), m, sm = images.canvas(data_config), data_config.max_instances, data_config.mask_size
   return {
-      "image": np.zeros((batch_size, s, s, 3), np.uint8),
+      "image": np.zeros((batch_size, h, w, 3), np.uint8),
       "image_id": np.zeros((batch_size,), np.int32),
-      "image_info": np.tile(np.array([s, s, 1.0, s, s], np.float32), (batch_size, 1)),
+      "image_info": np.tile(np.array([h, w, 1.0, h, w], np.float32), (batch_size, 1)),
       "boxes": np.zeros((batch_size, m, 4), np.float32),
       "classes": np.zeros((batch_size, m), np.int32),
       "masks": np.zeros((batch_size, m, sm, sm), np.uint8),

@@ -61,8 +61,9 @@ the `config.model` value that reproduces it (configs/detectron2_r101_fpn.py):
   - Level assignment: floor(4 + log2(sqrt(area) / 224 + 2.2e-16)) vs torchvision's
     floor(4 + log2(sqrt(area) / 224) + 1e-6): differs only for boxes within 1e-6 of a level
     boundary (not an option).
-  - Resize: shortest side 800, longest <= 1333, padded to a multiple of 32 (here: the longest
-    side to `data.image_size`, padded to a square).
+  - Resize: shortest side 800, longest <= 1333, padded to a multiple of 32 (here the same
+    rule, `data.resize` shortest_edge, padded to a fixed 1344² canvas; PIL's bilinear, which
+    antialiases when it shrinks and rounds to uint8 between its passes, against TF's).
 
   training (config values; the losses are torchvision's)
   - RPN and box regression: SMOOTH_L1_BETA 0 (L1), torchvision 1/9; RPN losses normalised

@@ -96,7 +96,7 @@ def test_a_killed_build_resumes_to_the_same_records(noise_root, default_build, t
                                                     monkeypatch):
   data_dir = tmp_path / "tfds"
   config_dir = data_dir / "maskrcnn_coco_stuff" / "stuff_m28"
-  progress = config_dir / "1.0.0" / "progress"
+  progress = config_dir / str(builder.MaskrcnnCocoStuff.VERSION) / "progress"
   script = f"""
 import time
 from maskrcnn_jax.data import builder, coco_reader
@@ -125,5 +125,5 @@ builder.build({str(noise_root)!r}, {str(data_dir)!r}, class_set="stuff", mask_si
   assert decoded == list(range(committed * 32 + 1, NUM_IMAGES + 1))
   assert _records(resumed) == _records(default_build)
   assert resumed.info.metadata == default_build.info.metadata
-  assert sorted(p.name for p in config_dir.iterdir()) == ["1.0.0"]
-  assert not (config_dir / "1.0.0" / "progress").exists()
+  assert sorted(p.name for p in config_dir.iterdir()) == [str(builder.MaskrcnnCocoStuff.VERSION)]
+  assert not (config_dir / str(builder.MaskrcnnCocoStuff.VERSION) / "progress").exists()

@@ -28,11 +28,15 @@ def _example(height=32, width=48, areas=(300, 200), crowd=None, boxes=None, mask
   }, image, boxes, masks
 
 
-def _run(ex, key, *, image_size=48, max_instances=M, train=True, **augment):
+def _run(ex, key, *, image_size=48, max_instances=M, train=True, resize="longest",
+         min_size=(800,), max_size=1333, **augment):
   aug = ml_collections.ConfigDict(dict(hflip=False, scale_range=(1.0, 1.0), photometric=False))
   aug.update(augment)
-  out = preprocess.preprocess(ex, tf.constant(key, tf.int64), seed=0, image_size=image_size,
-                              max_instances=max_instances, mask_size=SM, augment=aug, train=train)
+  data_config = ml_collections.ConfigDict(dict(
+      resize=resize, image_size=image_size, min_size=min_size, max_size=max_size,
+      max_instances=max_instances, mask_size=SM, augment=aug))
+  out = preprocess.preprocess(ex, tf.constant(key, tf.int64), seed=0, data_config=data_config,
+                              train=train)
   return {k: v.numpy() for k, v in out.items()}
 
 

@@ -10,6 +10,7 @@ S, M, SM = 64, 6, 16
 def config(root, **augment) -> ml_collections.ConfigDict:
   config = default.get_config().data
   config.root = str(root)
+  config.resize = "longest"
   config.image_size, config.max_instances, config.mask_size = S, M, SM
   config.build_workers = 1  # A few images: a worker pool would only add its start-up.
   config.augment.update(augment)

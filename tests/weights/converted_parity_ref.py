@@ -6,9 +6,12 @@ Seeded random weights; BatchNorm statistics set to the batch statistics of the i
 perturbed, so that the network stays well-scaled and BN is exercised. `spec["kind"]`:
 
 - "resnet": torchvision `resnet{depth}` on x [2, 3, 64, 96]: `x`, `state/KEY`, `c2`..`c5`.
-- "mask_rcnn": `maskrcnn_resnet50_fpn` (91 classes) on a SIZE x SIZE image, not resized:
-  `image`, `input` (normalised, NHWC), `state/KEY`, `features/I`, `proposals`, detections
-  `boxes`, `scores`, `labels`, `masks` [N, 28, 28].
+- "mask_rcnn": `maskrcnn_resnet50_fpn` (91 classes) on a batch of images of `images`
+  ([H, W] each; image I drawn from seed `seed` + I), resized by its transform with `min_size` / `max_size` and padded to
+  `canvas`²: `image/I` (the original), `input` (normalised, NHWC), `image_sizes`,
+  `state/KEY`, `features/I`, and per image `proposals/I`, detections `boxes/I`, `scores/I`,
+  `labels/I`, `masks/I` [N, 28, 28] (resized frame) and `original_boxes/I` (its
+  postprocess: the original frame).
 - "pth": a ResNet-18 with FrozenBatchNorm2d saved with torch.save to `spec["pth"]`:
   `state/KEY`, `x` [1, 3, 64, 64], `c5`.
 - "evil_pth": a .pth at `spec["pth"]` whose unpickling would run `touch spec["marker"]`.
@@ -61,25 +64,29 @@ def resnet(depth):
   return {"x": nhwc(x), **state(net), **out}
 
 
-def image(size):
-  """Rectangles of random colour on noise: [size, size, 3] uint8."""
-  rng = np.random.default_rng(0)
-  img = rng.uniform(0, 60, (size, size, 3))
+def image(height, width, seed):
+  """Rectangles of random colour on noise: [height, width, 3] uint8."""
+  rng = np.random.default_rng(seed)
+  img = rng.uniform(0, 60, (height, width, 3))
   for _ in range(12):
-    x, y = rng.integers(0, size - 40, 2)
-    w, h = rng.integers(20, size // 2, 2)
+    x, y = rng.integers(0, width - 40), rng.integers(0, height - 40)
+    w, h = rng.integers(20, width // 2), rng.integers(20, height // 2)
     img[y:y + h, x:x + w] += rng.uniform(0, 190, 3)
   return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def mask_rcnn(size):
+def mask_rcnn(spec):
   torch.manual_seed(0)
   tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
-      weights=None, weights_backbone=None, num_classes=91, min_size=size, max_size=size)
+      weights=None, weights_backbone=None, num_classes=91, min_size=spec["min_size"],
+      max_size=spec["max_size"])
   tv.eval()
-  img = image(size)
-  images, _ = tv.transform([torch.from_numpy(img).permute(2, 0, 1).float() / 255])
-  assert images.image_sizes == [(size, size)] and images.tensors.shape == (1, 3, size, size)
+  tv.transform.size_divisible = spec["canvas"]
+  imgs = [image(h, w, spec["seed"] + i) for i, (h, w) in enumerate(spec["images"])]
+  originals = [img.shape[:2] for img in imgs]
+  images, _ = tv.transform([torch.from_numpy(img).permute(2, 0, 1).float() / 255
+                            for img in imgs])
+  assert images.tensors.shape[2:] == (spec["canvas"],) * 2
   calibrate_bn(tv.backbone.body, images.tensors, seed=0)
   with torch.no_grad():
     # Small random box deltas keep boxes near their anchors / proposals: sensible sizes.
@@ -88,12 +95,18 @@ def mask_rcnn(size):
     features = tv.backbone(images.tensors)
     proposals, _ = tv.rpn(images, features)
     detections, _ = tv.roi_heads(features, proposals, images.image_sizes)
-  out = {k: v.numpy() for k, v in detections[0].items()}
-  out["masks"] = out["masks"][:, 0]
-  out["proposals"] = proposals[0].numpy()
+    original = tv.transform.postprocess([dict(d) for d in detections], images.image_sizes,
+                                        originals)
+  out = {"input": nhwc(images.tensors), "image_sizes": np.array(images.image_sizes), **state(tv)}
+  for i, (det, post) in enumerate(zip(detections, original)):
+    out.update({f"{k}/{i}": v.numpy() for k, v in det.items()})
+    out[f"masks/{i}"] = out[f"masks/{i}"][:, 0]
+    out[f"original_boxes/{i}"] = post["boxes"].numpy()
+    out[f"proposals/{i}"] = proposals[i].numpy()
+    out[f"image/{i}"] = imgs[i]
   out.update({f"features/{i}": nhwc(features[k])
               for i, k in enumerate(("0", "1", "2", "3", "pool"))})
-  return {"image": img, "input": nhwc(images.tensors), **state(tv), **out}
+  return out
 
 
 def pth(path):
@@ -125,7 +138,7 @@ def main(spec, out_path):
   if kind == "resnet":
     out = resnet(spec["depth"])
   elif kind == "mask_rcnn":
-    out = mask_rcnn(spec["size"])
+    out = mask_rcnn(spec)
   elif kind == "pth":
     out = pth(spec["pth"])
   elif kind == "evil_pth":

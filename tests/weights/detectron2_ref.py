@@ -4,12 +4,13 @@
   git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
   git -C /tmp/d2src checkout 02b5c4e295e990042a714712c21dc79b731e8833  # The goldens'.
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
-      '{"depth": 101, "size": 160, "images": [[120, 160], [160, 120]], "seed": 0,
-        "sampling_ratio": 0, "dtype": "float64"}' \
+      '{"depth": 101, "size": 128, "images": [[288, 384], [384, 288]], "min_size": 100,
+        "max_size": 128, "seed": 0, "sampling_ratio": 0, "dtype": "float64"}' \
       tests/weights/goldens/detectron2_r101_fpn_float64.npz
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
-      '{"depth": 50, "size": 320, "images": [[240, 320], [320, 240]], "seed": 0,
-        "sampling_ratio": 0}' tests/weights/goldens/detectron2_r50_fpn.npz
+      '{"depth": 50, "size": 320, "images": [[720, 960], [960, 720]], "min_size": 250,
+        "max_size": 320, "seed": 0, "sampling_ratio": 0}' \
+      tests/weights/goldens/detectron2_r50_fpn.npz
   PYTHONPATH=/tmp/d2src /tmp/d2venv/bin/python tests/weights/detectron2_ref.py \
       '{"kind": "msra", "depth": 50, "hw": [32, 48], "seed": 0}' \
       tests/weights/goldens/detectron2_msra_r50.npz
@@ -25,8 +26,13 @@ COCO-InstanceSegmentation/mask_rcnn_R_{depth}_FPN_3x.yaml on CPU with seeded ran
 on the test images (a forward pre-hook), so that activations stay O(1). The state dict is
 written as a model-zoo pickle ({"model": {name: ndarray}, "__author__": ...}) and loaded
 back through detectron2's DetectionCheckpointer into a fresh model, which computes the
-reference: two images (H x W in spec["images"], uint8 RGB, fed as BGR), padded with 0
-after normalisation to a size x size square (the FPN backbone's square_pad), no resizing.
+reference: two images (H x W in spec["images"], uint8 RGB, fed as BGR) resized by its
+ResizeShortestEdge(min_size, max_size) (DefaultPredictor's test-time resize) and padded
+with 0 after normalisation to a size x size square (the FPN backbone's square_pad); its
+detector_postprocess maps the detections back to H x W. The resize samples NEAREST, not
+BILINEAR: the specs' sizes scale by exactly 1/3, where NEAREST and an unantialiased
+bilinear both pick pixels (3i + 1), so the models' inputs are equal on both sides; PIL's
+antialiased bilinear would differ from TF's.
 
 `"dtype": "float64"`: the BN statistics are calibrated in float32 (the golden's, exact in
 either precision), then the model runs `model.double()` on float64 images, with the config's
@@ -36,7 +42,9 @@ pixel mean and std (103.53 is no float32) and box decoding and NMS at float64
 The golden holds the provenance, the state dict's keys, shapes and per-key sums of |x|,
 the calibrated BN statistics `stats/KEY`, and per image I: `proposals/I` [P, 4],
 `proposal_logits/I`, `boxes/I`, `scores/I`, `classes/I` (detectron2's 0-79),
-`masks/I` [N, 28, 28] probabilities.
+`masks/I` [N, 28, 28] probabilities (all in the resized image's pixels), `resized/I`
+(its height, width) and, from detector_postprocess, `original_boxes/I` [N, 4] and
+`original_masks/I`: the pasted H x W masks as a JSON list of COCO RLEs.
 
 `"kind": "msra"`: an ImageNet R-{depth}.pkl in Caffe2's blob names (`res2_0_branch2a_w`,
 folded BN `_bn_s`/`_bn_b`; detectron2_states.caffe2_resnet_shapes), seeded, loaded by
@@ -95,11 +103,17 @@ def build(spec):
 
 
 def inputs(spec):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from detectron2.data import transforms  # pylint: disable=g-import-not-at-top
+  resize = transforms.ResizeShortestEdge(spec["min_size"], spec["max_size"],
+                                         interp=Image.NEAREST)
   images = [detectron2_states.image(h, w, spec["seed"] + i)
             for i, (h, w) in enumerate(spec["images"])]
+  resized = [resize.get_transform(im).apply_image(im) for im in images]
   # detectron2 reads BGR (INPUT.FORMAT); the tests feed ours RGB with input_format BGR.
-  return [{"image": torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1)))
-           .float(), "height": im.shape[0], "width": im.shape[1]} for im in images]
+  return [{"image": torch.from_numpy(np.ascontiguousarray(r[..., ::-1].transpose(2, 0, 1)))
+           .float(), "height": im.shape[0], "width": im.shape[1]}
+          for im, r in zip(images, resized)]
 
 
 def calibrate(model, batch):
@@ -137,19 +151,27 @@ def float64_boxes():
 
 
 def run(model, batch):
+  from detectron2.modeling import postprocessing  # pylint: disable=g-import-not-at-top
+  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
   with torch.no_grad():
     images = model.preprocess_image(batch)
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features, None)
     results, _ = model.roi_heads(images, features, proposals, None)
   out = {}
-  for i, (p, r) in enumerate(zip(proposals, results)):
+  for i, (p, r, x) in enumerate(zip(proposals, results, batch)):
     out[f"proposals/{i}"] = p.proposal_boxes.tensor.numpy()
     out[f"proposal_logits/{i}"] = p.objectness_logits.numpy()
-    out[f"boxes/{i}"] = r.pred_boxes.tensor.numpy()
+    out[f"boxes/{i}"] = r.pred_boxes.tensor.numpy().copy()  # Postprocessing scales in place.
     out[f"scores/{i}"] = r.scores.numpy()
     out[f"classes/{i}"] = r.pred_classes.numpy()
     out[f"masks/{i}"] = r.pred_masks[:, 0].float().numpy()  # Compared pasted, at 0.5.
+    out[f"resized/{i}"] = np.array(r.image_size)
+    original = postprocessing.detector_postprocess(r, x["height"], x["width"])
+    out[f"original_boxes/{i}"] = original.pred_boxes.tensor.numpy()
+    pasted = np.asfortranarray(original.pred_masks.numpy().transpose(1, 2, 0).astype(np.uint8))
+    out[f"original_masks/{i}"] = np.array(json.dumps(
+        [rle["counts"].decode() for rle in mask_utils.encode(pasted)]))
   return out, tuple(images.tensor.shape)
 
 

@@ -5,8 +5,13 @@ so its outputs are committed goldens written by detectron2_ref.py (its docstring
 detectron2 commit, versions; each golden's `provenance`). The weights are rebuilt here from
 their seed (detectron2_states.py) with the golden's calibrated BatchNorm statistics, written
 as a model-zoo .pkl, converted by `convert_detectron2` and mapped onto the class set `coco`
-at load time. Two images, 4:3 and 3:4, padded to a square, with detectron2's adaptive
-RoIAlign sampling: proposals, detections and masks agree.
+at load time. Two images, 4:3 and 3:4, each resized by its own side's shortest-edge resize
+(both limits at work: the shorter side to min_size would take the longer past max_size)
+and padded to a square, with detectron2's adaptive RoIAlign sampling: proposals, detections
+and masks agree in the resized frame, and after each side's postprocessing (detectron2's
+detector_postprocess; our boxes_to_original and paste_masks) in the original one. The sizes
+scale by exactly 1/3, where detectron2's resize (NEAREST, detectron2_ref.py) and ours pick
+the same pixels.
 
 R101-FPN (mask_rcnn_R_101_FPN_3x) at float64 on both sides (`model.dtype` float64 under
 `jax.enable_x64`; detectron2 `model.double()`): rounding no longer hides implementation
@@ -32,12 +37,16 @@ import jax
 import numpy as np
 import pytest
 
+from pycocotools import mask as mask_utils
+
 from maskrcnn_jax import models
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.data import images as images_lib
 from maskrcnn_jax.evaluation import masks as mask_lib
 from maskrcnn_jax.weights import convert_detectron2 as conv
 from maskrcnn_jax.weights import load
 import detectron2_states
+import parity_inputs
 
 # Optimised: R50's float32 forward at 320 px compiles and runs in half the time (float64
 # gains nothing, loses nothing).
@@ -89,13 +98,14 @@ def outputs(case, tmp_path_factory):
   with open(pkl, "wb") as f:
     pickle.dump({"model": state, "__author__": "seeded random"}, f)
   conv.convert_file(pkl, str(tmp / "converted"))
-  size = spec["size"]
-  images = np.zeros((len(spec["images"]), size, size, 3), np.uint8)
-  info = []
-  for i, (h, w) in enumerate(spec["images"]):
-    images[i, :h, :w] = detectron2_states.image(h, w, spec["seed"] + i)
-    info.append([h, w, 1.0, h, w])
-  batch = {"image": images, "image_info": np.array(info, np.float32)}
+  data = detectron2_r101_fpn.get_config().data
+  data.min_size, data.max_size = (spec["min_size"],), spec["max_size"]
+  assert images_lib.canvas(data) == (spec["size"],) * 2
+  batch = parity_inputs.evaluation_batch(
+      [detectron2_states.image(h, w, spec["seed"] + i) for i, (h, w) in enumerate(spec["images"])],
+      data)
+  for i in range(len(spec["images"])):
+    np.testing.assert_array_equal(batch["image_info"][i, 3:], golden[f"resized/{i}"])
   with jax.enable_x64(tol["dtype"] == "float64"):  # Only this model's trace and run.
     config = detectron2_r101_fpn.get_config().model
     config.depth, config.dtype = spec["depth"], tol["dtype"]
@@ -108,6 +118,7 @@ def outputs(case, tmp_path_factory):
     ours = jax.tree.map(np.asarray, ours)
   # Our class index -> COCO id; detectron2's contiguous 0-79 -> COCO id.
   ours["coco_ids"] = np.array((0,) + coco.coco_ids)[ours["classes"]]
+  ours["image_info"] = batch["image_info"]
   return ours, golden, spec, tol
 
 
@@ -134,7 +145,8 @@ def test_proposals(outputs):
 @pytest.mark.slow
 def test_detections_and_masks(outputs):
   ours, golden, spec, tol = outputs
-  for i, (h, w) in enumerate(spec["images"]):
+  for i in range(len(spec["images"])):
+    h, w = golden[f"resized/{i}"]
     valid = ours["valid"][i]
     boxes, scores = ours["boxes"][i][valid], ours["scores"][i][valid]
     ids, masks = ours["coco_ids"][i][valid], ours["masks"][i][valid]
@@ -164,6 +176,24 @@ def test_detections_and_masks(outputs):
     assert box_err.max() < tol["box"] and np.median(box_err) < tol["box_median"]
     assert score_err.max() < tol["score"]
     assert mask_err.max() < tol["mask_prob"]
+    assert iou.mean() >= tol["mean_iou"] and pixel_iou >= 0.99 and iou.min() >= tol["min_iou"]
+
+    # The original frame: 3 original pixels per resized one.
+    info = ours["image_info"][i]
+    original = mask_lib.boxes_to_original(boxes[match], info)
+    original_err = np.abs(original - golden[f"original_boxes/{i}"]).max(-1)
+    height, width = spec["images"][i]
+    rles = [{"size": [height, width], "counts": c}
+            for c in json.loads(str(golden[f"original_masks/{i}"]))]
+    pasted_want = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+    pasted = mask_lib.paste_masks(masks[match], boxes[match], info, threshold=0.5)
+    union = (pasted | pasted_want).sum((1, 2))
+    iou = np.where(union > 0, (pasted & pasted_want).sum((1, 2)) / np.maximum(union, 1), 1.0)
+    pixel_iou = (pasted & pasted_want).sum() / (pasted | pasted_want).sum()
+    print(f"  original {height}x{width}: box error max {original_err.max():.2e} median "
+          f"{np.median(original_err):.2e} px, pasted mask IoU mean {iou.mean():.4f} min "
+          f"{iou.min():.4f}, all pixels {pixel_iou:.4f}")
+    assert original_err.max() < 3 * tol["box"] and np.median(original_err) < 3 * tol["box_median"]
     assert iou.mean() >= tol["mean_iou"] and pixel_iou >= 0.99 and iou.min() >= tol["min_iou"]
 
 
