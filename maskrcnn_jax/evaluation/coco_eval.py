@@ -139,9 +139,9 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                      f"[{classes.min()}, {classes.max()}]")
   coco_ids = np.asarray(class_set.coco_ids)[classes - 1] if len(classes) else []
   xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+  # Scores unrounded, as detectron2 writes them: rounding makes ties in COCOeval's sort.
   results = [dict(image_id=int(image_id), category_id=int(c), bbox=b, score=s)
-             for c, b, s in zip(coco_ids, np.round(xywh, 2).tolist(),
-                                np.round(scores, 5).tolist())]
+             for c, b, s in zip(coco_ids, np.round(xywh, 2).tolist(), scores.tolist())]
   if masks is not None:
     rles = encode_masks(masks)
   if rles is not None:

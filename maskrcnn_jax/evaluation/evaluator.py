@@ -55,17 +55,18 @@ def image_detections(detections: dict[str, np.ndarray], index: int, image_info, 
 
   Returns:
     `boxes` [N, 4] float32 original pixels (clipped), `scores` [N] float32, `classes` [N]
-    int32, `masks` [N, H, W] bool; N = valid detections with finite box and score.
+    int32, `masks` [N, H, W] bool; N = valid detections with finite box and score, the
+    box non-empty in the original image (`masks.nonempty`, as detectron2).
   """
   boxes = np.asarray(detections["boxes"][index])
   scores = np.asarray(detections["scores"][index], np.float32)
+  original = masks_lib.boxes_to_original(boxes, image_info)
   # Non-finite outputs (possible early in training) are dropped, not scored.
   valid = (np.asarray(detections["valid"][index], bool) & np.isfinite(boxes).all(-1)
-           & np.isfinite(scores))
-  boxes = boxes[valid]
-  masks = masks_lib.paste_masks(np.asarray(detections["masks"][index])[valid], boxes,
+           & np.isfinite(scores) & masks_lib.nonempty(original))
+  masks = masks_lib.paste_masks(np.asarray(detections["masks"][index])[valid], boxes[valid],
                                 image_info, threshold=mask_threshold)
-  return dict(boxes=masks_lib.boxes_to_original(boxes, image_info),
+  return dict(boxes=original[valid],
               scores=scores[valid],
               classes=np.asarray(detections["classes"][index], np.int32)[valid],
               masks=masks)

@@ -34,10 +34,20 @@ def boxes_to_original(boxes: np.ndarray, image_info) -> np.ndarray:
   if boxes.ndim != 2 or boxes.shape[-1] != 4:
     raise ValueError(f"boxes must be [D, 4], got {boxes.shape}")
   height, width, scale = _check_info(image_info)
-  out = boxes / np.float32(scale)
-  out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
-  out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
-  return out
+  return _clip(boxes / np.float32(scale), height, width)
+
+
+def _clip(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+  """[D, 4] (x1, y1, x2, y2) clamped to [0, W] × [0, H] (detectron2's `Boxes.clip`)."""
+  return np.clip(boxes, 0, np.array([width, height, width, height], boxes.dtype))
+
+
+def nonempty(boxes: np.ndarray) -> np.ndarray:
+  """[D, 4] (x1, y1, x2, y2) → [D] bool: positive width and height (`Boxes.nonempty()`).
+
+  detectron2 drops the other detections after clipping them to the original image.
+  """
+  return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def _interpolation_weights(lo: float, hi: float, pixels: np.ndarray, m: int) -> np.ndarray:
@@ -64,11 +74,11 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
                 threshold: float | None = None) -> np.ndarray:
   """Pastes box-relative mask probabilities into the original image.
 
-  Each mask is resized bilinearly onto its box (box / scale, not clipped, so the mask keeps
-  its geometry); pixels outside the box get 0. Matches detectron2's `paste_masks_in_image`
-  (`grid_sample`, `align_corners=False`; torchvision's older integer-box paste differs by
-  about a pixel at mask borders), computed per mask as two small matrix products over the
-  box's pixels only.
+  Each mask is resized bilinearly onto its box (box / scale, clipped to the image first as
+  detectron2's `detector_postprocess` clips the boxes it pastes into); pixels outside the
+  box get 0. Matches detectron2's `paste_masks_in_image` (`grid_sample`,
+  `align_corners=False`; torchvision's older integer-box paste differs by about a pixel at
+  mask borders), computed per mask as two small matrix products over the box's pixels only.
 
   Args:
     masks: [D, m, m] float probabilities.
@@ -91,7 +101,8 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
   height, width, scale = _check_info(image_info)
   m = masks.shape[1]
   out = np.zeros((masks.shape[0], height, width), np.float32 if threshold is None else bool)
-  for d, (x1, y1, x2, y2) in enumerate(boxes.astype(np.float64) / scale):
+  boxes = _clip(boxes.astype(np.float64) / scale, height, width)
+  for d, (x1, y1, x2, y2) in enumerate(boxes):
     ys, xs = _support(y1, y2, height, m), _support(x1, x2, width, m)
     if not len(ys) or not len(xs):
       continue
@@ -141,6 +152,12 @@ def _device_weights(lo, hi, size: int, m: int):
   return (cells == u0) * (1 - frac) + (cells == u0 + 1) * frac
 
 
+def boxes_to_original_device(boxes, image_info):
+  """`boxes_to_original` traced: [D, 4] padded-image pixels, [5] info → [D, 4] original."""
+  height, width = jnp.round(image_info[0]), jnp.round(image_info[1])
+  return jnp.clip(boxes / image_info[2], 0.0, jnp.stack([width, height, width, height]))
+
+
 def paste_image_device(masks, boxes, image_info, valid, *, frame: int, threshold: float):
   """`paste_masks(..., threshold=threshold)` of one image on the device, transposed.
 
@@ -157,7 +174,7 @@ def paste_image_device(masks, boxes, image_info, valid, *, frame: int, threshold
     H × W image.
   """
   m = masks.shape[-1]
-  boxes = jnp.where(valid[:, None], boxes, 0.0) / image_info[2]
+  boxes = boxes_to_original_device(jnp.where(valid[:, None], boxes, 0.0), image_info)
   wx = _device_weights(boxes[:, 0], boxes[:, 2], frame, m)  # [D, F(x), m]
   wy = _device_weights(boxes[:, 1], boxes[:, 3], frame, m)  # [D, F(y), m]
   # HIGHEST: a TF32/bf16 matmul would move pixels across the threshold.
@@ -241,12 +258,15 @@ def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
     `label` [B, F, F] int16 indexed [x, y] (the crop [:W, :H], transposed, is the image's
     label map),
     `rle_positions` [B, D, C] int32 and `rle_count` [B, D] int32 (`transitions_device`),
-    `pasted_valid` [B, D] bool: the detections pasted (valid, finite box and score).
+    `pasted_valid` [B, D] bool: the detections pasted (valid, finite box and score, the
+    box non-empty in the original image: `nonempty`).
   """
 
   def one(args):
     masks, boxes, scores, classes, valid, info = args
-    valid = valid & jnp.isfinite(boxes).all(-1) & jnp.isfinite(scores)
+    original = boxes_to_original_device(boxes, info)
+    valid = (valid & jnp.isfinite(boxes).all(-1) & jnp.isfinite(scores)
+             & (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1]))
     on = paste_image_device(masks, boxes, info, valid, frame=frame, threshold=threshold)
     label = paint_device(on, classes, scores, valid, fill=fill)
     positions, count = transitions_device(on, jnp.round(info[0]), jnp.round(info[1]),

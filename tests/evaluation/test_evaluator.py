@@ -138,6 +138,8 @@ def test_predict_helpers(make_perfect_batch):
   assert [r["category_id"] for r in results] == [149, 157, 183]
   dets["boxes"][0, 1, 2] = np.nan
   assert len(evaluator_lib.image_detections(dets, 0, info)["scores"]) == 2  # NaN dropped.
+  dets["boxes"][0, 2, 3] = dets["boxes"][0, 2, 1]
+  assert len(evaluator_lib.image_detections(dets, 0, info)["scores"]) == 1  # Empty dropped.
   image = evaluator_lib.original_image(batch["image"][0], info)
   assert image.shape == (40, 60, 3)
   overlay = evaluator_lib.draw_overlay(image, image_dets, cs, score_threshold=0.75)
