@@ -482,14 +482,20 @@ class Evaluator:
   def pictures(self) -> dict[str, np.ndarray]:
     """{name: [H, W, 3] uint8} pictures.
 
-    The confusion matrices (leaves, supercategories), prediction counts, per-image
-    precision/recall, and per kept image a collage and a proposal picture.
+    The confusion matrices (all classes; only the classes with GT or predicted pixels;
+    supercategories), prediction counts, per-image precision/recall, and per kept image a
+    collage and a proposal picture.
     """
     names = list(self.class_set.names)
     sup_conf, sup_names = stuff_metrics.supercategory_confusion(
         self._confusion, self.class_set.supercategories)
+    used_conf, used_names = stuff_metrics.used_classes_confusion(self._confusion, names)
     out = {
         "confusion": pictures.confusion_figure(self._confusion, names),
+        "confusion_compressed": pictures.confusion_figure(
+            used_conf, used_names,
+            title=f"confusion of the {len(used_names)} classes with GT or predicted pixels"
+                  " (rows normalised)"),
         "confusion_supercat": pictures.confusion_figure(
             sup_conf, sup_names, title="supercategory confusion (rows normalised)"),
         "prediction_counts": pictures.prediction_counts_figure(

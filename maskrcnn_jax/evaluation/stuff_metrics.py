@@ -164,6 +164,25 @@ def supercategory_confusion(confusion: np.ndarray, supercategories: Sequence[str
   return onehot.T @ confusion @ onehot, names
 
 
+def used_classes_confusion(confusion: np.ndarray, names: Sequence[str]
+                           ) -> tuple[np.ndarray, list[str]]:
+  """The confusion of the classes with at least one GT or predicted pixel (the rest are
+  all-zero rows and columns: row-normalised values are unchanged).
+
+  Args:
+    confusion: [K + 1, K + 1], index 0 = no label.
+    names: [K] class names of training ids 1..K.
+
+  Returns:
+    ([U + 1, U + 1] confusion with index 0 = no label, the U names kept, in id order).
+  """
+  if len(names) != confusion.shape[0] - 1:
+    raise ValueError(f"{len(names)} names for a confusion of {confusion.shape[0] - 1} classes")
+  used = np.flatnonzero(confusion[1:].sum(1) + confusion[:, 1:].sum(0)) + 1
+  index = np.concatenate([[0], used])
+  return confusion[np.ix_(index, index)], [names[i - 1] for i in used]
+
+
 def drop_class(confusion: np.ndarray, index: int) -> np.ndarray:
   """The confusion without class `index` (official `addOther=False` for `other`).
 

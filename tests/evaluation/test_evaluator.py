@@ -112,13 +112,16 @@ def test_write_outputs_and_summaries(stuff_json, make_perfect_batch, tmp_path):
   writer.close()
   names = set(os.listdir(out))
   for name in ("metrics.json", "coco_results.json", "per_class.csv", "per_supercategory.csv",
-               "per_image.csv", "confusion.csv", "confusion.png", "confusion_supercat.png",
-               "prediction_counts.png", "precision_recall.png", "collage_7.png",
+               "per_image.csv", "confusion.csv", "confusion.png", "confusion_compressed.png",
+               "confusion_supercat.png", "prediction_counts.png", "precision_recall.png", "collage_7.png",
                "proposals_7.png", "loss_curves.png"):
     assert name in names, name
   assert json.loads((out / "metrics.json").read_text())["segm/AP"] == metrics["segm/AP"]
   lines = (out / "per_class.csv").read_text().splitlines()
   assert len(lines) == 1 + cs.num_classes and lines[0].startswith("train_id,coco_id,name")
+  # 4 of the 92 classes have pixels: the compressed matrix is a fraction of the whole.
+  compressed = Image.open(out / "confusion_compressed.png").size
+  assert compressed[1] < Image.open(out / "confusion.png").size[1] / 3
   collage = np.asarray(Image.open(out / "collage_7.png"))
   assert collage.ndim == 3 and collage.shape[1] > 2 * collage.shape[0] and collage.std() > 10
   from maskrcnn_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
