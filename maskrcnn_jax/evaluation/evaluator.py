@@ -184,7 +184,7 @@ class Evaluator:
   def __init__(self, annotation_files: Sequence[str], class_set, *,
                mask_threshold: float = 0.5, num_pictures: int = 8,
                score_threshold: float = 0.5, num_proposals: int = 50,
-               coco_backend: str = "pycocotools", consumers: Sequence[Any] = (),
+               coco_backend: str = "auto", consumers: Sequence[Any] = (),
                panoptic: dict[str, Any] | None = None, official_export: bool = False):
     """Loads the ground truth.
 
@@ -196,7 +196,8 @@ class Evaluator:
       score_threshold: minimum score of the detections counted in per-image
         precision/recall and prediction counts, and drawn in pictures.
       num_proposals: top proposals drawn per picture.
-      coco_backend: `coco_eval.BACKENDS`, the COCOeval implementation.
+      coco_backend: `coco_eval.BACKENDS`, the COCOeval implementation (`auto` is
+        resolved here: `coco_backend` gives the one used).
       consumers: further scorers of the same detections: each gets
         `add_image(image_id, image_dets)` per image, where image_dets has `boxes` [N, 4]
         original pixels, `scores` [N], `classes` [N] training ids, `rles` (N compressed
@@ -249,14 +250,13 @@ class Evaluator:
 
   @property
   def coco_backend(self) -> str:
-    """The COCOeval implementation (`coco_eval.BACKENDS`); settable."""
+    """The COCOeval implementation: `pycocotools` or `faster_coco_eval`; settable (also
+    to `auto`)."""
     return self._coco_backend
 
   @coco_backend.setter
   def coco_backend(self, backend: str) -> None:
-    if backend not in coco_eval.BACKENDS:
-      raise ValueError(f"coco_backend {backend!r}: must be one of {coco_eval.BACKENDS}")
-    self._coco_backend, self._scores = backend, None
+    self._coco_backend, self._scores = coco_eval.resolve_backend(backend), None
 
   @property
   def fill(self) -> int:

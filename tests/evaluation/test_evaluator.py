@@ -215,8 +215,9 @@ def test_merged_shards_equal_one_evaluator(tmp_path):
   cs = categories.get_class_set("stuff")
   gt = str(tmp_path / "gt.json")
   batches = _fake_batches(gt, cs)
-  one = evaluator_lib.Evaluator([gt], cs, num_pictures=0)
-  parts = [evaluator_lib.Evaluator([gt], cs, num_pictures=0) for _ in batches]
+  one = evaluator_lib.Evaluator([gt], cs, num_pictures=0, coco_backend="pycocotools")
+  parts = [evaluator_lib.Evaluator([gt], cs, num_pictures=0, coco_backend="pycocotools")
+           for _ in batches]
   for part, (batch, dets) in zip(parts, batches):
     one.add(batch, dets)
     part.add(batch, dets)
