@@ -61,9 +61,28 @@ def paint_instances(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
   if not masks.shape[0] == len(classes) == len(scores):
     raise ValueError(f"masks {masks.shape}, classes {classes.shape}, scores {scores.shape} "
                      "disagree on N")
-  out = np.full(masks.shape[1:], fill, np.int32)
+  return paint_crops([(0, 0, m) for m in masks], classes, scores, masks.shape[1:], fill=fill)
+
+
+def paint_crops(crops: Sequence[tuple[int, int, np.ndarray]], classes: np.ndarray,
+                scores: np.ndarray, shape: tuple[int, int], *, fill: int = 0) -> np.ndarray:
+  """`paint_instances` of masks given as crops (`masks.paste_crops`).
+
+  Args:
+    crops: N (y0, x0, [h, w] bool): a mask's pixels [y0, y0 + h) × [x0, x0 + w), off
+      outside.
+    classes: [N] int training ids.
+    scores: [N] float.
+    shape: (H, W).
+    fill: label of pixels no mask covers.
+
+  Returns:
+    [H, W] int32 label map.
+  """
+  out = np.full(shape, fill, np.int32)
   for i in np.argsort(scores, kind="stable"):  # Ascending: the best is painted last.
-    out[masks[i]] = classes[i]
+    y0, x0, crop = crops[i]
+    out[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]][crop] = classes[i]
   return out
 
 

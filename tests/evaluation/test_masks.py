@@ -196,3 +196,20 @@ def test_device_transitions_report_overflow():
   assert masks.transitions_to_rle(positions, count, 6, 5) == [[6, 1, 1, 1, 1, 1, 1, 6, 12]]
   positions, count = jax.device_get(transitions(on, 6, 5, capacity=4))
   assert count.tolist() == [8] and positions.tolist() == [[6, 7, 8, 9]]  # The first C.
+
+
+def test_crop_rle_equals_the_full_mask_encoding():
+  rng = np.random.default_rng(2)
+  h, w = 30, 20
+  probs = rng.uniform(size=(6, 28, 28)).astype(np.float32)
+  probs[3:] = 1.0  # Full boxes: runs across the bottom and top rows of adjacent columns.
+  boxes = np.array([[2, 3, 15, 25], [-4, -4, 30, 40], [5, 5, 9, 7], [0, 0, 20, 30],
+                    [4, 0, 12, 30], [30, 0, 40, 30]], np.float32)  # The last: empty once clipped.
+  info = (h, w, 1.0, h, w)
+  crops = masks.paste_crops(probs, boxes, info, threshold=0.5)
+  assert not crops[-1][2].any()
+  full = masks.paste_masks(probs, boxes, info, threshold=0.5)
+  for crop, mask, rle in zip(crops, full, coco_eval.encode_masks(full)):
+    got = mask_utils.frPyObjects(dict(size=[h, w], counts=masks.crop_rle(*crop, h, w)), h, w)
+    assert got["counts"].decode() == rle["counts"]
+    np.testing.assert_array_equal(stuff_metrics.paint_crops([crop], [1], [1.0], (h, w)), mask)
