@@ -98,7 +98,8 @@ def paste_crops(masks: np.ndarray, boxes: np.ndarray, image_info, *,
   m = masks.shape[1]
   padded = np.pad(masks, ((0, 0), (2, 2), (2, 2)))
   crops = []
-  for d, (x1, y1, x2, y2) in enumerate(_clip(boxes.astype(np.float64) / scale, height, width)):
+  boxes = _clip(boxes.astype(np.float64) / scale, height, width)
+  for d, (x1, y1, x2, y2) in enumerate(boxes):
     ys, xs = _support(y1, y2, height, m), _support(x1, x2, width, m)
     if not len(ys) or not len(xs):
       crops.append((0, 0, np.zeros((0, 0), np.float32 if threshold is None else bool)))
@@ -151,12 +152,13 @@ def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> lis
   edges[:, 1:-1] = crop.T
   col, row = np.nonzero(edges[:, 1:] != edges[:, :-1])  # Column-major order, ascending.
   positions = (x0 + col) * height + (y0 + row)
-  if h == height:
-    # A run ending at the last row of a column and one starting at the first row of the
-    # next are one run: their shared change position appears twice.
+  if y0 + h == height:
+    # A change at the bottom edge lies at the next column's first pixel: a run going on
+    # there (the crop spans the whole height) is one run, its position seen twice; past
+    # the last column it lies past the image.
     twice = np.flatnonzero(positions[1:] == positions[:-1])
     positions = np.delete(positions, np.concatenate([twice, twice + 1]))
-    positions = positions[positions < height * width]  # Not "off" past the last pixel.
+    positions = positions[positions < height * width]
   return np.diff(positions, prepend=0, append=height * width).tolist()
 
 

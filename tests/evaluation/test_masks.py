@@ -201,10 +201,11 @@ def test_device_transitions_report_overflow():
 def test_crop_rle_equals_the_full_mask_encoding():
   rng = np.random.default_rng(2)
   h, w = 30, 20
-  probs = rng.uniform(size=(6, 28, 28)).astype(np.float32)
-  probs[3:] = 1.0  # Full boxes: runs across the bottom and top rows of adjacent columns.
+  probs = rng.uniform(size=(7, 28, 28)).astype(np.float32)
+  probs[3:] = 1.0  # Full boxes: runs across the bottom and top rows of adjacent columns,
   boxes = np.array([[2, 3, 15, 25], [-4, -4, 30, 40], [5, 5, 9, 7], [0, 0, 20, 30],
-                    [4, 0, 12, 30], [30, 0, 40, 30]], np.float32)  # The last: empty once clipped.
+                    [4, 0, 12, 30], [12, 18, 20, 30],  # on to the last pixel,
+                    [30, 0, 40, 30]], np.float32)  # empty once clipped.
   info = (h, w, 1.0, h, w)
   crops = masks.paste_crops(probs, boxes, info, threshold=0.5)
   assert not crops[-1][2].any()
