@@ -6,14 +6,23 @@
 Writes a stuff JSON of random rectangular regions and batches of random detections
 (`bench.fakes`: random boxes, smooth 28 × 28 mask probabilities, scores, classes), then
 times, on the same detections:
-  before  `Evaluator.add` pasting on the host: per image `paste`, `encode` (RLE) and the
-          rest (`metrics`: painting, confusion, per-image precision/recall);
+  before  `Evaluator.add` pasting on the host: per image `paste` (within each box, RLE,
+          painting: `host_pasted_detections`) and the rest (`metrics`: confusion,
+          per-image precision/recall);
   after   `masks.paste_batch_device` jitted (`device`: on this machine's jax backend) and
           `Evaluator.add` of its output: per image `rle` (transitions → RLE) and the rest;
   and `result` (COCOeval with each backend) and `write` (the COCO results JSON, which grows
   with N, apart from the pictures and tables, which do not). Logs milliseconds
   per image, the after/before ratio and images/s of the host's work (model forward
   excluded), for N and for 5,000 images.
+
+With `--marginal=16,208`, the user's path: `main.py --mode=eval` in a new process with
+`--marginal_config` (configs/tiny.py) at `data.image_size=--marginal_size` (128, so that
+the host's share dominates), random weights, test-time score threshold 0 and `--detections`
+detections per image, on synthetic height × width images, timed (wall) for each image
+count and COCOeval backend (`--marginal_backends`), `--repeats` times in turn. The marginal
+rate, the difference of the image counts over the difference of the wall times, leaves
+out what a run pays once (start-up, compiling, pictures) (`marginal_eval`).
 
 With `--eval_images=N`, also a whole `--mode=eval` (`run_eval.Evaluation`: data pipeline,
 jitted model forward, pasting, metrics, files) of `--eval_config`
@@ -27,6 +36,10 @@ one that waits for each predict step, in parts: the predict step, the host's
 
 import functools
 import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
 from absl import app
@@ -49,6 +62,7 @@ from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import masks as masks_lib
 from maskrcnn_jax.evaluation import run_eval
+from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import load
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 100,
@@ -64,6 +78,13 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "/tmp/eval_bench", "Where files are wr
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 0, "Images of a whole --mode=eval; 0: none.")
 _CONFIG = config_flags.DEFINE_config_file("eval_config", "configs/demo.py",
                                           "Config of the whole --mode=eval.", lock_config=True)
+_MARGINAL = flags.DEFINE_list("marginal", [], "Image counts of main.py --mode=eval runs.")
+_MARGINAL_CONFIG = flags.DEFINE_string("marginal_config", "configs/tiny.py",
+                                       "Config file of the main.py --mode=eval runs.")
+_MARGINAL_SIZE = flags.DEFINE_integer("marginal_size", 128, "data.image_size of those runs.")
+_MARGINAL_BACKENDS = flags.DEFINE_list("marginal_backends", ["pycocotools", "faster_coco_eval"],
+                                       "eval.coco_backend values of those runs.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each count and backend.")
 
 
 DISTINCT_BATCHES = 3
@@ -98,14 +119,12 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
 
   # Before: per batch the parts of host pasting, then the whole `add` (interleaved: the
   # same load on a shared machine).
-  for k in ("before/paste", "before/encode", "before/add"):
+  for k in ("before/paste", "before/add"):
     times[k] = 0.0
   for batch, dets in batches:
     for b in np.flatnonzero(batch["image_valid"]):
-      image_dets, t = _cpu_timed(evaluator_lib.image_detections, dets, b,
-                                 batch["image_info"][b])
-      times["before/paste"] += t
-      times["before/encode"] += _cpu_timed(coco_eval.encode_masks, image_dets["masks"])[1]
+      times["before/paste"] += _cpu_timed(evaluator_lib.host_pasted_detections, dets, b,
+                                          batch["image_info"][b], fill=ev.fill)[1]
     times["before/add"] += _cpu_timed(ev.add, batch, dets)[1]
   ev.coco_backend = "faster_coco_eval"
   before = ev.result()
@@ -134,7 +153,7 @@ def run(num_images: int, height: int, width: int, num_detections: int, batch_siz
       results += evaluator_lib.detections_to_coco(int(batch["image_id"][b]), image_dets,
                                                   class_set)
     times["after/add"] += _cpu_timed(ev.add, batch, dets)[1]
-  for backend in coco_eval.BACKENDS:
+  for backend in ("pycocotools", "faster_coco_eval"):
     ev.coco_backend = backend
     after, times[f"result/{backend}"] = _cpu_timed(ev.result)
   times["write"] = _cpu_timed(ev.write, str(epath.Path(out_dir) / "eval"))[1]
@@ -216,6 +235,96 @@ def whole_eval(config: ml_collections.ConfigDict, out_dir: str, *, num_images: i
   return times
 
 
+def marginal_setup(config_file: str, out_dir: str, *, num_images: int, height: int,
+                   width: int, image_size: int) -> tuple[str, str]:
+  """(data root, weights): `num_images` synthetic height × width validation images built
+  for `config_file` at `image_size`, and random weights of its model; made once."""
+  config = common.load_config(config_file)
+  root = epath.Path(out_dir) / f"marginal_{height}x{width}_{num_images}"
+  config.data.root = str(root / "data")
+  config.data.synthetic.enabled = False
+  config.data.image_size = image_size
+  if not (root / "data" / "annotations").exists():
+    synthetic.write_synthetic(root / "data", num_train=1, num_val=num_images,
+                              image_size=(height, width), seed=config.data.synthetic.seed)
+  build.prepare(config.data)
+  weights = root / "weights"
+  if not weights.exists():
+    _, model, _ = run_eval.build(config)
+    variables = jax.jit(functools.partial(load.init_inference, model))(
+        jax.random.key(config.seed))
+    checkpoint.save_variables(str(weights), jax.device_get(variables))
+  return config.data.root, str(weights)
+
+
+def eval_command(config_file: str, workdir: str, root: str, weights: str, *,
+                 num_images: int, image_size: int, num_detections: int,
+                 backend: str) -> list[str]:
+  """The `main.py --mode=eval` command line a user runs for these settings."""
+  return [sys.executable, "main.py", f"--config={config_file}", f"--workdir={workdir}",
+          "--mode=eval", f"--config.data.root={root}", "--config.data.synthetic.enabled=false",
+          f"--config.data.image_size={image_size}",
+          "--config.model.roi_heads.score_threshold=0",
+          f"--config.model.roi_heads.detections_per_image={num_detections}",
+          f"--config.eval.num_images={num_images}", f"--config.eval.checkpoint={weights}",
+          f"--config.eval.coco_backend={backend}"]
+
+
+def marginal_eval(config_file: str, out_dir: str, *, counts: list[int], height: int,
+                  width: int, image_size: int, num_detections: int, backends: list[str],
+                  repeats: int = 1) -> dict[str, list[float]]:
+  """Wall seconds of `main.py --mode=eval` (`eval_command`), per backend and image count.
+
+  Runs take turns (each count and backend once, `repeats` times), so that a change in the
+  machine's load spreads over all of them, after one untimed run (the first start reads
+  the libraries from disk).
+
+  Returns:
+    {f"{backend}/{count}": [wall seconds of each repeat], f"{backend}/{count}/cpu": [CPU
+    seconds, user + system over all threads]}.
+  """
+  root, weights = marginal_setup(config_file, out_dir, num_images=max(counts), height=height,
+                                 width=width, image_size=image_size)
+  def timed(count: int, backend: str) -> tuple[float, float]:
+    workdir = str(epath.Path(out_dir) / f"marginal_run_{backend}_{count}")
+    command = eval_command(config_file, workdir, root, weights, num_images=count,
+                           image_size=image_size, num_detections=num_detections,
+                           backend=backend)
+    cpu = lambda: sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
+    start, start_cpu = time.perf_counter(), cpu()
+    subprocess.run(command, check=True, capture_output=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return time.perf_counter() - start, cpu() - start_cpu
+
+  timed(min(counts), backends[0])
+  times = {}
+  for _ in range(repeats):
+    for backend in backends:
+      for count in counts:
+        wall, cpu = timed(count, backend)
+        times.setdefault(f"{backend}/{count}", []).append(wall)
+        times.setdefault(f"{backend}/{count}/cpu", []).append(cpu)
+  return times
+
+
+def marginal_summary(times: dict[str, list[float]], counts: list[int]) -> str:
+  """Per backend and clock (wall, CPU): the times and the marginal images/s of each
+  repeat (for CPU seconds: images per CPU second of all threads)."""
+  lo, hi = min(counts), max(counts)
+  lines = []
+  for backend in dict.fromkeys(k.split("/")[0] for k in times):
+    for clock, suffix in (("wall", ""), ("CPU", "/cpu")):
+      if f"{backend}/{lo}{suffix}" not in times:
+        continue
+      rates = [(hi - lo) / (b - a) for a, b in zip(times[f"{backend}/{lo}{suffix}"],
+                                                  times[f"{backend}/{hi}{suffix}"])]
+      spent = ", ".join(f"{count}: " + " ".join(
+          f"{t:.1f}" for t in times[f"{backend}/{count}{suffix}"]) for count in counts)
+      lines.append(f"{backend}: {clock} s {spent}; marginal images/s "
+                   + " ".join(f"{r:.1f}" for r in rates))
+  return "\n".join(lines)
+
+
 def eval_summary(times: dict[str, float], num_images: int) -> str:
   """Images/s of the whole evaluation and of its parts."""
   per_s = lambda k: num_images / times[k]
@@ -237,14 +346,13 @@ def summary(times: dict[str, float], num_images: int, full: int = FULL_SCALE) ->
   classes) is once per evaluation: images/s are given for `num_images` and `full` images.
   """
   ms = {k: v / num_images * 1e3 for k, v in times.items()}
-  rest_before = ms["before/add"] - ms["before/paste"] - ms["before/encode"]
+  rest_before = ms["before/add"] - ms["before/paste"]
   rest_after = ms["after/add"] - ms["after/rle"]
   fixed = times["write"] - times["write/results"]  # Seconds per evaluation.
   rows = [  # (part, before, after)
-      ("paste", ms["before/paste"], 0.0),
-      ("encode (RLE)", ms["before/encode"], ms["after/rle"]),
+      ("paste, RLE, painting", ms["before/paste"], ms["after/rle"]),
       ("metrics: GT label maps", ms["gt"], 0.0),
-      ("metrics: painting, confusion, P/R", rest_before, rest_after),
+      ("metrics: confusion, P/R", rest_before, rest_after),
       ("metrics: COCOeval pycocotools", ms["result/pycocotools"], ms["result/pycocotools"]),
       ("write: COCO results", ms["write/results"], ms["write/results"]),
   ]
@@ -277,6 +385,16 @@ def main(argv):
                 num_pictures=_PICTURES.value)
     print(f"Evaluation of {_NUM_IMAGES.value} images ({_HEIGHT.value}x{_WIDTH.value}, "
           f"{_DETECTIONS.value} detections):\n{summary(times, _NUM_IMAGES.value)}")
+    print(json.dumps(times))
+  if _MARGINAL.value:
+    counts = [int(c) for c in _MARGINAL.value]
+    times = marginal_eval(_MARGINAL_CONFIG.value, _OUT_DIR.value, counts=counts,
+                          height=_HEIGHT.value, width=_WIDTH.value,
+                          image_size=_MARGINAL_SIZE.value, num_detections=_DETECTIONS.value,
+                          backends=_MARGINAL_BACKENDS.value, repeats=_REPEATS.value)
+    print(f"main.py --mode=eval ({_HEIGHT.value}x{_WIDTH.value}, {_DETECTIONS.value} "
+          f"detections, load {os.getloadavg()[0]:.1f} at the end):\n"
+          f"{marginal_summary(times, counts)}")
     print(json.dumps(times))
   if _EVAL_IMAGES.value:
     times = whole_eval(_CONFIG.value, _OUT_DIR.value, num_images=_EVAL_IMAGES.value,

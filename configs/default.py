@@ -165,9 +165,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Minimum detection score for per-image precision/recall, prediction counts and pictures
   # (AP and the semantic metrics use every detection).
   config.eval.score_threshold = 0.5
-  # COCOeval implementation: pycocotools (the reference) or faster_coco_eval (C++; same
-  # matches, AP within 1e-15: evaluation/coco_eval.py).
-  config.eval.coco_backend = "pycocotools"
+  # COCOeval implementation: pycocotools (the reference), faster_coco_eval (C++; same
+  # matches, AP within 1e-15: evaluation/coco_eval.py) or auto (faster_coco_eval where it
+  # is installed).
+  config.eval.coco_backend = "auto"
   # Where masks are pasted and painted: device | host | auto (the device unless on a CPU).
   config.eval.paste = "auto"
   # Also write COCO-Stuff's official results (label-map PNGs + RLE JSON, evaluation/export.py).

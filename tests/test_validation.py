@@ -45,7 +45,7 @@ def test_longest_needs_a_canvas_of_whole_strides():
     ("init.checkpoint", "", "config.init.checkpoint = '': must name converted weights (a "
      "directory) or be 'random'"),
     ("eval.mask_threshold", 1.0, "config.eval.mask_threshold = 1.0: must be in (0, 1)"),
-    ("eval.coco_backend", "fast", "config.eval.coco_backend = 'fast': must be one of pycoco"),
+    ("eval.coco_backend", "fast", "config.eval.coco_backend = 'fast': must be one of auto, pycoco"),
     ("eval.paste", "gpu", "config.eval.paste = 'gpu': must be one of auto, device, host"),
     ("eval.panoptic.overlap_threshold", 1.5, "overlap_threshold = 1.5: must be in [0, 1]"),
     ("eval.panoptic.stuff_area_threshold", -1, "stuff_area_threshold = -1: must be >= 0"),

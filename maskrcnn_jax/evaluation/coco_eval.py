@@ -7,12 +7,13 @@ for `things_and_stuff`) filtered to a class set; predictions are COCO result dic
 any COCO tool. K classes, N detections, H × W the original image.
 
 Two COCOeval implementations give the same numbers (tests/evaluation/test_coco_eval.py
-compares them): `faster_coco_eval` (C++ matching and accumulation, the default for
-evaluation runs) and `pycocotools` (the reference).
+compares them): `faster_coco_eval` (C++ matching and accumulation) and `pycocotools` (the
+reference); `auto` is the first where it imports, else the second.
 """
 
 import contextlib
 import copy
+import functools
 import io
 import json
 from typing import Any, Sequence
@@ -29,7 +30,25 @@ from pycocotools import mask as mask_utils
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                 "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
-BACKENDS = ("pycocotools", "faster_coco_eval")
+BACKENDS = ("auto", "pycocotools", "faster_coco_eval")
+
+
+@functools.cache
+def _has_faster_coco_eval() -> bool:
+  try:
+    import faster_coco_eval  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def resolve_backend(backend: str) -> str:
+  """One of `BACKENDS` → the implementation it names (`auto`: faster-coco-eval if installed)."""
+  if backend not in BACKENDS:
+    raise ValueError(f"backend {backend!r}: must be one of {BACKENDS}")
+  if backend == "auto":
+    return "faster_coco_eval" if _has_faster_coco_eval() else "pycocotools"
+  return backend
 
 
 @contextlib.contextmanager
@@ -144,9 +163,9 @@ def to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
                      f"[{classes.min()}, {classes.max()}]")
   coco_ids = np.asarray(class_set.coco_ids)[classes - 1] if len(classes) else []
   xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+  # Scores unrounded, as detectron2 writes them: rounding makes ties in COCOeval's sort.
   results = [dict(image_id=int(image_id), category_id=int(c), bbox=b, score=s)
-             for c, b, s in zip(coco_ids, np.round(xywh, 2).tolist(),
-                                np.round(scores, 5).tolist())]
+             for c, b, s in zip(coco_ids, np.round(xywh, 2).tolist(), scores.tolist())]
   if masks is not None:
     rles = encode_masks(masks)
   if rles is not None:
@@ -300,14 +319,12 @@ def evaluate(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: st
     (metrics, per_class_ap): the 12 numbers of `METRIC_NAMES`, and [K] AP@[.5:.95] per
     category in `coco_gt` category order, NaN for a category without GT in these images.
   """
-  if backend not in BACKENDS:
-    raise ValueError(f"backend {backend!r}: must be one of {BACKENDS}")
-  if backend == "pycocotools":
+  if resolve_backend(backend) == "pycocotools":
     return accumulate(coco_gt, [evaluate_images(coco_gt, results, iou_type, image_ids)],
                       iou_type)
   results, image_ids = _checked(coco_gt, results, iou_type, image_ids)
   with _stdout_to_log():
-    ev = _cocoeval(coco_gt, results, iou_type, backend)
+    ev = _cocoeval(coco_gt, results, iou_type, "faster_coco_eval")
     ev.params.imgIds = image_ids
     ev.params.catIds = _sorted_cat_ids(coco_gt)
     ev.evaluate()

@@ -9,8 +9,8 @@ Per image: valid detections are pasted into the original image (threshold
 a label map, highest score on top (`stuff_metrics`), for the confusion matrix. Detections
 scoring at least `score_threshold` make the per-image precision/recall, the prediction
 counts and the pictures. The pasting and the painting run on the device when the
-detections carry `masks.paste_batch_device`'s output (`run_eval`), else here
-(`masks.paste_masks`); the results are the same.
+detections carry `masks.paste_batch_device`'s output (`run_eval`), else here within each
+box (`host_pasted_detections`); the results are the same.
 
 Each process scores its own images; `state()` and `merge()` combine the processes'
 evaluators into one (`run_eval`).
@@ -56,20 +56,61 @@ def image_detections(detections: dict[str, np.ndarray], index: int, image_info, 
 
   Returns:
     `boxes` [N, 4] float32 original pixels (clipped), `scores` [N] float32, `classes` [N]
-    int32, `masks` [N, H, W] bool; N = valid detections with finite box and score.
+    int32, `masks` [N, H, W] bool; N = valid detections with finite box and score, the
+    box non-empty in the original image (`masks.nonempty`, as detectron2).
   """
+  dets, boxes, masks = _kept(detections, index, image_info)
+  return dict(dets, masks=masks_lib.paste_masks(masks, boxes, image_info,
+                                                threshold=mask_threshold))
+
+
+def _kept(detections: dict[str, np.ndarray], index: int, image_info
+          ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+  """One image's N kept detections (`image_detections`): (`boxes` original, `scores`,
+  `classes`), their [N, 4] padded-image boxes and [N, m, m] mask probabilities."""
   boxes = np.asarray(detections["boxes"][index])
   scores = np.asarray(detections["scores"][index], np.float32)
+  original = masks_lib.boxes_to_original(boxes, image_info)
   # Non-finite outputs (possible early in training) are dropped, not scored.
   valid = (np.asarray(detections["valid"][index], bool) & np.isfinite(boxes).all(-1)
-           & np.isfinite(scores))
-  boxes = boxes[valid]
-  masks = masks_lib.paste_masks(np.asarray(detections["masks"][index])[valid], boxes,
-                                image_info, threshold=mask_threshold)
-  return dict(boxes=masks_lib.boxes_to_original(boxes, image_info),
-              scores=scores[valid],
-              classes=np.asarray(detections["classes"][index], np.int32)[valid],
-              masks=masks)
+           & np.isfinite(scores) & masks_lib.nonempty(original))
+  dets = dict(boxes=original[valid], scores=scores[valid],
+              classes=np.asarray(detections["classes"][index], np.int32)[valid])
+  return dets, boxes[valid], np.asarray(detections["masks"][index])[valid]
+
+
+def host_pasted_detections(detections: dict[str, np.ndarray], index: int, image_info, *,
+                           mask_threshold: float = 0.5, fill: int = 0) -> dict[str, Any]:
+  """`pasted_image_detections`, pasted on the host: masks pasted within their boxes only
+  (`masks.paste_crops`), never as full-image arrays.
+
+  Args:
+    detections: the model's batch output (`image_detections`).
+    index: the image in the batch.
+    image_info: [5] (orig_h, orig_w, scale, valid_h, valid_w) of that image.
+    mask_threshold: probability at which a pasted mask pixel is on.
+    fill: label of pixels no mask covers.
+
+  Returns:
+    `boxes` [N, 4] float32 original pixels (clipped), `scores` [N] float32, `classes` [N]
+    int32, `rles` N compressed RLEs (JSON-ready), `label` [H, W] int label map of all N.
+  """
+  dets, boxes, masks = _kept(detections, index, image_info)
+  height, width = int(round(float(image_info[0]))), int(round(float(image_info[1])))
+  crops = masks_lib.paste_crops(masks, boxes, image_info, threshold=mask_threshold)
+  rles = _compressed([masks_lib.crop_rle(*c, height, width) for c in crops], height, width)
+  label = stuff_metrics.paint_crops(crops, dets["classes"], dets["scores"], (height, width),
+                                    fill=fill)
+  return dict(dets, rles=rles, label=label)
+
+
+def _compressed(runs: list[list[int]], height: int, width: int) -> list[dict[str, Any]]:
+  """Uncompressed RLE counts → compressed RLEs with `counts` a str (JSON-ready)."""
+  rles = mask_utils.frPyObjects([dict(size=[height, width], counts=r) for r in runs],
+                                height, width) if runs else []
+  for rle in rles:
+    rle["counts"] = rle["counts"].decode("ascii")
+  return list(rles)
 
 
 def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image_info, *,
@@ -97,20 +138,15 @@ def pasted_image_detections(detections: dict[str, np.ndarray], index: int, image
   over = np.flatnonzero(count > positions.shape[-1])
   runs = masks_lib.transitions_to_rle(positions, np.minimum(count, positions.shape[-1]),
                                       height, width)
-  rles = mask_utils.frPyObjects([dict(size=[height, width], counts=r) for r in runs],
-                                height, width) if runs else []
   if len(over):  # Rare (very ragged masks): the host's paste, the same pixels.
-    pasted = masks_lib.paste_masks(np.asarray(detections["masks"][index])[valid][over],
-                                   boxes[over], image_info, threshold=mask_threshold)
-    for i, rle in zip(over, coco_eval.encode_masks(pasted)):
-      rles[i] = rle
-  for rle in rles:
-    if isinstance(rle["counts"], bytes):
-      rle["counts"] = rle["counts"].decode("ascii")
+    crops = masks_lib.paste_crops(np.asarray(detections["masks"][index])[valid][over],
+                                  boxes[over], image_info, threshold=mask_threshold)
+    for i, crop in zip(over, crops):
+      runs[i] = masks_lib.crop_rle(*crop, height, width)
   return dict(boxes=masks_lib.boxes_to_original(boxes, image_info),
               scores=np.asarray(detections["scores"][index], np.float32)[valid],
               classes=np.asarray(detections["classes"][index], np.int32)[valid],
-              rles=list(rles),
+              rles=_compressed(runs, height, width),
               label=np.asarray(detections["label"][index])[:width, :height].T,
               overflow=len(over))
 
@@ -184,7 +220,7 @@ class Evaluator:
   def __init__(self, annotation_files: Sequence[str], class_set, *,
                mask_threshold: float = 0.5, num_pictures: int = 8,
                score_threshold: float = 0.5, num_proposals: int = 50,
-               coco_backend: str = "pycocotools", consumers: Sequence[Any] = (),
+               coco_backend: str = "auto", consumers: Sequence[Any] = (),
                panoptic: dict[str, Any] | None = None, official_export: bool = False,
                draw: bool = True):
     """Loads the ground truth.
@@ -198,7 +234,8 @@ class Evaluator:
       score_threshold: minimum score of the detections counted in per-image
         precision/recall and prediction counts, and drawn in pictures.
       num_proposals: top proposals drawn per picture.
-      coco_backend: `coco_eval.BACKENDS`, the COCOeval implementation.
+      coco_backend: `coco_eval.BACKENDS`, the COCOeval implementation (`auto` is
+        resolved here: `coco_backend` gives the one used).
       consumers: further scorers of the same detections: each gets
         `add_image(image_id, image_dets)` per image, where image_dets has `boxes` [N, 4]
         original pixels, `scores` [N], `classes` [N] training ids, `rles` (N compressed
@@ -258,14 +295,13 @@ class Evaluator:
 
   @property
   def coco_backend(self) -> str:
-    """The COCOeval implementation (`coco_eval.BACKENDS`); settable."""
+    """The COCOeval implementation: `pycocotools` or `faster_coco_eval`; settable (also
+    to `auto`)."""
     return self._coco_backend
 
   @coco_backend.setter
   def coco_backend(self, backend: str) -> None:
-    if backend not in coco_eval.BACKENDS:
-      raise ValueError(f"coco_backend {backend!r}: must be one of {coco_eval.BACKENDS}")
-    self._coco_backend, self._scores = backend, None
+    self._coco_backend, self._scores = coco_eval.resolve_backend(backend), None
 
   @property
   def fill(self) -> int:
@@ -308,11 +344,8 @@ class Evaluator:
         dets = pasted_image_detections(detections, b, info, mask_threshold=self.mask_threshold)
         self._overflow += dets.pop("overflow")
       else:
-        dets = image_detections(detections, b, info, mask_threshold=self.mask_threshold)
-        masks = dets.pop("masks")
-        dets["rles"] = coco_eval.encode_masks(masks)
-        dets["label"] = stuff_metrics.paint_instances(masks, dets["classes"], dets["scores"],
-                                                      fill=self._fill)
+        dets = host_pasted_detections(detections, b, info, mask_threshold=self.mask_threshold,
+                                      fill=self._fill)
       self._add_image(image_id, dets)
       for consumer in self.consumers:
         consumer.add_image(image_id, dets)
@@ -492,14 +525,20 @@ class Evaluator:
   def pictures(self) -> dict[str, np.ndarray]:
     """{name: [H, W, 3] uint8} pictures.
 
-    The confusion matrices (leaves, supercategories), prediction counts, per-image
-    precision/recall, and per kept image a collage and a proposal picture.
+    The confusion matrices (all classes; only the classes with GT or predicted pixels;
+    supercategories), prediction counts, per-image precision/recall, and per kept image a
+    collage and a proposal picture.
     """
     names = list(self.class_set.names)
     sup_conf, sup_names = stuff_metrics.supercategory_confusion(
         self._confusion, self.class_set.supercategories)
+    used_conf, used_names = stuff_metrics.used_classes_confusion(self._confusion, names)
     out = {
         "confusion": pictures.confusion_figure(self._confusion, names),
+        "confusion_compressed": pictures.confusion_figure(
+            used_conf, used_names,
+            title=f"confusion of the {len(used_names)} classes with GT or predicted pixels"
+                  " (rows normalised)"),
         "confusion_supercat": pictures.confusion_figure(
             sup_conf, sup_names, title="supercategory confusion (rows normalised)"),
         "prediction_counts": pictures.prediction_counts_figure(

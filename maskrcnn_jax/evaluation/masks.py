@@ -38,24 +38,38 @@ def boxes_to_original(boxes: np.ndarray, image_info) -> np.ndarray:
   if boxes.ndim != 2 or boxes.shape[-1] != 4:
     raise ValueError(f"boxes must be [D, 4], got {boxes.shape}")
   height, width, scale = _check_info(image_info)
-  out = boxes / scale.astype(np.float32)
-  out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
-  out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
-  return out
+  return _clip(boxes / scale.astype(np.float32), height, width)
 
 
-def _interpolation_weights(lo: float, hi: float, pixels: np.ndarray, m: int) -> np.ndarray:
-  """Box edges, [P] pixel indices → [P, m] bilinear weights of the m mask cells per pixel.
+def _clip(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+  """[D, 4] (x1, y1, x2, y2) clamped to [0, W] × [0, H] (detectron2's `Boxes.clip`)."""
+  return np.clip(boxes, 0, np.array([width, height, width, height], boxes.dtype))
+
+
+def nonempty(boxes: np.ndarray) -> np.ndarray:
+  """[D, 4] (x1, y1, x2, y2) → [D] bool: positive width and height (`Boxes.nonempty()`).
+
+  detectron2 drops the other detections after clipping them to the original image.
+  """
+  return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def _interpolation(lo: float, hi: float, pixels: np.ndarray, m: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Box edges, [P] pixel indices → the bilinear neighbours of each pixel in the mask.
 
   Pixel p samples the mask at u = (p + 0.5 − lo) / (hi − lo) · m − 0.5, as
   `grid_sample(align_corners=False)` with zero padding: a neighbour outside [0, m) adds 0.
+
+  Returns:
+    ([P] index of cell floor(u) in the mask padded with 2 zero cells each side, [P] its
+    weight, [P] the weight of the next cell), float32 weights.
   """
   u = (pixels.astype(np.float32) + 0.5 - lo) / max(hi - lo, 1e-6) * m - 0.5
   u0 = np.floor(u)
-  frac = (u - u0)[:, None]
-  cells = np.arange(m, dtype=np.float32)[None]
-  return ((cells == u0[:, None]) * (1 - frac) + (cells == u0[:, None] + 1) * frac
-          ).astype(np.float32)
+  frac = u - u0
+  index = (np.clip(u0, -2, m) + 2).astype(np.intp)  # Past the padding: both cells zero.
+  return index, (1 - frac).astype(np.float32), frac.astype(np.float32)
 
 
 def _support(lo: float, hi: float, size: int, m: int) -> np.ndarray:
@@ -64,25 +78,17 @@ def _support(lo: float, hi: float, size: int, m: int) -> np.ndarray:
   return np.arange(max(int(np.floor(lo - margin)), 0), min(int(np.ceil(hi + margin)), size))
 
 
-def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
-                threshold: float | None = None) -> np.ndarray:
-  """Pastes box-relative mask probabilities into the original image.
-
-  Each mask is resized bilinearly onto its box (in original pixels, not clipped, so the mask keeps
-  its geometry); pixels outside the box get 0. Matches detectron2's `paste_masks_in_image`
-  (`grid_sample`, `align_corners=False`; torchvision's older integer-box paste differs by
-  about a pixel at mask borders), computed per mask as two small matrix products over the
-  box's pixels only.
+def paste_crops(masks: np.ndarray, boxes: np.ndarray, image_info, *,
+                threshold: float | None = None) -> list[tuple[int, int, np.ndarray]]:
+  """`paste_masks` within each box only: D crops of the original image.
 
   Args:
-    masks: [D, m, m] float probabilities.
-    boxes: [D, 4] float (x1, y1, x2, y2) in padded-image pixels.
-    image_info: [5] (orig_h, orig_w, scale, valid_h, valid_w).
-    threshold: if given, the binary masks `probability >= threshold` are returned
-      (thresholded inside each box: no full-image float array).
+    masks, boxes, image_info, threshold: as `paste_masks`.
 
   Returns:
-    [D, H, W] float32 probabilities in original-image pixels, or bool with `threshold`.
+    Per detection (y0, x0, crop): crop [h, w] float32 probabilities (bool with
+    `threshold`) of the pixels [y0, y0 + h) × [x0, x0 + w) (h or w 0 where the box
+    misses the image); every pixel outside the crop is 0.
   """
   masks = np.asarray(masks, np.float32)
   boxes = np.asarray(boxes, np.float32)
@@ -94,19 +100,70 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
     raise ValueError("boxes must be finite (drop non-finite detections first)")
   height, width, scale = _check_info(image_info)
   m = masks.shape[1]
-  out = np.zeros((masks.shape[0], height, width), np.float32 if threshold is None else bool)
-  for d, (x1, y1, x2, y2) in enumerate(boxes.astype(np.float64) / scale):
+  padded = np.pad(masks, ((0, 0), (2, 2), (2, 2)))
+  crops = []
+  boxes = _clip(boxes.astype(np.float64) / scale, height, width)
+  for d, (x1, y1, x2, y2) in enumerate(boxes):
     ys, xs = _support(y1, y2, height, m), _support(x1, x2, width, m)
     if not len(ys) or not len(xs):
+      crops.append((0, 0, np.zeros((0, 0), np.float32 if threshold is None else bool)))
       continue
-    wy = _interpolation_weights(y1, y2, ys, m)  # [h, m]
-    wx = _interpolation_weights(x1, x2, xs, m)  # [w, m]
-    # einsum, not `@`: these small products are far slower through a multi-threaded BLAS
-    # on a busy host (measured 400x on 2 cores) than in numpy's own loop.
-    pasted = np.einsum("hm,wm->hw", np.einsum("hm,mn->hn", wy, masks[d]), wx)
-    out[d, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] = (
-        pasted if threshold is None else pasted >= threshold)
+    iy, wy0, wy1 = _interpolation(y1, y2, ys, m)
+    ix, wx0, wx1 = _interpolation(x1, x2, xs, m)
+    # Two neighbours per axis: gathers, far cheaper than products with [P, m] weights.
+    rows = wy0[:, None] * padded[d, iy] + wy1[:, None] * padded[d, iy + 1]  # [h, m + 4]
+    pasted = wx0 * rows[:, ix] + wx1 * rows[:, ix + 1]  # [h, w]
+    crops.append((int(ys[0]), int(xs[0]), pasted if threshold is None else pasted >= threshold))
+  return crops
+
+
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
+                threshold: float | None = None) -> np.ndarray:
+  """Pastes box-relative mask probabilities into the original image.
+
+  Each mask is resized bilinearly onto its box (box / scale, clipped to the image first as
+  detectron2's `detector_postprocess` clips the boxes it pastes into); pixels outside the
+  box get 0. Matches detectron2's `paste_masks_in_image` (`grid_sample`,
+  `align_corners=False`; torchvision's older integer-box paste differs by about a pixel at
+  mask borders), computed per mask over the box's pixels only (`paste_crops`).
+
+  Args:
+    masks: [D, m, m] float probabilities.
+    boxes: [D, 4] float (x1, y1, x2, y2) in padded-image pixels.
+    image_info: [5] (orig_h, orig_w, scale, valid_h, valid_w).
+    threshold: if given, the binary masks `probability >= threshold` are returned
+      (thresholded inside each box: no full-image float array).
+
+  Returns:
+    [D, H, W] float32 probabilities in original-image pixels, or bool with `threshold`.
+  """
+  crops = paste_crops(masks, boxes, image_info, threshold=threshold)
+  height, width, _ = _check_info(image_info)
+  out = np.zeros((len(crops), height, width), np.float32 if threshold is None else bool)
+  for d, (y0, x0, crop) in enumerate(crops):
+    out[d, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
   return out
+
+
+def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> list[int]:
+  """A binary crop (`paste_crops`) → the uncompressed RLE counts of its H × W mask.
+
+  Reads the crop's pixels only: the value changes along COCO's column-major order are
+  those inside each column of the crop and at its top and bottom edges.
+  """
+  h, w = crop.shape
+  edges = np.zeros((w, h + 2), bool)
+  edges[:, 1:-1] = crop.T
+  col, row = np.nonzero(edges[:, 1:] != edges[:, :-1])  # Column-major order, ascending.
+  positions = (x0 + col) * height + (y0 + row)
+  if y0 + h == height:
+    # A change at the bottom edge lies at the next column's first pixel: a run going on
+    # there (the crop spans the whole height) is one run, its position seen twice; past
+    # the last column it lies past the image.
+    twice = np.flatnonzero(positions[1:] == positions[:-1])
+    positions = np.delete(positions, np.concatenate([twice, twice + 1]))
+    positions = positions[positions < height * width]
+  return np.diff(positions, prepend=0, append=height * width).tolist()
 
 
 # ------------------------------------------------------------------ on the device
@@ -133,7 +190,7 @@ def frame_size(heights, widths, multiple: int = 32) -> int:
 
 
 def _device_weights(lo, hi, size: int, m: int):
-  """Traced box edges [D] → [D, size, m] weights, `_interpolation_weights` for all pixels.
+  """Traced box edges [D] → [D, size, m] weights of the m cells: `_interpolation`, all pixels.
 
   Pixels outside the box's support get all-zero rows (their u lies below −1 or above m).
   """
@@ -143,6 +200,13 @@ def _device_weights(lo, hi, size: int, m: int):
   frac = (u[..., None] - u0)
   cells = jnp.arange(m, dtype=jnp.float32)
   return (cells == u0) * (1 - frac) + (cells == u0 + 1) * frac
+
+
+def boxes_to_original_device(boxes, image_info):
+  """`boxes_to_original` traced: [D, 4] padded-image pixels, [5] info → [D, 4] original."""
+  height, width = jnp.round(image_info[0]), jnp.round(image_info[1])
+  scale = jnp.tile(image_info[4:2:-1] / image_info[1::-1], 2)  # (sx, sy, sx, sy)
+  return jnp.clip(boxes / scale, 0.0, jnp.stack([width, height, width, height]))
 
 
 def paste_image_device(masks, boxes, image_info, valid, *, frame: int, threshold: float):
@@ -161,8 +225,7 @@ def paste_image_device(masks, boxes, image_info, valid, *, frame: int, threshold
     H × W image.
   """
   m = masks.shape[-1]
-  scale = jnp.tile(image_info[4:2:-1] / image_info[1::-1], 2)  # (sx, sy, sx, sy)
-  boxes = jnp.where(valid[:, None], boxes, 0.0) / scale
+  boxes = boxes_to_original_device(jnp.where(valid[:, None], boxes, 0.0), image_info)
   wx = _device_weights(boxes[:, 0], boxes[:, 2], frame, m)  # [D, F(x), m]
   wy = _device_weights(boxes[:, 1], boxes[:, 3], frame, m)  # [D, F(y), m]
   # HIGHEST: a TF32/bf16 matmul would move pixels across the threshold.
@@ -246,12 +309,15 @@ def paste_batch_device(detections, image_info, *, frame: int, capacity: int,
     `label` [B, F, F] int16 indexed [x, y] (the crop [:W, :H], transposed, is the image's
     label map),
     `rle_positions` [B, D, C] int32 and `rle_count` [B, D] int32 (`transitions_device`),
-    `pasted_valid` [B, D] bool: the detections pasted (valid, finite box and score).
+    `pasted_valid` [B, D] bool: the detections pasted (valid, finite box and score, the
+    box non-empty in the original image: `nonempty`).
   """
 
   def one(args):
     masks, boxes, scores, classes, valid, info = args
-    valid = valid & jnp.isfinite(boxes).all(-1) & jnp.isfinite(scores)
+    original = boxes_to_original_device(boxes, info)
+    valid = (valid & jnp.isfinite(boxes).all(-1) & jnp.isfinite(scores)
+             & (original[:, 2] > original[:, 0]) & (original[:, 3] > original[:, 1]))
     on = paste_image_device(masks, boxes, info, valid, frame=frame, threshold=threshold)
     label = paint_device(on, classes, scores, valid, fill=fill)
     positions, count = transitions_device(on, jnp.round(info[0]), jnp.round(info[1]),

@@ -144,7 +144,7 @@ class Evaluation:
 
   Made once per run: loads the ground truth and builds the predict step, which compiles
   at the first call only. `eval.paste` says where masks are pasted: `device` (in the
-  predict step), `host` (`masks.paste_masks`: within each box only, cheaper where the
+  predict step), `host` (`masks.paste_crops`: within each box only, cheaper where the
   device is this CPU) or `auto` (the device unless jax runs on the CPU).
   """
 

@@ -61,9 +61,28 @@ def paint_instances(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
   if not masks.shape[0] == len(classes) == len(scores):
     raise ValueError(f"masks {masks.shape}, classes {classes.shape}, scores {scores.shape} "
                      "disagree on N")
-  out = np.full(masks.shape[1:], fill, np.int32)
+  return paint_crops([(0, 0, m) for m in masks], classes, scores, masks.shape[1:], fill=fill)
+
+
+def paint_crops(crops: Sequence[tuple[int, int, np.ndarray]], classes: np.ndarray,
+                scores: np.ndarray, shape: tuple[int, int], *, fill: int = 0) -> np.ndarray:
+  """`paint_instances` of masks given as crops (`masks.paste_crops`).
+
+  Args:
+    crops: N (y0, x0, [h, w] bool): a mask's pixels [y0, y0 + h) × [x0, x0 + w), off
+      outside.
+    classes: [N] int training ids.
+    scores: [N] float.
+    shape: (H, W).
+    fill: label of pixels no mask covers.
+
+  Returns:
+    [H, W] int32 label map.
+  """
+  out = np.full(shape, fill, np.int32)
   for i in np.argsort(scores, kind="stable"):  # Ascending: the best is painted last.
-    out[masks[i]] = classes[i]
+    y0, x0, crop = crops[i]
+    out[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]][crop] = classes[i]
   return out
 
 
@@ -162,6 +181,25 @@ def supercategory_confusion(confusion: np.ndarray, supercategories: Sequence[str
   group = np.array([0] + [names.index(s) + 1 for s in supercategories])
   onehot = np.eye(len(names) + 1, dtype=confusion.dtype)[group]  # [K + 1, S + 1]
   return onehot.T @ confusion @ onehot, names
+
+
+def used_classes_confusion(confusion: np.ndarray, names: Sequence[str]
+                           ) -> tuple[np.ndarray, list[str]]:
+  """The confusion of the classes with at least one GT or predicted pixel (the rest are
+  all-zero rows and columns: row-normalised values are unchanged).
+
+  Args:
+    confusion: [K + 1, K + 1], index 0 = no label.
+    names: [K] class names of training ids 1..K.
+
+  Returns:
+    ([U + 1, U + 1] confusion with index 0 = no label, the U names kept, in id order).
+  """
+  if len(names) != confusion.shape[0] - 1:
+    raise ValueError(f"{len(names)} names for a confusion of {confusion.shape[0] - 1} classes")
+  used = np.flatnonzero(confusion[1:].sum(1) + confusion[:, 1:].sum(0)) + 1
+  index = np.concatenate([[0], used])
+  return confusion[np.ix_(index, index)], [names[i - 1] for i in used]
 
 
 def drop_class(confusion: np.ndarray, index: int) -> np.ndarray:

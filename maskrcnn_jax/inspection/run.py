@@ -236,7 +236,7 @@ def inspect_predictions(config: ml_collections.ConfigDict, class_set: categories
   evaluator = evaluator_lib.Evaluator(
       build.annotation_files(config.data, "validation"), class_set,
       mask_threshold=config.eval.mask_threshold, num_pictures=config.inspect.num_images,
-      score_threshold=config.eval.score_threshold)
+      score_threshold=config.eval.score_threshold, coco_backend=config.eval.coco_backend)
   for batch in batches(config, "validation", config.inspect.num_images):
     evaluator.add(batch, forward(state, batch, train=False))
   files = {f"{name}.png": image for name, image in evaluator.pictures().items()

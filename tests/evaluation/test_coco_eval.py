@@ -37,9 +37,11 @@ def test_results_are_json_ready_coco(tmp_path):
   cs = categories.get_class_set("stuff")
   mask = np.zeros((1, 10, 12), bool)
   mask[0, 2:5, 3:9] = True
-  results = coco_eval.to_coco_results(7, np.array([[3, 2, 9, 5]]), np.array([0.8]),
+  score = np.float32(0.123456789)
+  results = coco_eval.to_coco_results(7, np.array([[3, 2, 9, 5]]), np.array([score]),
                                       np.array([92]), cs, masks=mask)
   assert results[0]["category_id"] == 183 and results[0]["bbox"] == [3, 2, 6, 3]
+  assert results[0]["score"] == float(score)  # Not rounded: no ties in COCOeval's sort.
   assert isinstance(results[0]["segmentation"]["counts"], str)
   path = tmp_path / "r.json"
   coco_eval.write_results(str(path), results)

@@ -112,13 +112,16 @@ def test_write_outputs_and_summaries(stuff_json, make_perfect_batch, tmp_path):
   writer.close()
   names = set(os.listdir(out))
   for name in ("metrics.json", "coco_results.json", "per_class.csv", "per_supercategory.csv",
-               "per_image.csv", "confusion.csv", "confusion.png", "confusion_supercat.png",
-               "prediction_counts.png", "precision_recall.png", "collage_7.png",
+               "per_image.csv", "confusion.csv", "confusion.png", "confusion_compressed.png",
+               "confusion_supercat.png", "prediction_counts.png", "precision_recall.png", "collage_7.png",
                "proposals_7.png", "loss_curves.png"):
     assert name in names, name
   assert json.loads((out / "metrics.json").read_text())["segm/AP"] == metrics["segm/AP"]
   lines = (out / "per_class.csv").read_text().splitlines()
   assert len(lines) == 1 + cs.num_classes and lines[0].startswith("train_id,coco_id,name")
+  # 4 of the 92 classes have pixels: the compressed matrix is a fraction of the whole.
+  compressed = Image.open(out / "confusion_compressed.png").size
+  assert compressed[1] < Image.open(out / "confusion.png").size[1] / 3
   collage = np.asarray(Image.open(out / "collage_7.png"))
   assert collage.ndim == 3 and collage.shape[1] > 2 * collage.shape[0] and collage.std() > 10
   from maskrcnn_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
@@ -138,6 +141,8 @@ def test_predict_helpers(make_perfect_batch):
   assert [r["category_id"] for r in results] == [149, 157, 183]
   dets["boxes"][0, 1, 2] = np.nan
   assert len(evaluator_lib.image_detections(dets, 0, info)["scores"]) == 2  # NaN dropped.
+  dets["boxes"][0, 2, 3] = dets["boxes"][0, 2, 1]
+  assert len(evaluator_lib.image_detections(dets, 0, info)["scores"]) == 1  # Empty dropped.
   image = evaluator_lib.original_image(batch["image"][0], info)
   assert image.shape == (40, 60, 3)
   overlay = evaluator_lib.draw_overlay(image, image_dets, cs, score_threshold=0.75)
@@ -210,8 +215,9 @@ def test_merged_shards_equal_one_evaluator(tmp_path):
   cs = categories.get_class_set("stuff")
   gt = str(tmp_path / "gt.json")
   batches = _fake_batches(gt, cs)
-  one = evaluator_lib.Evaluator([gt], cs, num_pictures=0)
-  parts = [evaluator_lib.Evaluator([gt], cs, num_pictures=0) for _ in batches]
+  one = evaluator_lib.Evaluator([gt], cs, num_pictures=0, coco_backend="pycocotools")
+  parts = [evaluator_lib.Evaluator([gt], cs, num_pictures=0, coco_backend="pycocotools")
+           for _ in batches]
   for part, (batch, dets) in zip(parts, batches):
     one.add(batch, dets)
     part.add(batch, dets)

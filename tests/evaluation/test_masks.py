@@ -36,6 +36,22 @@ def test_paste_hand_values_two_by_two():
   np.testing.assert_allclose(out[0, 0], [0.75, 0.75, 0.25, 0.0], atol=1e-6)
 
 
+def test_paste_clips_the_box_to_the_image_first():
+  # As detectron2: the mask is stretched over the box's visible part, [0, 0, 4, 2] here,
+  # giving the hand values above (unclipped, the mask's left half would lie off the image).
+  mask = np.array([[[1.0, 0.0], [1.0, 0.0]]], np.float32)
+  out = masks.paste_masks(mask, np.array([[-8, 0, 8, 4]], np.float32), (2, 4, 2.0, 4, 8))
+  np.testing.assert_allclose(out[0, 0], [0.75, 0.75, 0.25, 0.0], atol=1e-6)
+
+
+def test_nonempty_after_clipping():
+  info = (40, 60, 2.0, 80, 120)
+  boxes = np.array([[10, 20, 50, 60], [10, 20, 10, 60], [122, 0, 124, 8], [0, 4, 8, 3]],
+                   np.float32)
+  np.testing.assert_array_equal(masks.nonempty(masks.boxes_to_original(boxes, info)),
+                                [True, False, False, False])
+
+
 def test_scale_pad_round_trip_recovers_mask():
   h, w, scale = 60, 80, 1.6
   yy, xx = np.mgrid[:h, :w]
@@ -58,9 +74,11 @@ def test_paste_matches_grid_sample(torch_reference):
   boxes = np.concatenate([xy, xy + rng.uniform(3, 30, size=(5, 2))], 1).astype(np.float32)
   h, w = 50, 70
   ours = masks.paste_masks(probs, boxes, (h, w, 1.0, h, w))
-  # detectron2 `_do_paste_mask`: pixel centres normalised to the box, grid_sample.
+  # detectron2 `_do_paste_mask`: pixel centres normalised to the box, grid_sample; given
+  # the boxes clipped to the image, as `detector_postprocess` gives them.
+  clipped = np.clip(boxes, 0, np.array([w, h, w, h], np.float32))
   ref = torch_reference("tests/ops/torchvision_ops_ref.py",
-                        inputs={"boxes": boxes, "probs": probs}, op="paste", height=h,
+                        inputs={"boxes": clipped, "probs": probs}, op="paste", height=h,
                         width=w)["pasted"]
   np.testing.assert_allclose(ours, ref, atol=1e-5)
 
@@ -102,8 +120,8 @@ def _device_batch(rng):
   d = 10
   boxes, probs = [], []
   for h, w, scale, _, _ in infos:
-    xy = rng.uniform(-5, max(h, w), (d, 2))
-    boxes.append(np.concatenate([xy, xy + rng.uniform(1, 40, (d, 2))], 1) * scale)
+    xy = rng.uniform(-5, (w - 1, h - 1), (d, 2))  # Overlapping the image: non-empty.
+    boxes.append(np.concatenate([xy, xy + rng.uniform(6, 40, (d, 2))], 1) * scale)
     probs.append(np.concatenate([_blobs(rng, d - 2), rng.uniform(size=(1, 28, 28)),
                                  np.ones((1, 28, 28))]).astype(np.float32))
   dets = dict(boxes=np.stack(boxes).astype(np.float32), masks=np.stack(probs),
@@ -112,6 +130,8 @@ def _device_batch(rng):
   dets["scores"][0, 4] = dets["scores"][0, 5]  # A tie: the later detection wins.
   dets["valid"][1, 3] = False
   dets["boxes"][1, 6, 2] = np.nan  # Non-finite: not pasted.
+  dets["boxes"][0, 7, 2] = dets["boxes"][0, 7, 0]  # Zero width: not pasted.
+  dets["boxes"][1, 8] = (19, 0, 25, 10)  # In the padding (x > 30 · 0.6): empty once clipped.
   return dets, infos
 
 
@@ -134,7 +154,10 @@ def test_device_paste_equals_host_paste_within_a_boundary_pixel():
   for b, info in enumerate(infos):
     h, w = int(info[0]), int(info[1])
     valid = out["pasted_valid"][b]
-    assert valid.sum() == (10, 8)[b]  # Image 1: one invalid, one non-finite detection.
+    # Image 0: one empty box; image 1: one invalid, one non-finite, one empty.
+    assert valid.sum() == (9, 7)[b]
+    np.testing.assert_array_equal(valid, dets["valid"][b] & masks.nonempty(
+        masks.boxes_to_original(dets["boxes"][b], info)))
     ref = masks.paste_masks(dets["masks"][b][valid], dets["boxes"][b][valid], info,
                             threshold=0.5)
     on = np.asarray(jax.jit(masks.paste_image_device, static_argnames=("frame", "threshold"))(
@@ -173,3 +196,21 @@ def test_device_transitions_report_overflow():
   assert masks.transitions_to_rle(positions, count, 6, 5) == [[6, 1, 1, 1, 1, 1, 1, 6, 12]]
   positions, count = jax.device_get(transitions(on, 6, 5, capacity=4))
   assert count.tolist() == [8] and positions.tolist() == [[6, 7, 8, 9]]  # The first C.
+
+
+def test_crop_rle_equals_the_full_mask_encoding():
+  rng = np.random.default_rng(2)
+  h, w = 30, 20
+  probs = rng.uniform(size=(7, 28, 28)).astype(np.float32)
+  probs[3:] = 1.0  # Full boxes: runs across the bottom and top rows of adjacent columns,
+  boxes = np.array([[2, 3, 15, 25], [-4, -4, 30, 40], [5, 5, 9, 7], [0, 0, 20, 30],
+                    [4, 0, 12, 30], [12, 18, 20, 30],  # on to the last pixel,
+                    [30, 0, 40, 30]], np.float32)  # empty once clipped.
+  info = (h, w, 1.0, h, w)
+  crops = masks.paste_crops(probs, boxes, info, threshold=0.5)
+  assert not crops[-1][2].any()
+  full = masks.paste_masks(probs, boxes, info, threshold=0.5)
+  for crop, mask, rle in zip(crops, full, coco_eval.encode_masks(full)):
+    got = mask_utils.frPyObjects(dict(size=[h, w], counts=masks.crop_rle(*crop, h, w)), h, w)
+    assert got["counts"].decode() == rle["counts"]
+    np.testing.assert_array_equal(stuff_metrics.paint_crops([crop], [1], [1.0], (h, w)), mask)

@@ -17,7 +17,9 @@ import pytest
 from configs import tiny
 from maskrcnn_jax import models
 from maskrcnn_jax import run
+from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
+from maskrcnn_jax.evaluation import coco_eval
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.weights import checkpoint
 from maskrcnn_jax.weights import load
@@ -30,8 +32,36 @@ def test_eval_and_predict_modes(tiny_workdir, tmp_path):
   config, workdir = tiny_workdir  # Trained by --mode=train to step 4.
   assert not (workdir / "eval").exists()  # --mode=train does not evaluate.
 
+  config.model.roi_heads.score_threshold = 0.0  # 4 steps: no score passes the default.
   metrics = run.run(config, str(workdir), "eval")  # On the CPU: pasted on the host.
   assert metrics["num_images"] == config.data.synthetic.num_val
+  # The default backend (`auto`: faster-coco-eval, installed here) = pycocotools, on the
+  # run's detections, and on them moved to classes of their image's GT (false positives
+  # there) with a copy of each GT region added at one of their scores (4 steps of
+  # training find nothing: AP 0).
+  assert config.eval.coco_backend == "auto"
+  results = json.loads((workdir / "eval" / "4" / "coco_results.json").read_text())
+  assert len(results) == 8 * config.data.synthetic.num_val  # detections_per_image each.
+  gt = coco_eval.load_ground_truth(build.annotation_files(config.data, "validation"),
+                                   categories.get_class_set(config.data.class_set))
+  rng = np.random.default_rng(0)
+  hits = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"],
+               score=float(rng.choice([r["score"] for r in results])),
+               segmentation=a["segmentation"])
+          for a in gt.anns.values()]
+  mixed = hits + [dict(r, category_id=int(rng.choice([a["category_id"]
+                                                      for a in gt.imgToAnns[r["image_id"]]])))
+                  for r in results]
+  for iou_type in coco_eval.IOU_TYPES:
+    ref, _ = coco_eval.evaluate(gt, results, iou_type, list(gt.imgs), backend="pycocotools")
+    for k, v in ref.items():
+      assert metrics[f"{iou_type}/{k}"] == pytest.approx(v, rel=0, abs=1e-12, nan_ok=True), k
+    ref, ref_per_class = coco_eval.evaluate(gt, mixed, iou_type, list(gt.imgs),
+                                            backend="pycocotools")
+    got, per_class = coco_eval.evaluate(gt, mixed, iou_type, list(gt.imgs), backend="auto")
+    assert 0.1 < ref["AP"] < 0.9, iou_type  # The ranking of both sets matters.
+    assert got == pytest.approx(ref, rel=0, abs=1e-12, nan_ok=True), iou_type
+    np.testing.assert_allclose(per_class, ref_per_class, rtol=0, atol=1e-12)
   config.eval.paste = "device"
   config.eval.official_export = True
   on_device = run.run(config, str(workdir), "eval")
@@ -75,7 +105,8 @@ def test_two_processes_with_uneven_shards(tmp_path):
   # Only batch 0 is full everywhere: the mean of x over its 4 images (0, 0, 1, 1).
   assert out[0]["losses"] == out[1]["losses"] == {"x": 0.5}
   cs = categories.get_class_set("stuff")
-  one = evaluator_lib.Evaluator([str(tmp_path / "gt.json")], cs, num_pictures=0)
+  one = evaluator_lib.Evaluator([str(tmp_path / "gt.json")], cs, num_pictures=0,
+                                coco_backend="pycocotools")
   for batch, dets in worker.data(str(tmp_path / "gt.json"), cs).values():
     one.add(batch, dets)
   expected = one.result()

@@ -134,6 +134,18 @@ def test_supercategory_confusion_sums_blocks():
                                                                 5 + 7 + 13 + 15]])
 
 
+def test_used_classes_confusion_keeps_classes_with_gt_or_predicted_pixels():
+  conf = np.zeros((5, 5), np.int64)
+  conf[0, 3] = 2  # Class 3 predicted on unlabelled pixels only: kept.
+  conf[1, 0] = 5  # Class 1: GT, never predicted: kept. Classes 2 and 4: no pixel.
+  conf[1, 1] = 7
+  used, names = sm.used_classes_confusion(conf, ["a", "b", "c", "d"])
+  assert names == ["a", "c"]
+  np.testing.assert_array_equal(used, [[0, 0, 2], [5, 7, 0], [0, 0, 0]])
+  with pytest.raises(ValueError, match="3 names"):
+    sm.used_classes_confusion(conf, ["a", "b", "c"])
+
+
 def test_ground_truth_label_maps_per_class_set(stuff_json, instances_json):
   things = categories.get_class_set("things_and_stuff")
   gt = coco_eval.load_ground_truth([stuff_json, instances_json], things)

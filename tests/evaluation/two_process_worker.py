@@ -61,7 +61,8 @@ def main():
   cs = categories.get_class_set("stuff")
   gt = f"{args.dir}/gt.json"
   per_image = data(gt, cs)
-  ev = evaluator_lib.Evaluator([gt], cs, num_pictures=0)
+  # pycocotools: each process matches its own images (`coco_eval.evaluate_images`).
+  ev = evaluator_lib.Evaluator([gt], cs, num_pictures=0, coco_backend="pycocotools")
   for i in IMAGES_OF[me]:
     ev.add(*per_image[i])
   run_eval.merge_processes(ev, f"{args.dir}/eval")
