@@ -4,13 +4,13 @@
 import numpy as np
 import tensorflow as tf
 
-from maskrcnn_jax.data import builder
+from maskrcnn_jax.data import coco_reader
 from maskrcnn_jax.data import preprocess
 
 
 def evaluation_batch(originals, data_config):
   """Original images -> the evaluation pipeline's `image` and `image_info` (no instances)."""
-  none = np.zeros((0, builder.packed_mask_bytes(data_config.mask_size)), np.uint8)
+  none = np.zeros((0, coco_reader.packed_mask_bytes(data_config.mask_size)), np.uint8)
   outs = [preprocess.preprocess(
       {"image": tf.io.encode_png(image), "image_id": tf.constant(i, tf.int64),
        "boxes": tf.zeros([0, 4]), "classes": tf.zeros([0], tf.int32),
