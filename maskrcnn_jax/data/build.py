@@ -57,13 +57,14 @@ def prepare(data_config: ml_collections.ConfigDict, *,
             wait_s: float = 24 * 3600) -> builder_lib.MaskrcnnCocoStuff:
   """Makes sure the TFRecords of `data_config` exist; returns their (built) builder.
 
-  Writes the synthetic set to ROOT first when `data.synthetic.enabled` and ROOT is missing
-  or empty. Idempotent: fast when already built; a killed build resumes. With several
+  Writes the synthetic set to ROOT first when `data.synthetic.enabled` and ROOT is missing or
+  empty. Idempotent: fast when already built; a killed build resumes. With several
   processes, process 0 builds (`data.build_workers` processes decode the images) and the
   others wait for it on the coordination service for up to `wait_s`; every process logs a
-  line each `LOG_EVERY_S`. The data directory must be shared. Raises DataError (one line) for bad annotation files,
-  in every process. Warns about images holding more than `data.max_instances` instances
-  (training keeps the largest; batches count the rest in `num_truncated`).
+  line each `LOG_EVERY_S`. The data directory must be shared. Raises DataError (one line)
+  for bad annotation files, in every process. Warns about images holding more than
+  `data.max_instances` instances (training keeps the largest; batches count the rest in
+  `num_truncated`).
   """
   if not data_config.root:
     raise ValueError("config.data.root is empty: set it to the COCO-Stuff root")

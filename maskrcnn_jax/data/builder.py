@@ -3,9 +3,10 @@
 
 One builder config per (class set, mask side Sm). Each record holds the encoded image (the
 file's JPEG, or its pixels as PNG: `coco_reader`), the image id and size, and per instance
-its box (original pixels), training id, crowd flag, mask area and box-cropped Sm×Sm mask, bit-packed (Sm² / 8 bytes) and zlib-compressed
-(at Sm = 112 at most 1568 bytes per mask, about 220 zlib-compressed for COCO-Stuff's stuff
-masks, beside 100-200 KiB of JPEG per COCO image).
+its box (original pixels), training id, crowd flag, mask area and box-cropped Sm×Sm mask,
+bit-packed (Sm² / 8 bytes) and zlib-compressed (at Sm = 112 at most 1568 bytes per mask,
+about 220 zlib-compressed for COCO-Stuff's stuff masks, beside 100-200 KiB of JPEG per COCO
+image).
 
 `build` writes the records itself, not through TFDS's download_and_prepare (which writes a
 split all or nothing): each split in shards of `shard_images` consecutive image ids, in

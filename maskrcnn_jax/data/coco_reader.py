@@ -39,9 +39,9 @@ Bad input is handled as follows and counted in `counts` under these keys:
   images                images written
 
 `index` checks the annotation files in one pass before any image is decoded. Unknown
-category ids (neither COCO-Stuff's 183 ids nor COCO panoptic's merged 184-200) raise `DataError` naming the file, their
-number and the first ids, and so does a file that is not COCO JSON: they mean the wrong
-file or a corrupt one.
+category ids (neither COCO-Stuff's 183 ids nor COCO panoptic's merged 184-200) raise
+`DataError` naming the file, their number and the first ids, and so does a file that is not
+COCO JSON: they mean the wrong file or a corrupt one.
 
 The images are decoded in image-id order, by a process pool when one is given (`decode`:
 the JSON is read once, in the calling process; each worker gets its images' annotations
