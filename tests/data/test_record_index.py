@@ -1,9 +1,11 @@
+import pathlib
 import shutil
 import time
 
 from etils.epath import gpath
 from etils.epath import register as epath_register
 import ml_collections
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -66,3 +68,18 @@ def test_a_corrupt_record_fails_its_crc(config, tmp_path):
   tf.io.gfile.GFile(path, "wb").write(bytes(data))
   with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
     tiny_data.take(pipeline.create_eval_dataset(copy, batch_size=1), 2)
+
+
+def test_an_index_cache_of_other_fields_is_rebuilt(config, tmp_path):
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.tfds_data_dir = str(tmp_path / "tfds")
+  shutil.copytree(config.tfds_data_dir, copy.tfds_data_dir)
+  built = build.built(copy)
+  record_index.load(built, "validation")
+  cache = next(pathlib.Path(copy.tfds_data_dir).glob("*/*/*/records_validation.npz"))
+  with np.load(cache) as z:  # An index of an earlier version: no image sizes.
+    np.savez(cache, **{k: z[k] for k in z.files if k not in ("height", "width")})
+  records = record_index.load(built, "validation")
+  assert records.height.tolist() == records.width.tolist() == [tiny_data.S] * 5
+  with np.load(cache) as z:
+    assert {"height", "width"} <= set(z.files)
