@@ -56,6 +56,7 @@ def test_grouped_stream_by_hand():
   assert [r.tolist() for r, _ in ungrouped] == [[0, 2, 1, 4], [3, 5, 3, 5]]
 
 
+@pytest.mark.slow
 def test_training_batches_for_any_process_count_and_resume(mixed):
   config, _ = mixed
   augmented = ml_collections.ConfigDict(config.to_dict())
