@@ -16,6 +16,7 @@ from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import predict_input
 from maskrcnn_jax.data import sampler
 from maskrcnn_jax.data import synthetic
+from maskrcnn_jax.inspection import data as inspection_data
 import tiny_data
 
 # Two landscape images, then a portrait one, in turn: 4:3 at 48 x 64 and 3:4 at 64 x 48.
@@ -103,6 +104,9 @@ def test_every_eval_image_once_with_exact_boxes_and_masks(mixed):
                                      atol=1e-4)
           np.testing.assert_array_equal(batch["masks"][i, :n], e["masks"][order])
           assert not batch["image"][i, h:].any() and not batch["image"][i, :, w:].any()
+          if process_count == 1:  # inspect's GT pictures: masks pasted on the canvas.
+            pasted = inspection_data.ground_truth(batch, i)["masks"]
+            assert pasted.shape == (n,) + batch["image"].shape[1:3] and pasted.any((1, 2)).all()
     assert sorted(ids) == sorted(expected), process_count
     assert len(canvases) == 1, process_count
 
