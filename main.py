@@ -11,12 +11,14 @@ import os
 import sys
 
 from maskrcnn_jax import hostmem
+from maskrcnn_jax.data import gcs
 if __name__ == "__main__":  # Not on import (tests): a restart starts the process over.
   hostmem.restart_with_huge_pages()  # Before the heavy imports.
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow's C++ start-up notes.
+GCS_READS = gcs.configure()  # Before TensorFlow loads: it reads its GCS settings once.
 import jax  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
@@ -88,6 +90,7 @@ def _main(preemption: distributed.Preemption | None):
     distributed.check_backend()
     logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                  jax.process_count(), jax.local_devices())
+    logging.info("TensorFlow's %s", GCS_READS)
     run.write_config(FLAGS.config, FLAGS.workdir, FLAGS.mode)
     result = run.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, preemption=preemption)
   except validation.ConfigError as e:

@@ -25,7 +25,9 @@ def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None =
 
   With `workdir`, also checks the weights the run reads when they are not the workdir's own
   checkpoint (`weights_key`): `init.checkpoint` or `eval.checkpoint` must hold a finished
-  checkpoint of the model's parameter shapes and options (`validation.validate_weights`).
+  checkpoint of the model's parameter shapes and options (`validation.validate_weights`);
+  eval, predict and inspect of the workdir's own checkpoint check its options. The loaders
+  (`weights.load`) leave these checks to this.
   """
   if mode not in MODES:
     raise validation.ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
@@ -47,6 +49,11 @@ def validate(config: ml_collections.ConfigDict, mode: str, workdir: str | None =
   if key and path != load.RANDOM_INIT:
     validation.validate_weights(config, key, shapes,
                                 scope=config.init.scope if training else "full")
+  elif workdir is not None and key is None and not training:
+    try:
+      load.check_options(workdir, config.model)
+    except (OSError, ValueError) as e:
+      raise validation.ConfigError(" ".join(str(e).split())) from e
   if training:
     check_trainable(config, shapes())
 

@@ -274,3 +274,25 @@ def test_weight_errors_are_one_line_before_any_work(tmp_path, no_work):
   config.eval.checkpoint = str(tmp_path / "r34")
   assert "ResNet-34" in weights_error(config, "eval", tmp_path / "run")
   assert not no_work
+
+
+def test_own_checkpoint_options_are_checked_before_any_work(tmp_path, no_work,
+                                                            monkeypatch):
+  """Eval of the workdir's own checkpoint: its recorded options are checked by `validate`,
+  once, in one line (the loaders leave the check to it); a resume is check_resume's."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  step = tmp_path / "run" / "checkpoints" / "2"
+  checkpoint.save_variables(str(step), {"params": {"w": np.zeros(1, np.float32)}})
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+    checkpointer.save(step / "meta", dict(options.DETECTRON2))
+  calls = []
+  check = load.check_options
+  monkeypatch.setattr(load, "check_options", lambda *a, **k: (calls.append(a), check(*a, **k)))
+  message = weights_error(config, "eval", tmp_path / "run")
+  assert message.startswith(f"config.model.input_format = 'RGB': the weights at "
+                            f"'{tmp_path}/run' were made with 'BGR'")
+  run.validate(config, "train", str(tmp_path / "run"))  # A resume: check_resume's to guard.
+  config.model.update(options.DETECTRON2)
+  run.validate(config, "eval", str(tmp_path / "run"))
+  assert len(calls) == 2 and not no_work

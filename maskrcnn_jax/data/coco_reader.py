@@ -320,19 +320,20 @@ def _unknown_categories(path, anns) -> str | None:
           f"{unknown[0]['id']}): not COCO-Stuff's, a wrong annotation file or class set")
 
 
-def _unique(entries, path, what: str, counts) -> Iterator[dict]:
-  """The entries of ids not seen before in this file; the others counted as duplicates."""
+def _unique(entries, path, what: str, counts, key: str = "id") -> Iterator[dict]:
+  """The entries whose `key` no earlier entry of this file has; the others counted as
+  duplicates and logged."""
   seen, duplicates = set(), []
   for entry in entries:
-    if entry["id"] in seen:
-      duplicates.append(entry["id"])
+    if entry[key] in seen:
+      duplicates.append(entry[key])
       continue
-    seen.add(entry["id"])
+    seen.add(entry[key])
     yield entry
   if duplicates:
     counts[f"duplicate_{what}"] += len(duplicates)
-    logging.warning("%s: %d %s entries repeat an earlier id: skipped (first ids: %s)", path,
-                    len(duplicates), what, duplicates[:10])
+    logging.warning("%s: %d %s entries repeat an earlier %s: skipped (first: %s)", path,
+                    len(duplicates), what, key, duplicates[:10])
 
 
 def index(root, split: str, class_set: categories.ClassSet, *, mask_size: int,

@@ -21,9 +21,10 @@ Bad input, counted in `counts` under coco_reader's keys and these:
                         as panopticapi's converters leave them (logged per image)
   empty_instance        a listed segment without pixels: skipped
   malformed_entry       an image, annotation or segment entry without a field it needs,
-                        a second annotation of one image, a repeated segment id: skipped
-                        (logged with file and id)
+                        a repeated segment id: skipped (logged with file and id)
   orphan_annotation     an annotation whose image id is not in the JSON's images
+  duplicate_image       an image entry whose id an earlier entry has: skipped
+  duplicate_annotation  a second annotation of one image: skipped
 
 A category outside the class set raises DataError naming the file and the segment id: it
 means the wrong file or a corrupt one.
@@ -61,18 +62,17 @@ def index_json(json_path, class_set: categories.ClassSet, counts: collections.Co
   """
   json_path = epath.Path(json_path)
   data = coco_reader._load_json(json_path)
-  images = {i["id"]: i for i in coco_reader._well_formed(
-      data["images"], coco_reader._IMAGE_FIELDS, json_path, "image entry", counts)}
+  images = {i["id"]: i for i in coco_reader._unique(coco_reader._well_formed(
+      data["images"], coco_reader._IMAGE_FIELDS, json_path, "image entry", counts),
+      json_path, "image", counts)}
   anns = {}
-  for ann in coco_reader._well_formed(
-      data["annotations"], _ANNOTATION_FIELDS, json_path, "annotation", counts):
+  # One annotation per image: a panoptic annotation's id is its image's.
+  for ann in coco_reader._unique(coco_reader._well_formed(
+      data["annotations"], _ANNOTATION_FIELDS, json_path, "annotation", counts),
+      json_path, "annotation", counts, key="image_id"):
     image_id = ann["image_id"]
     if image_id not in images:
       counts["orphan_annotation"] += 1
-      continue
-    if image_id in anns:
-      logging.warning("%s: image %d has a second annotation: skipped", json_path, image_id)
-      counts["malformed_entry"] += 1
       continue
     segments, seen = [], set()
     for seg in coco_reader._well_formed(

@@ -8,13 +8,16 @@ read alone (`read_record`), from any tf.io.gfile filesystem.
 
 import dataclasses
 import io
-import struct
 
 from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+# Bytes per read of the index's one pass over a split: a few ranged requests per shard, on
+# any GCS block size (`gcs`).
+_SCAN_BUFFER = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,20 +50,6 @@ class Records:
     return self.class_ids[self.class_splits[i]:self.class_splits[i + 1]]
 
 
-def _scan_offsets(path: str) -> tuple[list[int], list[int]]:
-  """(data offsets, data lengths) of the records of a TFRecord file, reading headers only."""
-  offsets, lengths = [], []
-  with tf.io.gfile.GFile(path, "rb") as f:
-    size, pos = f.size(), 0
-    while pos < size:
-      f.seek(pos)
-      (length,) = struct.unpack("<Q", f.read(8))
-      offsets.append(pos + 12)  # uint64 length, uint32 crc, data, uint32 crc.
-      lengths.append(length)
-      pos += 12 + length + 4
-  return offsets, lengths
-
-
 def parse_fn(features: tfds.features.FeaturesDict):
   """Serialized example -> its feature dict; the image stays JPEG bytes (`preprocess` decodes)."""
   return lambda serialized: features.deserialize_example(
@@ -68,31 +57,34 @@ def parse_fn(features: tfds.features.FeaturesDict):
 
 
 def _index_records(builder, split: str) -> Records:
-  paths = tuple(str(p) for p in builder.info.splits[split].filepaths)
-  shard, offset, length = [], [], []
-  for i, path in enumerate(paths):
-    o, n = _scan_offsets(path)
-    shard += [i] * len(o)
-    offset += o
-    length += n
+  """One sequential pass over the split's records, `_SCAN_BUFFER` bytes per read."""
+  info = builder.info.splits[split]
+  paths = tuple(str(p) for p in info.filepaths)
   parse = parse_fn(builder.info.features)
-  ds = tf.data.TFRecordDataset(list(paths)).map(
-      lambda s: {k: v for k, v in parse(s).items() if k in ("image_id", "classes", "is_crowd",
-                                                       "height", "width")},
+  keys = ("image_id", "classes", "is_crowd", "height", "width")
+  ds = tf.data.TFRecordDataset(list(paths), buffer_size=_SCAN_BUFFER).map(
+      lambda s: dict({k: v for k, v in parse(s).items() if k in keys},
+                     length=tf.strings.length(s)),
       num_parallel_calls=tf.data.AUTOTUNE)
-  image_ids, num_instances, class_ids, splits, sizes = [], [], [], [0], []
+  image_ids, length, num_instances, class_ids, splits, sizes = [], [], [], [], [0], []
   for ex in ds.as_numpy_iterator():
     image_ids.append(ex["image_id"])
+    length.append(ex["length"])
     sizes.append((ex["height"], ex["width"]))
     keep = ex["classes"][~ex["is_crowd"]]
     num_instances.append(len(keep))
     class_ids += sorted(set(keep.tolist()))
     splits.append(len(class_ids))
-  if len(num_instances) != len(shard):
-    raise ValueError(f"{split}: {len(shard)} record headers but {len(num_instances)} examples")
-  return Records(paths=paths, image_id=np.array(image_ids, np.int64),
-                 shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
-                 length=np.array(length, np.int64),
+  counts = list(info.shard_lengths)
+  if len(counts) != len(paths) or sum(counts) != len(length):
+    raise ValueError(f"{split}: {len(length)} records in {len(paths)} files, but the dataset "
+                     f"info lists {sum(counts)} in {len(counts)}")
+  shard = np.repeat(np.arange(len(paths), dtype=np.int32), counts)
+  length = np.array(length, np.int64)
+  framed = np.split(length + 16, np.cumsum(counts)[:-1])  # uint64 length, crc, data, crc.
+  offset = np.concatenate([12 + np.cumsum(f) - f for f in framed]).astype(np.int64)
+  return Records(paths=paths, image_id=np.array(image_ids, np.int64), shard=shard,
+                 offset=offset, length=length,
                  num_instances=np.array(num_instances, np.int32),
                  class_ids=np.array(class_ids, np.int32), class_splits=np.array(splits, np.int64),
                  height=np.array([h for h, _ in sizes], np.int32),

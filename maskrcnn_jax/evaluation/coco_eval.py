@@ -98,18 +98,28 @@ def load_ground_truth(annotation_files: Sequence[str], class_set) -> coco_lib.CO
 
 
 def ground_truth_of(images: list[dict], annotations: list[dict], class_set) -> coco_lib.COCO:
-  """An indexed `COCO` of images and annotations (renumbered 1..n, in place) and the class
-  set's categories."""
-  for new_id, ann in enumerate(annotations, start=1):
-    ann["id"] = new_id
-    ann.setdefault("iscrowd", 0)
+  """An indexed `COCO` of images, annotations (`add_annotations`) and the class set's
+  categories."""
   categories = [dict(id=int(c), name=n, supercategory=s) for c, n, s in
                 zip(class_set.coco_ids, class_set.names, class_set.supercategories)]
   gt = coco_lib.COCO()
-  gt.dataset = dict(images=images, annotations=annotations, categories=categories)
+  gt.dataset = dict(images=images, annotations=[], categories=categories)
   with _stdout_to_log():
     gt.createIndex()
+  add_annotations(gt, annotations)
   return gt
+
+
+def add_annotations(coco_gt: coco_lib.COCO, annotations: list[dict]) -> None:
+  """Adds annotations of `coco_gt`'s images to it and to its index, as `createIndex` would:
+  copies, numbered on from its last id (1..n over all), `iscrowd` 0 where absent."""
+  first = len(coco_gt.dataset["annotations"]) + 1
+  for new_id, ann in enumerate(annotations, start=first):
+    ann = dict(ann, id=new_id, iscrowd=ann.get("iscrowd", 0))
+    coco_gt.dataset["annotations"].append(ann)
+    coco_gt.anns[new_id] = ann
+    coco_gt.imgToAnns[ann["image_id"]].append(ann)
+    coco_gt.catToImgs[ann["category_id"]].append(ann["image_id"])
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
@@ -190,18 +200,20 @@ def _empty_results(coco_gt: coco_lib.COCO) -> coco_lib.COCO:
   return dt
 
 
-# pycocotools ground truth → its faster-coco-eval copy, indexed once per ground truth.
+# pycocotools ground truth → (its annotation count, its faster-coco-eval copy), indexed
+# again only when annotations were added (`add_annotations`).
 _FASTER_GT = weakref.WeakKeyDictionary()
 
 
 def _faster_ground_truth(coco_gt: coco_lib.COCO):
   import faster_coco_eval  # pylint: disable=g-import-not-at-top
-  if coco_gt not in _FASTER_GT:
+  count = len(coco_gt.dataset["annotations"])
+  if _FASTER_GT.get(coco_gt, (None,))[0] != count:
     gt = faster_coco_eval.COCO()
     gt.dataset = coco_gt.dataset
     gt.createIndex()
-    _FASTER_GT[coco_gt] = gt
-  return _FASTER_GT[coco_gt]
+    _FASTER_GT[coco_gt] = (count, gt)
+  return _FASTER_GT[coco_gt][1]
 
 
 def _cocoeval(coco_gt: coco_lib.COCO, results: list[dict[str, Any]], iou_type: str,

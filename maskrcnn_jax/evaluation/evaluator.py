@@ -223,7 +223,7 @@ class Evaluator:
                coco_backend: str = "auto", consumers: Sequence[Any] = (),
                panoptic: dict[str, Any] | None = None, official_export: bool = False,
                draw: bool = True):
-    """Loads the ground truth.
+    """Loads the ground truth (COCO panoptic's image by image, as `add` reaches them).
 
     Args:
       annotation_files: COCO JSONs (stuff; plus instances for `things_and_stuff`), or
@@ -253,8 +253,11 @@ class Evaluator:
     self.draw = draw
     self.score_threshold = score_threshold
     self.num_proposals = num_proposals
-    if class_set.name == "panoptic":  # COCO panoptic: its own PNGs are the PQ ground truth.
-      panoptic_gt = panoptic_coco.GroundTruth(annotation_files, class_set)
+    # COCO panoptic: its own PNGs are the PQ ground truth, loaded image by image as the
+    # images are added (`panoptic_coco`); COCO-Stuff's JSONs are loaded whole here.
+    self._lazy_gt = None
+    if class_set.name == "panoptic":
+      panoptic_gt = self._lazy_gt = panoptic_coco.GroundTruth(annotation_files, class_set)
       self.coco_gt = panoptic_gt.coco
     else:
       self.coco_gt = coco_eval.load_ground_truth(annotation_files, class_set)
@@ -340,6 +343,8 @@ class Evaluator:
       if (int(round(info[0])), int(round(info[1]))) != (gt_image["height"], gt_image["width"]):
         raise ValueError(f"image {image_id}: image_info size {info[:2].tolist()} differs "
                          f"from the ground truth {gt_image['height']}x{gt_image['width']}")
+      if self._lazy_gt is not None:
+        self._lazy_gt.load([image_id])
       if on_device:
         dets = pasted_image_detections(detections, b, info, mask_threshold=self.mask_threshold)
         self._overflow += dets.pop("overflow")
@@ -407,13 +412,17 @@ class Evaluator:
 
     With pycocotools the COCO matching of this evaluator's images is done here
     (`coco_eval.evaluate_images`), so that processes share that work. The pictures stay
-    here: the process that writes draws its own images.
+    here: the process that writes draws its own images. A ground truth loaded per image
+    (COCO panoptic's) sends these images' annotations along: the merging process need not
+    decode their PNGs.
     """
     return dict(results=self._results, image_ids=self._image_ids,
                 confusion=self._confusion, pred_counts=self._pred_counts,
                 gt_counts=self._gt_counts, per_image=self._per_image,
                 overflow=self._overflow, coco_parts=self._own_coco_parts(),
-                consumers=[c.state() for c in self.consumers])
+                consumers=[c.state() for c in self.consumers],
+                ground_truth=None if self._lazy_gt is None else
+                self._lazy_gt.state(self._image_ids))
 
   def _own_coco_parts(self) -> dict[str, dict[str, Any]] | None:
     if self._coco_backend != "pycocotools":
@@ -439,6 +448,8 @@ class Evaluator:
       self._per_image.extend(st["per_image"])
       self._overflow += st["overflow"]
       self._coco_parts.append(st["coco_parts"])
+      if self._lazy_gt is not None:  # Their images' ground truth, for COCOeval of all here.
+        self._lazy_gt.merge(st["ground_truth"])
       for consumer, consumer_state in zip(self.consumers, st["consumers"], strict=True):
         consumer.merge([consumer_state])
     self._scores = None

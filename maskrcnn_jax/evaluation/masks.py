@@ -12,8 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _axis_scale(image_info):
+  """[4] (sx, sy, sx, sy): padded-image pixels per original pixel, of a [5] `image_info`
+  (numpy or traced; in its dtype)."""
+  return (image_info[4:2:-1] / image_info[1::-1])[np.array([0, 1, 0, 1])]
+
+
 def _check_info(image_info) -> tuple[int, int, np.ndarray]:
-  """(H, W, [4] float64 (sx, sy, sx, sy): padded-image pixels per original pixel)."""
+  """(H, W, [4] float64 `_axis_scale`)."""
   info = np.asarray(image_info, np.float64)
   if info.shape != (5,):
     raise ValueError(f"image_info must be [5] (orig_h, orig_w, scale, valid_h, valid_w), "
@@ -21,7 +27,7 @@ def _check_info(image_info) -> tuple[int, int, np.ndarray]:
   height, width = int(round(info[0])), int(round(info[1]))
   if height <= 0 or width <= 0 or not (info[3] > 0 and info[4] > 0):
     raise ValueError(f"image_info has a bad size: {info.tolist()}")
-  return height, width, np.tile([info[4] / info[1], info[3] / info[0]], 2)
+  return height, width, _axis_scale(info)
 
 
 def boxes_to_original(boxes: np.ndarray, image_info) -> np.ndarray:
@@ -205,8 +211,7 @@ def _device_weights(lo, hi, size: int, m: int):
 def boxes_to_original_device(boxes, image_info):
   """`boxes_to_original` traced: [D, 4] padded-image pixels, [5] info → [D, 4] original."""
   height, width = jnp.round(image_info[0]), jnp.round(image_info[1])
-  scale = jnp.tile(image_info[4:2:-1] / image_info[1::-1], 2)  # (sx, sy, sx, sy)
-  return jnp.clip(boxes / scale, 0.0, jnp.stack([width, height, width, height]))
+  return jnp.clip(boxes / _axis_scale(image_info), 0.0, jnp.stack([width, height, width, height]))
 
 
 def paste_image_device(masks, boxes, image_info, valid, *, frame: int, threshold: float):

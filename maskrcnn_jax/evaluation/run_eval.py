@@ -231,7 +231,7 @@ def _load_variables(config: ml_collections.ConfigDict, workdir: str, model, clas
                     mesh: Mesh) -> tuple[dict, int]:
   path = checkpoint_path(config, workdir)
   logging.info("Variables from %s", path)
-  variables, step = load.inference_variables(model, path, class_set, config.model)
+  variables, step = load.inference_variables(model, path, class_set)
   return jax.device_put(variables, NamedSharding(mesh, P())), step
 
 

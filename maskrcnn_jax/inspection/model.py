@@ -11,7 +11,6 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from matplotlib import figure as mfigure
 import numpy as np
 
@@ -24,6 +23,13 @@ from maskrcnn_jax.ops import sampling
 
 RECALL_IOUS = (0.5, 0.7)
 LEVEL_COLORS = ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple")
+
+# Jitted: run eagerly, each operation would compile its own small program per shape.
+_decode = jax.jit(box_ops.decode, static_argnames=("weights", "clip"))
+_box_iou = jax.jit(box_ops.box_iou)
+_sample_rois = jax.jit(roi_heads_lib.sample_rois, static_argnames=(
+    "num_samples", "positive_fraction", "fg_iou", "box_weights"))
+_mask_targets = jax.jit(roi_heads_lib.mask_targets, static_argnames=("size",))
 
 
 def _is_rpn(module, method_name: str) -> bool:
@@ -90,11 +96,15 @@ def anchor_labels(model, all_anchors: np.ndarray, gt_boxes: np.ndarray,
   Returns:
     matched [N] GT index and labels [N] in {1 foreground, 0 background, -1 ignored}.
   """
-  iou = box_ops.box_iou(jnp.asarray(gt_boxes), jnp.asarray(all_anchors))
-  matched, labels = sampling.match(iou, high_threshold=model.rpn.fg_iou,
-                                   low_threshold=model.rpn.bg_iou,
-                                   allow_low_quality_matches=True, valid_gt=jnp.asarray(gt_valid))
+  matched, labels = _match_anchors(all_anchors, gt_boxes, gt_valid, fg_iou=model.rpn.fg_iou,
+                                   bg_iou=model.rpn.bg_iou)
   return np.asarray(matched), np.asarray(labels)
+
+
+@functools.partial(jax.jit, static_argnames=("fg_iou", "bg_iou"))
+def _match_anchors(all_anchors, gt_boxes, gt_valid, *, fg_iou, bg_iou):
+  return sampling.match(box_ops.box_iou(gt_boxes, all_anchors), high_threshold=fg_iou,
+                        low_threshold=bg_iou, allow_low_quality_matches=True, valid_gt=gt_valid)
 
 
 def rpn_targets_picture(image: np.ndarray, all_anchors: np.ndarray, labels: np.ndarray,
@@ -112,8 +122,7 @@ def rpn_targets_picture(image: np.ndarray, all_anchors: np.ndarray, labels: np.n
   negative = np.flatnonzero(labels == sampling.BACKGROUND)
   positive = rng.permutation(positive)[:max_boxes]
   negative = rng.permutation(negative)[:max_boxes // 2]
-  refined = np.asarray(box_ops.decode(jnp.asarray(deltas[positive]),
-                                      jnp.asarray(all_anchors[positive])))
+  refined = np.asarray(_decode(deltas, all_anchors))[positive]  # All: one shape to compile.
   fig = pictures.image_figure(image, 1)
   ax = fig.axes[0]
   ax.imshow(image)
@@ -136,9 +145,14 @@ def pre_nms_proposals(all_anchors: np.ndarray, objectness: np.ndarray, deltas: n
   Returns boxes [top_n, 4] and sigmoid scores [top_n].
   """
   top = np.argsort(-objectness, kind="stable")[:top_n]
-  boxes = box_ops.decode(jnp.asarray(deltas[top]), jnp.asarray(all_anchors[top]))
-  boxes = box_ops.clip_boxes(boxes, float(image_hw[0]), float(image_hw[1]))
-  return np.asarray(boxes), np.asarray(jax.nn.sigmoid(objectness[top]))
+  boxes, scores = _refine(deltas[top], all_anchors[top], objectness[top], image_hw)
+  return np.asarray(boxes), np.asarray(scores)
+
+
+@jax.jit
+def _refine(deltas, anchors, objectness, image_hw):
+  boxes = box_ops.clip_boxes(box_ops.decode(deltas, anchors), image_hw[0], image_hw[1])
+  return boxes, jax.nn.sigmoid(objectness)
 
 
 class ProposalRecall:
@@ -153,7 +167,7 @@ class ProposalRecall:
     self.num_gt += len(gt_boxes)
     if not len(gt_boxes) or not len(proposals):
       return
-    best = np.asarray(box_ops.box_iou(jnp.asarray(gt_boxes), jnp.asarray(proposals))).max(1)
+    best = np.asarray(_box_iou(gt_boxes, proposals)).max(1)
     self.hits += (best[None] >= np.asarray(RECALL_IOUS)[:, None]).sum(1)
 
   def result(self) -> dict[str, float]:
@@ -170,11 +184,11 @@ def sample_rois(model, proposals: dict[str, np.ndarray], batch: dict[str, np.nda
   positive, valid.
   """
   h = model.roi_heads
-  sample = roi_heads_lib.sample_rois(
-      jnp.asarray(proposals["proposals"][index]), jnp.asarray(proposals["proposal_valid"][index]),
-      jnp.asarray(batch["boxes"][index], jnp.float32), jnp.asarray(batch["classes"][index]),
-      jnp.asarray(batch["valid"][index]), rng, num_samples=h.rois_per_image,
-      positive_fraction=h.positive_fraction, fg_iou=h.fg_iou, box_weights=h.box_weights)
+  sample = _sample_rois(
+      proposals["proposals"][index], proposals["proposal_valid"][index],
+      np.asarray(batch["boxes"][index], np.float32), batch["classes"][index],
+      batch["valid"][index], rng, num_samples=h.rois_per_image,
+      positive_fraction=h.positive_fraction, fg_iou=h.fg_iou, box_weights=tuple(h.box_weights))
   return jax.tree.map(np.asarray, sample)
 
 
@@ -186,8 +200,7 @@ def rois_picture(image: np.ndarray, sample: dict[str, np.ndarray], gt_boxes: np.
   colors = pictures.class_colors(class_set.num_classes) / 255
   positive, valid = sample["positive"], sample["valid"]
   background = valid & ~positive
-  reached = np.asarray(box_ops.decode(jnp.asarray(sample["targets"][positive]),
-                                      jnp.asarray(sample["rois"][positive]), box_weights))
+  reached = np.asarray(_decode(sample["targets"], sample["rois"], tuple(box_weights)))[positive]
   classes = sample["classes"][positive]
   fig = pictures.image_figure(image, 1)
   ax = fig.axes[0]
@@ -216,8 +229,7 @@ def mask_targets(sample: dict[str, np.ndarray], batch: dict[str, np.ndarray],
   matched = sample["matched"][positive]
   gt_masks = np.asarray(batch["masks"][index])[matched]
   gt_boxes = np.asarray(batch["boxes"][index], np.float32)[matched]
-  target = roi_heads_lib.mask_targets(jnp.asarray(gt_masks), jnp.asarray(gt_boxes),
-                                      jnp.asarray(sample["rois"][positive]))
+  target = _mask_targets(gt_masks, gt_boxes, sample["rois"][positive])
   return {"gt": gt_masks, "target": np.asarray(target), "classes": sample["classes"][positive]}
 
 

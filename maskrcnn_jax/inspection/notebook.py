@@ -13,10 +13,13 @@ import json
 import os
 from typing import Any
 
+from absl import logging
 import ml_collections
 from PIL import Image
 
-from maskrcnn_jax.inspection import run
+from maskrcnn_jax.data import gcs
+logging.info("TensorFlow's %s", gcs.configure())  # Before `run` loads TensorFlow.
+from maskrcnn_jax.inspection import run  # pylint: disable=g-import-not-at-top
 
 MAX_ROWS = 10
 

@@ -102,7 +102,7 @@ def load_model(config: ml_collections.ConfigDict, workdir: str,
   except ValueError as e:  # No checkpoint and a random start: show the initialisation.
     logging.warning("Inspecting the untrained model: %s", e)
     return ModelState(model, load.init_inference(model, rng), 0, False, rng)
-  variables, step = load.inference_variables(model, path, class_set, config.model)
+  variables, step = load.inference_variables(model, path, class_set)
   return ModelState(model, variables, step, True, rng)
 
 

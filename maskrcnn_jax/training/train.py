@@ -210,8 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
     variables = init(init_rng)
     if config.init.checkpoint != load.RANDOM_INIT:
       variables = load.init_from_checkpoint(variables, config.init.checkpoint,
-                                            scope=config.init.scope, class_set=class_set,
-                                            model=config.model)
+                                            scope=config.init.scope, class_set=class_set)
   else:  # The checkpoint holds every value: shapes suffice, and no init is compiled.
     variables = jax.eval_shape(init, init_rng)
   masks = [optimizer.trainable_mask(variables["params"], s.trainable,

@@ -24,7 +24,9 @@ those logits are far below the others, as in trained weights (they are never a t
 a layout the layers load as they are when their shapes fit, else keep the model's own.
 
 The checkpoint's model options (`maskrcnn_jax.weights.options`: input format, pixel mean
-and std, stride_in_1x1, anchor rounding) must equal `config.model`'s (`check_options`).
+and std, stride_in_1x1, anchor rounding) must equal `config.model`'s (`check_options`, which
+`maskrcnn_jax.run.validate` calls before any data build or compile; the loaders do not repeat
+it).
 """
 
 from typing import Any, Mapping
@@ -97,8 +99,7 @@ def check_options(path: str, model: Mapping[str, Any], *, scope: str = "full") -
 
 def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
                          class_set: categories.ClassSet | None = None,
-                         require_classes: bool = False,
-                         model: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                         require_classes: bool = False) -> dict[str, Any]:
   """`variables` with the leaves in `scope` read from the checkpoint at `path`.
 
   Args:
@@ -110,8 +111,6 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
       class-sized layers row by row (module docstring).
     require_classes: fail unless every class of the model comes from the checkpoint
       (inference: a class layer left at its initialisation predicts noise).
-    model: `config.model`, whose options the checkpoint's must equal (`check_options`);
-      None skips the check.
 
   Returns:
     The same tree, leaves in scope replaced; jax arrays keep their dtype and sharding.
@@ -121,8 +120,6 @@ def init_from_checkpoint(variables: Mapping[str, Any], path: str, *, scope: str,
   """
   if scope not in SCOPES:
     raise ValueError(f"init scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-  if model is not None:
-    check_options(path, model, scope=scope)
   layout = checkpoint.load_metadata(path).get("classifier_layout")
   return merge(variables, checkpoint.load_variables(path), scope=scope, source=path,
                layout=layout, class_set=class_set, require_classes=require_classes)
@@ -138,19 +135,14 @@ def init_inference(model, rng: jax.Array) -> dict[str, Any]:
                                            train=False))(k1, k2)
 
 
-def inference_variables(model, path: str, class_set: categories.ClassSet,
-                        model_config: Mapping[str, Any] | None = None
+def inference_variables(model, path: str, class_set: categories.ClassSet
                         ) -> tuple[dict[str, Any], int]:
   """(`params` and `frozen_bn` for `model`, training step or 0) from the checkpoint at `path`.
 
   A training run's checkpoint or converted weights (mapped by their `classifier_layout`);
   every class of `class_set` must come from the checkpoint. Leaves the checkpoint does not
   fill (detectron2's unused background rows of box deltas and mask logits) are zero.
-  `model_config` (`config.model`), unless None, must have the checkpoint's options
-  (`check_options`).
   """
-  if model_config is not None:
-    check_options(path, model_config)
   shapes = jax.eval_shape(lambda: init_inference(model, jax.random.key(0)))
   zeros = {c: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes[c]) for c in COLLECTIONS}
   loaded = checkpoint.load_variables(path)

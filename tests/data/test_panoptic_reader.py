@@ -129,3 +129,22 @@ def test_build_reads_the_panoptic_root(root, tmp_path):
   builder = build.prepare(config)
   assert list(builder.info.splits) == ["validation"]
   assert builder.info.metadata["counts/validation"] == {"images": 2}
+
+
+def test_duplicate_images_and_annotations_are_skipped_counted_and_named(tmp_path, caplog):
+  """As coco_reader's: the first entry of an id is kept, the others counted and logged."""
+  image = lambda i, name: dict(id=i, file_name=name, height=2, width=2)
+  ann = lambda i, name, cid: dict(image_id=i, file_name=name,
+                                  segments_info=[dict(id=1, category_id=cid)])
+  path = tmp_path / "panoptic_val2017.json"
+  path.write_text(json.dumps(dict(
+      images=[image(1, "a.jpg"), image(2, "b.jpg"), image(1, "c.jpg")],
+      annotations=[ann(1, "a.png", 1), ann(2, "b.png", 2), ann(1, "c.png", 3)])))
+  counts = collections.Counter()
+  with caplog.at_level("WARNING"):
+    images, anns = panoptic_reader.index_json(path, CLASS_SET, counts)
+  assert counts == dict(duplicate_image=1, duplicate_annotation=1)
+  assert [images[i]["file_name"] for i in (1, 2)] == ["a.jpg", "b.jpg"]
+  assert [anns[i]["file_name"] for i in (1, 2)] == ["a.png", "b.png"]
+  assert f"{path}: 1 image entries repeat an earlier id: skipped (first: [1])" in caplog.text
+  assert "1 annotation entries repeat an earlier image_id: skipped" in caplog.text

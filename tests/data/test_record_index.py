@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from maskrcnn_jax.data import build
+from maskrcnn_jax.data import builder
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import record_index
 import tiny_data
@@ -68,6 +69,19 @@ def test_a_corrupt_record_fails_its_crc(config, tmp_path):
   tf.io.gfile.GFile(path, "wb").write(bytes(data))
   with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
     tiny_data.take(pipeline.create_eval_dataset(copy, batch_size=1), 2)
+
+
+def test_the_index_finds_every_record_of_several_shards(synthetic_root, tmp_path):
+  built = builder.build(synthetic_root, tmp_path, class_set="stuff", mask_size=14,
+                        shard_images=3)
+  records = record_index.load(built, "train")
+  parse = record_index.parse_fn(built.info.features)
+  assert len(records.paths) == 3 and records.shard.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+  for i in range(len(records)):
+    data = pathlib.Path(records.paths[records.shard[i]]).read_bytes()
+    start, length = records.offset[i], records.length[i]
+    assert int.from_bytes(data[start - 12:start - 4], "little") == length  # The header's.
+    assert parse(data[start:start + length])["image_id"] == records.image_id[i]
 
 
 def test_an_index_cache_of_other_fields_is_rebuilt(config, tmp_path):

@@ -34,6 +34,7 @@ from maskrcnn_jax.data import categories
 from maskrcnn_jax.data import coco_reader
 from maskrcnn_jax.evaluation import evaluator as evaluator_lib
 from maskrcnn_jax.evaluation import panoptic
+from maskrcnn_jax.evaluation import panoptic_coco
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "coco_samples"
 ANNOTATIONS = SAMPLES / "panoptic_val2017" / "annotations"
@@ -89,9 +90,12 @@ def detections(coco_gt):
 def evaluate(out_dir) -> dict[str, float]:
   """The project's metrics of `detections`; the consumers' files (the official formats)
   written to `out_dir` (`Evaluator.write` without its tables and pictures)."""
-  ev = evaluator_lib.Evaluator([str(GT_JSON)], categories.get_class_set("panoptic"),
-                               num_pictures=0, official_export=True)
-  ev.add(*detections(ev.coco_gt))
+  class_set = categories.get_class_set("panoptic")
+  ev = evaluator_lib.Evaluator([str(GT_JSON)], class_set, num_pictures=0,
+                               official_export=True)
+  gt = panoptic_coco.GroundTruth([str(GT_JSON)], class_set)  # Its own: `ev` loads as it adds.
+  gt.load(sorted(gt.coco.imgs))
+  ev.add(*detections(gt.coco))
   for consumer in ev.consumers:
     consumer.write(out_dir)
   return ev.result()

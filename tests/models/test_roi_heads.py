@@ -15,6 +15,7 @@ GT_CLASSES = jnp.array([3, 1, 0])
 GT_VALID = jnp.array([True, True, False])
 
 
+@functools.partial(jax.jit, static_argnames="num_samples")  # One program, not one per op.
 def _sample(proposals, proposal_valid, num_samples=8):
   return roi_heads.sample_rois(proposals, proposal_valid, GT, GT_CLASSES, GT_VALID,
                                jax.random.key(0), num_samples=num_samples,
@@ -60,7 +61,8 @@ def test_mask_targets():
       [40, 40, 50, 50],    # Outside the box.
       [0, 10, 40, 30],     # Twice the box's width: the object fills x in [10, 20).
   ])
-  out = np.asarray(roi_heads.mask_targets(jnp.asarray(masks), gt_box, rois, size=8))
+  mask_targets = jax.jit(roi_heads.mask_targets, static_argnames="size")
+  out = np.asarray(mask_targets(jnp.asarray(masks), gt_box, rois, size=8))
   np.testing.assert_allclose(out[0], 1.0, atol=1e-6)
   np.testing.assert_allclose(out[1], 0.0, atol=1e-6)
   np.testing.assert_allclose(out[2], 0.0, atol=1e-6)

@@ -70,8 +70,9 @@ def test_proposals_ranked_by_logit_or_probability(nms_on_logits, kept):
   np.testing.assert_allclose(out["boxes"][0], kept)
 
 
+@jax.jit  # One program, not one compile per operation.
 def _losses(objectness, deltas, gt_boxes, gt_valid, anchors):
-  return rpn.rpn_losses(jnp.asarray(anchors), objectness, deltas, gt_boxes, gt_valid,
+  return rpn.rpn_losses(anchors, objectness, deltas, gt_boxes, gt_valid,
                         jax.random.key(0), fg_iou=0.7, bg_iou=0.3, samples_per_image=4,
                         positive_fraction=0.5)
 
