@@ -145,11 +145,13 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
   return out
 
 
-def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> list[int]:
+def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> np.ndarray:
   """A binary crop (`paste_crops`) → the uncompressed RLE counts of its H × W mask.
 
   Reads the crop's pixels only: the value changes along COCO's column-major order are
-  those inside each column of the crop and at its top and bottom edges.
+  those inside each column of the crop and at its top and bottom edges. The counts stay
+  an int64 array, which pycocotools' `frPyObjects` takes as it takes a list (no list of
+  Python ints made and converted back).
   """
   h, w = crop.shape
   edges = np.zeros((w, h + 2), bool)
@@ -163,7 +165,7 @@ def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> lis
     twice = np.flatnonzero(positions[1:] == positions[:-1])
     positions = np.delete(positions, np.concatenate([twice, twice + 1]))
     positions = positions[positions < height * width]
-  return np.diff(positions, prepend=0, append=height * width).tolist()
+  return np.diff(positions, prepend=0, append=height * width)
 
 
 # ------------------------------------------------------------------ on the device
