@@ -104,8 +104,10 @@ def host_pasted_detections(detections: dict[str, np.ndarray], index: int, image_
   return dict(dets, rles=rles, label=label)
 
 
-def _compressed(runs: list[list[int]], height: int, width: int) -> list[dict[str, Any]]:
-  """Uncompressed RLE counts → compressed RLEs with `counts` a str (JSON-ready)."""
+def _compressed(runs: Sequence[Sequence[int]], height: int, width: int
+                ) -> list[dict[str, Any]]:
+  """Uncompressed RLE counts (lists or int arrays) → compressed RLEs with `counts` a str
+  (JSON-ready)."""
   rles = mask_utils.frPyObjects([dict(size=[height, width], counts=r) for r in runs],
                                 height, width) if runs else []
   for rle in rles:

@@ -60,28 +60,37 @@ def nonempty(boxes: np.ndarray) -> np.ndarray:
   return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
-def _interpolation(lo: float, hi: float, pixels: np.ndarray, m: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Box edges, [P] pixel indices → the bilinear neighbours of each pixel in the mask.
+def _support(lo: np.ndarray, hi: np.ndarray, size: int, m: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """[D] box edges → ([D] first, [D] end) of the pixels that can get a non-zero weight:
+  the box plus one mask cell each side, inside [0, size) (end ≤ first: none)."""
+  margin = np.maximum(hi - lo, 0.0) / m + 1
+  first = np.maximum(np.floor(lo - margin), 0).astype(np.intp)
+  return first, np.maximum(np.minimum(np.ceil(hi + margin), size).astype(np.intp), first)
+
+
+def _interpolation(lo: np.ndarray, hi: np.ndarray, first: np.ndarray, end: np.ndarray,
+                   m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """[D] box edges and pixel ranges → the bilinear neighbours of every pixel of all D.
 
   Pixel p samples the mask at u = (p + 0.5 − lo) / (hi − lo) · m − 0.5, as
   `grid_sample(align_corners=False)` with zero padding: a neighbour outside [0, m) adds 0.
+  The D boxes' pixels are concatenated (one array pass for all, not one per box).
 
   Returns:
-    ([P] index of cell floor(u) in the mask padded with 2 zero cells each side, [P] its
-    weight, [P] the weight of the next cell), float32 weights.
+    ([D + 1] offsets: box d's pixels are [offsets[d], offsets[d + 1]); [P] index of cell
+    floor(u) in the mask padded with 2 zero cells each side, [P] its weight, [P] the
+    weight of the next cell), float32 weights.
   """
-  u = (pixels.astype(np.float32) + 0.5 - lo) / max(hi - lo, 1e-6) * m - 0.5
+  counts = end - first
+  offsets = np.concatenate([[0], np.cumsum(counts)])
+  pixels = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - first, counts)
+  lo, extent = np.repeat(lo, counts), np.repeat(np.maximum(hi - lo, 1e-6), counts)
+  u = (pixels.astype(np.float32) + 0.5 - lo) / extent * m - 0.5
   u0 = np.floor(u)
   frac = u - u0
   index = (np.clip(u0, -2, m) + 2).astype(np.intp)  # Past the padding: both cells zero.
-  return index, (1 - frac).astype(np.float32), frac.astype(np.float32)
-
-
-def _support(lo: float, hi: float, size: int, m: int) -> np.ndarray:
-  """Pixel indices that can get a non-zero weight: the box plus one mask cell each side."""
-  margin = max(hi - lo, 0.0) / m + 1
-  return np.arange(max(int(np.floor(lo - margin)), 0), min(int(np.ceil(hi + margin)), size))
+  return offsets, index, (1 - frac).astype(np.float32), frac.astype(np.float32)
 
 
 def paste_crops(masks: np.ndarray, boxes: np.ndarray, image_info, *,
@@ -108,18 +117,22 @@ def paste_crops(masks: np.ndarray, boxes: np.ndarray, image_info, *,
   m = masks.shape[1]
   padded = np.pad(masks, ((0, 0), (2, 2), (2, 2)))
   crops = []
-  boxes = _clip(boxes.astype(np.float64) / scale, height, width)
-  for d, (x1, y1, x2, y2) in enumerate(boxes):
-    ys, xs = _support(y1, y2, height, m), _support(x1, x2, width, m)
-    if not len(ys) or not len(xs):
+  x1, y1, x2, y2 = _clip(boxes.astype(np.float64) / scale, height, width).T
+  y_first, y_end = _support(y1, y2, height, m)
+  x_first, x_end = _support(x1, x2, width, m)
+  y_at, iy, wy0, wy1 = _interpolation(y1, y2, y_first, y_end, m)
+  x_at, ix, wx0, wx1 = _interpolation(x1, x2, x_first, x_end, m)
+  for d in range(len(masks)):
+    if y_end[d] == y_first[d] or x_end[d] == x_first[d]:
       crops.append((0, 0, np.zeros((0, 0), np.float32 if threshold is None else bool)))
       continue
-    iy, wy0, wy1 = _interpolation(y1, y2, ys, m)
-    ix, wx0, wx1 = _interpolation(x1, x2, xs, m)
+    ys, xs = slice(y_at[d], y_at[d + 1]), slice(x_at[d], x_at[d + 1])
     # Two neighbours per axis: gathers, far cheaper than products with [P, m] weights.
-    rows = wy0[:, None] * padded[d, iy] + wy1[:, None] * padded[d, iy + 1]  # [h, m + 4]
-    pasted = wx0 * rows[:, ix] + wx1 * rows[:, ix + 1]  # [h, w]
-    crops.append((int(ys[0]), int(xs[0]), pasted if threshold is None else pasted >= threshold))
+    rows = (wy0[ys, None] * padded[d, iy[ys]]
+            + wy1[ys, None] * padded[d, iy[ys] + 1])  # [h, m + 4]
+    pasted = wx0[xs] * rows[:, ix[xs]] + wx1[xs] * rows[:, ix[xs] + 1]  # [h, w]
+    crops.append((int(y_first[d]), int(x_first[d]),
+                  pasted if threshold is None else pasted >= threshold))
   return crops
 
 
@@ -151,11 +164,13 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_info, *,
   return out
 
 
-def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> list[int]:
+def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> np.ndarray:
   """A binary crop (`paste_crops`) → the uncompressed RLE counts of its H × W mask.
 
   Reads the crop's pixels only: the value changes along COCO's column-major order are
-  those inside each column of the crop and at its top and bottom edges.
+  those inside each column of the crop and at its top and bottom edges. The counts stay
+  an int64 array, which pycocotools' `frPyObjects` takes as it takes a list (no list of
+  Python ints made and converted back).
   """
   h, w = crop.shape
   edges = np.zeros((w, h + 2), bool)
@@ -169,7 +184,7 @@ def crop_rle(y0: int, x0: int, crop: np.ndarray, height: int, width: int) -> lis
     twice = np.flatnonzero(positions[1:] == positions[:-1])
     positions = np.delete(positions, np.concatenate([twice, twice + 1]))
     positions = positions[positions < height * width]
-  return np.diff(positions, prepend=0, append=height * width).tolist()
+  return np.diff(positions, prepend=0, append=height * width)
 
 
 # ------------------------------------------------------------------ on the device

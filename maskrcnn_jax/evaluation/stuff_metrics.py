@@ -77,9 +77,10 @@ def paint_crops(crops: Sequence[tuple[int, int, np.ndarray]], classes: np.ndarra
     fill: label of pixels no mask covers.
 
   Returns:
-    [H, W] int32 label map.
+    [H, W] int32 label map, column-major in memory as the ground truth's
+    (`ground_truth_label_map`).
   """
-  out = np.full(shape, fill, np.int32)
+  out = np.full(shape, fill, np.int32, order="F")
   for i in np.argsort(scores, kind="stable"):  # Ascending: the best is painted last.
     y0, x0, crop = crops[i]
     out[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]][crop] = classes[i]
@@ -94,10 +95,11 @@ def ground_truth_label_map(coco_gt, image_id: int, class_set) -> np.ndarray:
   annotations are skipped, as official `cocoSegmentationToSegmentationMap`.
 
   Returns:
-    [H, W] int32 training ids, 0 = unlabeled.
+    [H, W] int32 training ids, 0 = unlabeled; in column-major memory, as pycocotools
+    decodes the masks and as the evaluator flattens the map (`ravel(order="F")`, a view).
   """
   image = coco_gt.imgs[image_id]
-  label = np.zeros((image["height"], image["width"]), np.int32)
+  label = np.zeros((image["height"], image["width"]), np.int32, order="F")
   to_train = {int(c): i + 1 for i, c in enumerate(class_set.coco_ids)}
   for ann in coco_gt.imgToAnns[image_id]:
     if ann.get("iscrowd", 0) or ann["category_id"] not in to_train:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from maskrcnn_jax.models import layers
 from maskrcnn_jax.models import losses
 from maskrcnn_jax.ops import boxes as box_ops
+from maskrcnn_jax.ops import conv as conv_ops
 from maskrcnn_jax.ops import nms as nms_ops
 from maskrcnn_jax.ops import roi_align as roi_ops
 from maskrcnn_jax.ops import sampling
@@ -62,28 +63,57 @@ class Deconv2x2(nn.Module):
 
   The strided kernel never overlaps itself, so out[2i + a, 2j + b] = x[i, j] @
   kernel[1 - a, 1 - b] + bias; XLA:CPU takes seconds for ConvTranspose's kernel gradient.
-  x: [N, H, W, C] -> [N, 2H, 2W, features].
+  x: [N, H, W, C] -> [N, 2H, 2W, features], or with `phases` [N, H, W, 2, 2, features]
+  (pixel (2i + a, 2j + b) at [i, j, a, b]: the matmul's own layout, no interleaving copy).
   """
   features: int
   kernel_init: Any = layers.KAIMING_OUT
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, phases: bool = False) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (2, 2, x.shape[-1], self.features),
                         jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    if phases:
+      return (jnp.einsum("nijc,abco->nijabo", x.astype(self.dtype),
+                         kernel[::-1, ::-1].astype(self.dtype)) + bias.astype(self.dtype))
     n, h, w, _ = x.shape
     y = jnp.einsum("nijc,abco->niajbo", x.astype(self.dtype),
                    kernel[::-1, ::-1].astype(self.dtype))
     return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
 
 
+class ClassLogits(nn.Module):
+  """1x1 conv to K + 1 logits with `layers.Conv`'s parameters (`kernel` [1, 1, C, K + 1],
+  `bias` [K + 1]); given each map's class, only that channel.
+
+  x: [N, ..., C] -> [N, ..., K + 1], or with `classes` [N] int -> [N, ...]: the same dot
+  products, without the K other channels (at inference the mask head needs only the
+  detected class's, a 1 / (K + 1) share of the work).
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, classes: jax.Array | None = None) -> jax.Array:
+    kernel = self.param("kernel", layers.KAIMING_OUT, (1, 1, x.shape[-1], self.num_classes),
+                        jnp.float32).astype(self.dtype)[0, 0]
+    bias = self.param("bias", nn.initializers.zeros, (self.num_classes,),
+                      jnp.float32).astype(self.dtype)
+    x = x.astype(self.dtype)
+    if classes is None:
+      return conv_ops.conv1x1(x, kernel) + bias
+    selected = jnp.einsum("n...c,cn->n...", x, kernel[:, classes])
+    return selected + bias[classes].reshape(-1, *[1] * (x.ndim - 2))
+
+
 class MaskHead(nn.Module):
   """`num_convs` conv3x3 + ReLU, deconv 2x2/2 + ReLU, 1x1 to K + 1 mask logits.
 
-  pooled: [B, R, 14, 14, C] -> logits [B, R, 28, 28, K + 1] float32. The deconv kernel
-  is flax ConvTranspose's [2, 2, in, out]: torch's ConvTranspose2d weight [in, out, a, b]
+  pooled: [B, R, 14, 14, C] -> logits [B, R, 28, 28, K + 1] float32, or with `classes`
+  [B, R] int the logits of each RoI's class only, [B, R, 28, 28]. The deconv kernel is
+  flax ConvTranspose's [2, 2, in, out]: torch's ConvTranspose2d weight [in, out, a, b]
   maps to kernel[1 - a, 1 - b, in, out].
   """
   num_classes: int
@@ -92,16 +122,22 @@ class MaskHead(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, pooled: jax.Array) -> jax.Array:
+  def __call__(self, pooled: jax.Array, classes: jax.Array | None = None) -> jax.Array:
     b, r = pooled.shape[:2]
     x = pooled.astype(self.dtype).reshape(b * r, *pooled.shape[2:])
     for i in range(1, self.num_convs + 1):
       x = nn.relu(layers.Conv(self.channels, 3, use_bias=True, dtype=self.dtype,
                               name=f"mask_conv{i}")(x))
-    x = nn.relu(Deconv2x2(self.channels, dtype=self.dtype, name="deconv")(x))
-    x = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
-                    name="mask_logits")(x)
-    return x.astype(jnp.float32).reshape(b, r, *x.shape[1:])
+    deconv = Deconv2x2(self.channels, dtype=self.dtype, name="deconv")
+    logits = ClassLogits(self.num_classes, dtype=self.dtype, name="mask_logits")
+    if classes is None:
+      x = logits(nn.relu(deconv(x)))
+      return x.astype(jnp.float32).reshape(b, r, *x.shape[1:])
+    # One channel per RoI: interleaved after the logits, [N, H, W, 2, 2] -> [N, 2H, 2W].
+    x = logits(nn.relu(deconv(x, phases=True)), classes.reshape(-1))
+    h, w = x.shape[1:3]
+    x = x.transpose(0, 1, 3, 2, 4).reshape(b, r, 2 * h, 2 * w)
+    return x.astype(jnp.float32)
 
 
 def sample_rois(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.Array,
@@ -301,8 +337,7 @@ class RoIHeads(nn.Module):
     take = lambda x: jnp.take_along_axis(x, keep, axis=1)
     boxes = jnp.where(valid[..., None], jnp.take_along_axis(boxes, keep[..., None], axis=1), 0.0)
     classes = jnp.where(valid, take(classes), 0)
-    mask_logits = self.mask_head(self._pool(features, boxes, MASK_SIZE // 2))
-    masks = jnp.take_along_axis(mask_logits, classes[:, :, None, None, None], axis=-1)[..., 0]
+    masks = self.mask_head(self._pool(features, boxes, MASK_SIZE // 2), classes)
     extra = {}
     if self.sampling_ratio == 0:
       capped = functools.partial(roi_ops.adaptive_overflow, aligned=self.aligned,

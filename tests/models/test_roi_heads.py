@@ -122,9 +122,23 @@ def test_deconv_matches_flax_conv_transpose():
   reference = nn.ConvTranspose(6, (2, 2), strides=(2, 2), padding="VALID")
   variables = reference.init(jax.random.key(1), x)
   variables = jax.tree.map(lambda v: v + 0.1, variables)  # Nonzero bias.
-  np.testing.assert_allclose(roi_heads.Deconv2x2(6).apply(variables, x),
-                             reference.apply(variables, x), rtol=1e-5, atol=1e-6)
+  out = roi_heads.Deconv2x2(6).apply(variables, x)
+  np.testing.assert_allclose(out, reference.apply(variables, x), rtol=1e-5, atol=1e-6)
+  phases = roi_heads.Deconv2x2(6).apply(variables, x, phases=True)  # [2, 3, 5, 2, 2, 6]
+  np.testing.assert_allclose(phases.transpose(0, 1, 3, 2, 4, 5).reshape(out.shape), out,
+                             rtol=1e-6, atol=1e-6)
 
+
+def test_class_logits_of_given_classes_are_the_full_convs_channels():
+  x = jax.random.normal(jax.random.key(0), (3, 4, 4, 8))
+  layer = roi_heads.ClassLogits(5)
+  variables = layer.init(jax.random.key(1), x)
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # Nonzero bias.
+  full = layer.apply(variables, x)
+  assert full.shape == (3, 4, 4, 5)
+  classes = jnp.array([2, 0, 4])
+  np.testing.assert_allclose(layer.apply(variables, x, classes),
+                             full[jnp.arange(3), ..., classes], rtol=1e-6, atol=1e-6)
 
 def _iou(a, b):
   """[N, 4] x [M, 4] -> [N, M] IoU, numpy."""
