@@ -54,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   # largest in evaluation) and the longest side's cap, which also sets the square canvas.
   config.data.min_size = (800,)
   config.data.max_size = 1024
+  # Two canvases, max(min_size) x max_size for landscape images and its transpose for
+  # portrait ones, each batch of one orientation, instead of one max_size² canvas
+  # (shortest_edge only, maskrcnn_jax/data/images.py). Off: `square` gains nothing from it.
+  config.data.aspect_grouping = False
   config.data.max_instances = 100
   # GT masks stored cropped to their box at this size; 112 gives mask targets closer to the
   # full-resolution mask than torchvision's (docs/benchmarks.md, mask targets).

@@ -91,6 +91,10 @@ def validate(config: ml_collections.ConfigDict, *, needs_data: bool = True) -> N
            f"must be one or more positive integers (data.resize {config.data.resize})")
     _check(max_size >= max(min_size), "data.max_size", max_size,
            f"must be >= the largest data.min_size ({max(min_size)})")
+  _check(not config.data.aspect_grouping or config.data.resize == "shortest_edge",
+         "data.aspect_grouping", config.data.aspect_grouping,
+         f"needs data.resize shortest_edge (with {config.data.resize} a square image fills the "
+         "square canvas in either orientation: a second canvas would save nothing)")
   _positive(config, "data.max_instances")
   _positive(config, "data.mask_size")
   _positive(config, "data.eval_batch_size")

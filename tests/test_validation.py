@@ -35,6 +35,8 @@ def test_longest_needs_a_canvas_of_whole_strides():
     ("data.min_size", (800, 0), "config.data.min_size = (800, 0): must be one or more positive "
      "integers (data.resize square)"),
     ("data.max_size", 700, "config.data.max_size = 700: must be >= the largest data.min_size (800)"),
+    ("data.aspect_grouping", True, "config.data.aspect_grouping = True: needs data.resize "
+     "shortest_edge (with square a square image fills"),
     ("data.class_set", "stuf", "config.data.class_set = 'stuf': must be one of coco, stuff"),
     ("data.root", "", "config.data.root = '': must name the COCO-Stuff root"),
     ("model.rpn.bg_iou", 0.8, "config.model.rpn.bg_iou = 0.8: must be <= model.rpn.fg_iou"),

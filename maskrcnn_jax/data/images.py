@@ -13,9 +13,17 @@ inspection:
   longest        longest side to `data.image_size`; canvas S × S
   shortest_edge  shortest side to `data.min_size`, longest at most `data.max_size`
                  (detectron2's ResizeShortestEdge, torchvision's GeneralizedRCNNTransform);
-                 canvas max_size × max_size rounded up to a multiple of STRIDE
+                 canvas max_size × max_size rounded up to a multiple of STRIDE (two
+                 canvases with `data.aspect_grouping`, below)
   square         matterport's "square" mode: shortest side up to `data.min_size` (never
                  down), longest at most `data.max_size`; canvas max_size², rounded up
+
+With `data.aspect_grouping` (shortest_edge only) there are two canvases: landscape images
+(width >= height) go on Hl × Wl, with Hl the largest `data.min_size` and Wl `data.max_size`,
+each rounded up to a multiple of STRIDE, and portrait images on Wl × Hl (at 800/1333:
+832 × 1344 instead of 1344²). Batches hold one orientation (`sampler.grouped`,
+`sampler.is_portrait`). With longest and square a square image fills S × S in either
+orientation, so a second canvas would save nothing: the config check refuses grouping there.
 
 `data.min_size` is a tuple: training draws one per image from the image's key (detectron2's
 "choice" sample style), evaluation and prediction take the largest. The resized size is
@@ -40,12 +48,21 @@ def decode_tf(data: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
 
-def canvas(data_config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(height, width) of the padded model input: every resized image fits in it."""
+def _round_up(side: int) -> int:
+  return -(-side // STRIDE) * STRIDE
+
+
+def canvas(data_config: ml_collections.ConfigDict, portrait: bool = False) -> tuple[int, int]:
+  """(height, width) of the padded model input of a landscape or, with `portrait`, a portrait
+  image: every resized image of that orientation fits in it. Without `data.aspect_grouping`
+  both orientations share one canvas."""
   if data_config.resize == "longest":
     return data_config.image_size, data_config.image_size
-  side = -(-data_config.max_size // STRIDE) * STRIDE
-  return side, side
+  long = _round_up(data_config.max_size)
+  if data_config.resize == "square" or not data_config.aspect_grouping:
+    return long, long
+  short = _round_up(max(data_config.min_size))
+  return (long, short) if portrait else (short, long)
 
 
 def scale(height, width, data_config: ml_collections.ConfigDict, min_size=None) -> tf.Tensor:
@@ -81,11 +98,11 @@ def resize(image: tf.Tensor, new_h, new_w) -> tf.Tensor:
                          method="bilinear")
 
 
-def to_canvas(image: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
-  """A resized float32 image [h, w, 3] inside the canvas -> [Hc, Wc, 3] uint8, rounded to
-  the nearest value and zero-padded bottom and right."""
-  height, width = canvas(data_config)
+def to_canvas(image: tf.Tensor, size) -> tf.Tensor:
+  """A resized float32 image [h, w, 3] inside the canvas `size` (Hc, Wc: ints, or int32
+  tensors) -> [Hc, Wc, 3] uint8, rounded to the nearest value and zero-padded bottom and
+  right."""
   image = tf.saturate_cast(image + 0.5, tf.uint8)  # Rounds: the values are clamped first.
-  image = tf.image.pad_to_bounding_box(image, 0, 0, height, width)
-  image.set_shape([height, width, 3])
+  image = tf.image.pad_to_bounding_box(image, 0, 0, size[0], size[1])
+  image.set_shape([None if tf.is_tensor(s) else s for s in size] + [3])
   return image

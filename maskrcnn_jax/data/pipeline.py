@@ -4,6 +4,8 @@ B images per batch (G / P: the global batch over the processes), Hc × Wc the ca
 `data.resize` (`images`), M `data.max_instances`, Sm `data.mask_size`. A batch:
 
   image          [B, Hc, Wc, 3] uint8 resized by `data.resize` × jitter, zero-padded bottom/right
+                 (with `data.aspect_grouping`: the batch's orientation's canvas, Hl × Wl or
+                 Wl × Hl, so the static shape leaves Hc and Wc unknown)
   image_id       [B] int32
   image_info     [B, 5] float32       (orig_h, orig_w, scale, valid_h, valid_w)
   boxes          [B, M, 4] float32    (x1, y1, x2, y2) in padded-image pixels
@@ -13,14 +15,18 @@ B images per batch (G / P: the global batch over the processes), Hc × Wc the ca
   num_truncated  [B] int32            instances dropped past M
   image_valid    [B] bool             evaluation only: false for the padding of the last batch
 
-The training order, its split over processes and restarts are `sampler`'s; the per-image
-tensors and their augmentation `preprocess`'s. Training skips images without a non-crowd
-instance (as detectron2 does) and, unless `data.allow_partial_annotations`, images listed
-in only one of the stuff and instances files (things_and_stuff: their other pixels would
-train as background); evaluation keeps every image.
+The training order, its split over processes and restarts are `sampler`'s, and so is the
+grouping by orientation (`data.aspect_grouping`): every batch below then holds one
+orientation, training and validation losses read the same global batches for any process
+count, and evaluation keeps each process's part and pads each orientation's last batch. The
+per-image tensors and their augmentation are `preprocess`'s. Training skips images without a
+non-crowd instance (as detectron2 does) and, unless `data.allow_partial_annotations`, images
+listed in only one of the stuff and instances files (things_and_stuff: their other pixels
+would train as background); evaluation keeps every image.
 """
 
 import dataclasses
+import itertools
 import math
 
 from absl import logging
@@ -70,7 +76,8 @@ def create_train_dataset(
   stream = lambda: sampler.train_stream(
       records, seed=seed, start_step=start_step, global_batch=global_batch_size,
       class_balanced=data_config.class_balanced, threshold=data_config.repeat_threshold,
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count,
+      aspect_grouping=data_config.aspect_grouping)
   ds = preprocess.example_dataset(records, builder.info.features, stream, data_config,
                                   seed=seed, train=True, with_image_valid=False)
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True,
@@ -102,9 +109,10 @@ def create_loss_dataset(
 ) -> tf.data.Dataset:
   """This process's slices of the first `num_batches` full global batches of `split`.
 
-  Global batch k is images [kG, (k + 1)G) in image-id order; process p reads its slice
-  [kG + pL, kG + (p + 1)L), L = G / P, as training reads its global stream: each batch
-  holds the same images in the same order for any process count (validation losses).
+  Global batch k is images [kG, (k + 1)G) in image-id order (with `data.aspect_grouping`,
+  the k-th batch of one orientation that this order completes: `sampler.grouped`); process p
+  reads its slice [pL, (p + 1)L) of it, L = G / P, as training reads its global stream: each
+  batch holds the same images in the same order for any process count (validation losses).
   Fewer batches where the split has fewer full ones. The evaluation format, every image
   valid, without augmentation.
   """
@@ -114,14 +122,17 @@ def create_loss_dataset(
                      f"{process_count} processes")
   builder = build.built(data_config)
   records = record_index.load(builder, split)
-  num_batches = min(num_batches, len(records) // global_batch_size)
+  order = np.arange(len(records), dtype=np.int64)
+  batches = list(itertools.islice(sampler.grouped(
+      [(order, np.zeros_like(order))], sampler.groups(records, data_config.aspect_grouping),
+      global_batch_size), num_batches))
   local = global_batch_size // process_count
+  begin = process_index * local
 
   def stream():
-    for k in range(num_batches):
-      begin = k * global_batch_size + process_index * local
-      for position in range(begin, begin + local):
-        yield position, 0, True
+    for index, _ in batches:
+      for i in index[begin:begin + local]:
+        yield i, 0, True
 
   ds = preprocess.example_dataset(records, builder.info.features, stream, data_config,
                                   seed=0, train=False, with_image_valid=True)
@@ -142,7 +153,10 @@ def create_eval_dataset(
   """Every image of `split` (its first `num_images`; -1: all) once, in image-id order.
 
   Each process gets a contiguous part and the same number of batches; the last batches
-  are padded with `image_valid = False` images (and `valid` all false). Needs the data
+  are padded with `image_valid = False` images (and `valid` all false). With
+  `data.aspect_grouping` a part's landscape images come first, then its portrait ones, each
+  orientation in as many batches as the largest part needs (padded with that orientation's
+  first image), so that every process runs the same canvas at each step. Needs the data
   built by `build.prepare`.
   """
   process_index, process_count = _process(process_index, process_count)
@@ -151,15 +165,19 @@ def create_eval_dataset(
   total = len(records) if num_images < 0 else min(num_images, len(records))
   if total == 0:
     raise ValueError(f"split {split!r} has no images to evaluate")
-  start, end = sampler.shard_bounds(total, process_index, process_count)
-  num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
+  record_groups = sampler.groups(records, data_config.aspect_grouping)[:total]
+  parts = [sampler.shard_bounds(total, p, process_count) for p in range(process_count)]
+  start, end = parts[process_index]
+  slots = []  # (record index, image_valid) of this process's batches, batch after batch.
+  for g in np.unique(record_groups):
+    num_batches = max(math.ceil(np.sum(record_groups[s:e] == g) / batch_size) for s, e in parts)
+    mine = start + np.flatnonzero(record_groups[start:end] == g)
+    pad = np.flatnonzero(record_groups == g)[0]
+    slots += [(i, True) for i in mine] + [(pad, False)] * (num_batches * batch_size - len(mine))
 
   def stream():
-    for slot in range(num_batches * batch_size):
-      if start + slot < end:
-        yield start + slot, 0, True
-      else:
-        yield 0, 0, False
+    for index, valid in slots:
+      yield index, 0, valid
 
   ds = preprocess.example_dataset(records, builder.info.features, stream, data_config,
                                   seed=0, train=False, with_image_valid=True)

@@ -30,3 +30,11 @@ def decode(data: bytes) -> np.ndarray:
   with Image.open(io.BytesIO(data)) as image:
     image.load()  # Decodes every pixel: truncated files raise here.
     return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def shown_size(data: bytes) -> tuple[int, int]:
+  """(height, width) of the pixels `decode` gives, from the file's header: its EXIF
+  orientations 5-8 turn it by 90 degrees."""
+  with Image.open(io.BytesIO(data)) as image:
+    width, height = image.size
+    return (width, height) if orientation(image) >= 5 else (height, width)

@@ -1,6 +1,7 @@
 """Serialized examples -> the per-image tensors of a batch (`pipeline` lists them), in TF.
 
-Hc × Wc the canvas of `data.resize` (`images`), M `data.max_instances`, Sm `data.mask_size`.
+Hc × Wc the canvas of `data.resize` (`images`; with `data.aspect_grouping`, the one of the
+image's orientation), M `data.max_instances`, Sm `data.mask_size`.
 Augmentation (hflip, photometric and scale jitter, and the shortest side when `data.min_size`
 holds several) draws from stateless ops keyed by (seed, the example's key), so an image's
 augmentation depends on nothing else. With scale jitter above 1 the resized image may be
@@ -19,6 +20,7 @@ import tensorflow as tf
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import record_index
 from maskrcnn_jax.data import images
+from maskrcnn_jax.data import sampler
 
 # Photometric jitter: brightness, contrast and saturation factors drawn from 1 ± this.
 PHOTOMETRIC_DELTA = 0.2
@@ -97,13 +99,19 @@ def preprocess(ex, key, *, seed, data_config, train):
   scale = images.scale(height, width, data_config, min_size) * tf.cast(jitter, tf.float64)
   new_h, new_w = images.resized_size(height, width, scale)
   image = images.resize(image, new_h, new_w)
-  size = tf.constant(images.canvas(data_config))
+  if data_config.aspect_grouping:  # The canvas of the image's orientation.
+    size = tf.where(sampler.is_portrait(height, width),
+                    tf.constant(images.canvas(data_config, portrait=True)),
+                    tf.constant(images.canvas(data_config)))
+  else:
+    size = tf.constant(images.canvas(data_config))
   room = tf.cast(tf.maximum(tf.stack([new_h, new_w]) - size, 0), tf.float32)
   offset = tf.cast(tf.floor(tf.random.stateless_uniform([2], seeds[3]) * (room + 1)), tf.int32)
   image = image[offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1]]
   valid_h = tf.minimum(new_h - offset[0], size[0])
   valid_w = tf.minimum(new_w - offset[1], size[1])
-  image = images.to_canvas(image, data_config)
+  image = images.to_canvas(image, tf.unstack(size) if data_config.aspect_grouping
+                           else images.canvas(data_config))
 
   # Each axis scales by its own ratio, resized / original, as the image does.
   ratio = tf.cast(tf.stack([new_w, new_h]), tf.float32) / tf.stack([wf, hf])

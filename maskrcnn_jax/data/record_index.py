@@ -1,7 +1,7 @@
 """The record index of a split: where each serialized example lies in its TFRecord files.
 
 The byte offsets of the records are scanned once and cached beside the TFRecords with
-what training needs to know per image (instance count, classes present), so the input
+what training needs to know per image (instance count, classes present, size), so the input
 order is decided in numpy before anything is read (`sampler`) and each record is then
 read alone (`read_record`), from any tf.io.gfile filesystem.
 """
@@ -26,8 +26,10 @@ class Records:
 
   paths: the split's TFRecord files. For R records: image_id [R] int64, shard [R] int32
   (index into paths), offset [R] int64 and length [R] int64 of the serialized example,
-  num_instances [R] int32 (non-crowd), and class_sets: the training ids present, as a flat
-  class_ids array split at class_splits [R + 1].
+  num_instances [R] int32 (non-crowd), class_sets: the training ids present, as a flat
+  class_ids array split at class_splits [R + 1], and height, width [R] int32: the stored
+  image's size (EXIF orientation applied), which fixes its canvas (`sampler.is_portrait`).
+  A cache without one of these fields is rebuilt (`load`).
   """
 
   paths: tuple[str, ...]
@@ -38,6 +40,8 @@ class Records:
   num_instances: np.ndarray
   class_ids: np.ndarray
   class_splits: np.ndarray
+  height: np.ndarray
+  width: np.ndarray
 
   def __len__(self):
     return len(self.shard)
@@ -57,15 +61,16 @@ def _index_records(builder, split: str) -> Records:
   info = builder.info.splits[split]
   paths = tuple(str(p) for p in info.filepaths)
   parse = parse_fn(builder.info.features)
-  keys = ("image_id", "classes", "is_crowd")
+  keys = ("image_id", "classes", "is_crowd", "height", "width")
   ds = tf.data.TFRecordDataset(list(paths), buffer_size=_SCAN_BUFFER).map(
       lambda s: dict({k: v for k, v in parse(s).items() if k in keys},
                      length=tf.strings.length(s)),
       num_parallel_calls=tf.data.AUTOTUNE)
-  image_ids, length, num_instances, class_ids, splits = [], [], [], [], [0]
+  image_ids, length, num_instances, class_ids, splits, sizes = [], [], [], [], [0], []
   for ex in ds.as_numpy_iterator():
     image_ids.append(ex["image_id"])
     length.append(ex["length"])
+    sizes.append((ex["height"], ex["width"]))
     keep = ex["classes"][~ex["is_crowd"]]
     num_instances.append(len(keep))
     class_ids += sorted(set(keep.tolist()))
@@ -81,11 +86,14 @@ def _index_records(builder, split: str) -> Records:
   return Records(paths=paths, image_id=np.array(image_ids, np.int64), shard=shard,
                  offset=offset, length=length,
                  num_instances=np.array(num_instances, np.int32),
-                 class_ids=np.array(class_ids, np.int32), class_splits=np.array(splits, np.int64))
+                 class_ids=np.array(class_ids, np.int32), class_splits=np.array(splits, np.int64),
+                 height=np.array([h for h, _ in sizes], np.int32),
+                 width=np.array([w for _, w in sizes], np.int32))
 
 
 def load(builder, split: str) -> Records:
-  """The split's record index, cached as records_<split>.npz beside the TFRecords."""
+  """The split's record index, cached as records_<split>.npz beside the TFRecords (rebuilt
+  when its fields or its record count differ from this code's)."""
   cache = epath.Path(builder.data_dir) / f"records_{split}.npz"
   if cache.exists():
     with np.load(io.BytesIO(cache.read_bytes())) as z:
@@ -102,7 +110,7 @@ def load(builder, split: str) -> Records:
     np.savez(buffer, **arrays)
     tmp = cache.with_suffix(".tmp.npz")
     tmp.write_bytes(buffer.getvalue())
-    tmp.rename(cache)
+    tmp.replace(cache)  # Over a stale cache: `rename` refuses an existing target.
   except (OSError, tf.errors.OpError) as e:
     logging.warning("cannot cache the record index at %s: %s", cache, e)
   return records

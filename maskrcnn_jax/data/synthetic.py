@@ -205,7 +205,7 @@ def write_synthetic(
     *,
     num_train: int,
     num_val: int,
-    image_size: int | Sequence[int],
+    image_size: int | Sequence[int] | Sequence[Sequence[int]],
     seed: int,
     num_stuff_classes: int = 8,
 ) -> None:
@@ -214,16 +214,18 @@ def write_synthetic(
   Args:
     root: the data root (created if missing).
     num_train, num_val: images in train2017 and val2017.
-    image_size: side S of square images, or (height, width).
+    image_size: side S of square images, (height, width), or a list of (height, width)
+      taken in turn, image after image, in each split.
     seed: seeds everything drawn.
     num_stuff_classes: how many of `STUFF_TEXTURES` the images use (1 to 12).
   """
   if not 1 <= num_stuff_classes <= len(STUFF_TEXTURES):
     raise ValueError(
         f"num_stuff_classes must be in [1, {len(STUFF_TEXTURES)}], got {num_stuff_classes}")
-  height, width = (image_size, image_size) if np.isscalar(image_size) else image_size
-  height, width = int(height), int(width)
-  if min(height, width) < 16:
+  sizes = ([(image_size, image_size)] if np.isscalar(image_size) else
+           [image_size] if np.isscalar(image_size[0]) else image_size)
+  sizes = [(int(h), int(w)) for h, w in sizes]
+  if min(min(hw) for hw in sizes) < 16:
     raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
   root = pathlib.Path(root)
   (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -234,7 +236,8 @@ def write_synthetic(
     rng = np.random.default_rng([seed, split_index])
     (root / split).mkdir(exist_ok=True)
     images, stuff_anns, thing_anns = [], [], []
-    for _ in range(count):
+    for i in range(count):
+      height, width = sizes[i % len(sizes)]
       image_id, next_image_id = next_image_id, next_image_id + 1
       file_name = f"{image_id:012d}.jpg"
       pixels, labels, things = _image(height, width, stuff, rng)

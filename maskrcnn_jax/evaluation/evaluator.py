@@ -323,7 +323,7 @@ class Evaluator:
 
     Args:
       batch: `image_id` [B], `image_info` [B, 5], `image_valid` [B] bool (absent: all
-        valid) and `image` [B, S, S, 3] uint8 (read only for the kept pictures).
+        valid) and `image` [B, Hc, Wc, 3] uint8 (read only for the kept pictures).
       detections: the model's output (`boxes`, `scores`, `classes`, `masks`, `valid`, and
         optionally `proposals` [B, P, 4], `proposal_scores` [B, P], `proposal_valid`
         [B, P]), with `masks.paste_batch_device`'s keys when pasted on the device.

@@ -3,7 +3,7 @@ metrics on the host.
 
 `Evaluation` is the one entry point for `--mode=eval`, the periodic evaluation during
 training and the evaluation at the end of every stage: made once per run (ground truth
-loaded, predict step compiled once), called per evaluation. Each process scores its own
+loaded, predict step compiled once per canvas), called per evaluation. Each process scores its own
 images; process 0 merges the processes' scores through files in the evaluation folder
 (the workdir is shared, as for checkpoints) and writes.
 """
@@ -143,9 +143,10 @@ class Evaluation:
   """COCO AP and COCO-Stuff metrics on the validation split; files in WORKDIR/eval/STEP.
 
   Made once per run: loads the ground truth and builds the predict step, which compiles
-  at the first call only. `eval.paste` says where masks are pasted: `device` (in the
-  predict step), `host` (`masks.paste_crops`: within each box only, cheaper where the
-  device is this CPU) or `auto` (the device unless jax runs on the CPU).
+  at its first call on each canvas only (two with `data.aspect_grouping`). `eval.paste`
+  says where masks are pasted: `device` (in the predict step), `host` (`masks.paste_crops`:
+  within each box only, cheaper where the device is this CPU) or `auto` (the device unless
+  jax runs on the CPU).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh):
@@ -259,7 +260,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
   Needs no data root. Image ids in coco_results.json are the file names' numbers when
   all of them are distinct numbers (COCO's 000000142238.jpg is image 142238, so the
   results score against COCO's JSON), else positions in name order; image_ids.json maps
-  them to the files. Category ids are COCO ids. Returns the output directory,
+  them to the files. Category ids are COCO ids. With `data.aspect_grouping` the landscape
+  images are predicted first, then the portrait ones. Returns the output directory,
   WORKDIR/predict. Runs in a single process.
   """
   if jax.process_count() > 1:
@@ -278,21 +280,23 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> str:
   ids = ([int(p.stem) for p in files] if len(numbers) == len(files)
          else list(range(len(files))))
   batch_size = config.data.eval_batch_size
-  results = []
-  for start in range(0, len(files), batch_size):
-    chunk = files[start:start + batch_size]
-    local = predict_input.load_images([str(p) for p in chunk], config.data, batch_size=batch_size)
+  results, done = [], 0
+  for chunk in predict_input.batches([str(p) for p in files], config.data,
+                                     batch_size=batch_size):
+    local = predict_input.load_images([str(files[j]) for j in chunk], config.data,
+                                      batch_size=batch_size)
     inputs = {k: local[k] for k in ("image", "image_id", "image_info")}
     batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), inputs)
     detections = jax.device_get(predict_step(variables, batch))
-    for i, path in enumerate(chunk):
+    for i, j in enumerate(chunk):
       dets = evaluator_lib.image_detections(detections, i, local["image_info"][i],
                                             mask_threshold=config.eval.mask_threshold)
       overlay = evaluator_lib.draw_overlay(local["original"][i], dets, class_set,
                                            config.predict.score_threshold)
-      pictures.save_png(str(out_dir / f"{path.stem}.png"), overlay)
-      results += evaluator_lib.detections_to_coco(ids[start + i], dets, class_set)
-    logging.info("Predicted %d / %d images.", min(start + batch_size, len(files)), len(files))
+      pictures.save_png(str(out_dir / f"{files[j].stem}.png"), overlay)
+      results += evaluator_lib.detections_to_coco(ids[j], dets, class_set)
+    done += len(chunk)
+    logging.info("Predicted %d / %d images.", done, len(files))
   index = {image_id: str(p) for image_id, p in zip(ids, files)}
   (out_dir / "coco_results.json").write_text(json.dumps(results))
   (out_dir / "image_ids.json").write_text(json.dumps(index, indent=1))

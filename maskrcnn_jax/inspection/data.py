@@ -54,12 +54,12 @@ def histogram_figure(values: np.ndarray, *, bins: int, title: str, xlabel: str,
 def ground_truth(batch: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
   """One image's valid GT instances, masks pasted into the padded image.
 
-  Returns `boxes` [N, 4] padded pixels, `classes` [N] training ids, `masks` [N, S, S] bool.
+  Returns `boxes` [N, 4] padded pixels, `classes` [N] training ids, `masks` [N, Hc, Wc] bool.
   """
   valid = np.asarray(batch["valid"][index], bool)
   boxes = np.asarray(batch["boxes"][index], np.float32)[valid]
-  size = batch["image"].shape[1]
-  frame = np.array([size, size, 1.0, size, size], np.float32)  # The padded image itself.
+  h, w = batch["image"].shape[1:3]
+  frame = np.array([h, w, 1.0, h, w], np.float32)  # The padded image itself.
   masks = masks_lib.paste_masks(np.asarray(batch["masks"][index], np.float32)[valid], boxes,
                                 frame, threshold=0.5)
   return dict(boxes=boxes, classes=np.asarray(batch["classes"][index], np.int32)[valid],
@@ -81,7 +81,7 @@ def gt_picture(batch: dict[str, np.ndarray], index: int, class_set, *,
                title: str = "") -> np.ndarray:
   """The model's input image with its GT masks (coloured per class), boxes and names.
 
-  Shows the padded S × S input as the model sees it (augmented in training), the
+  Shows the padded Hc × Wc input as the model sees it (augmented in training), the
   padding included.
   """
   gt = ground_truth(batch, index)

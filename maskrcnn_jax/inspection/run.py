@@ -26,7 +26,6 @@ import numpy as np
 from maskrcnn_jax import models
 from maskrcnn_jax.data import build
 from maskrcnn_jax.data import categories
-from maskrcnn_jax.data import images
 from maskrcnn_jax.data import pipeline
 from maskrcnn_jax.data import preprocess
 from maskrcnn_jax.data import sampler
@@ -174,11 +173,11 @@ def inspect_anchors(config: ml_collections.ConfigDict, state: ModelState,
                     out: Output) -> dict[str, Any]:
   """anchors/: the anchors per level; per image the RPN's positive and negative anchors,
   refined by its deltas."""
-  level_anchors = model_lib.anchors(state.model, images.canvas(config.data))
-  all_anchors = np.concatenate(level_anchors)
   files = {}
   for batch, b, test in _train_images(config, state, train=False):
     image = batch["image"][b]
+    level_anchors = model_lib.anchors(state.model, image.shape[:2])  # The batch's canvas.
+    all_anchors = np.concatenate(level_anchors)
     if not files:
       files["levels.png"] = model_lib.anchors_picture(
           image, level_anchors, len(state.model.rpn.aspect_ratios))
@@ -192,11 +191,11 @@ def inspect_anchors(config: ml_collections.ConfigDict, state: ModelState,
 def inspect_rpn(config: ml_collections.ConfigDict, state: ModelState,
                 out: Output) -> dict[str, Any]:
   """rpn/: per image the top proposals before and after NMS; their recall of the GT."""
-  all_anchors = np.concatenate(model_lib.anchors(state.model, images.canvas(config.data)))
   recall = model_lib.ProposalRecall()
   files = {}
   for batch, b, test in _train_images(config, state, train=False):
     image_id, image = int(batch["image_id"][b]), batch["image"][b]
+    all_anchors = np.concatenate(model_lib.anchors(state.model, image.shape[:2]))
     valid = test["proposal_valid"][b]
     recall.add(_gt_boxes(batch, b), test["proposals"][b][valid])
     boxes, scores = model_lib.pre_nms_proposals(

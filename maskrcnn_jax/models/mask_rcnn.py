@@ -46,7 +46,7 @@ class MaskRCNN(nn.Module):
     """Losses and statistics (train) or detections.
 
     Args:
-      batch: `image` [B, S, S, 3] uint8 and `image_info` [B, 5]; for training also
+      batch: `image` [B, Hc, Wc, 3] uint8 and `image_info` [B, 5]; for training also
         `boxes` [B, M, 4], `classes` [B, M], `masks` [B, M, Sm, Sm], `valid` [B, M].
       train: sample and return losses, or detect.
 
@@ -59,7 +59,7 @@ class MaskRCNN(nn.Module):
     """
     image = batch["image"]
     if image.ndim != 4 or image.shape[-1] != 3:
-      raise ValueError(f"batch['image'] must be [B, S, S, 3], got {image.shape}")
+      raise ValueError(f"batch['image'] must be [B, H, W, 3], got {image.shape}")
     if self.input_format not in ("RGB", "BGR"):
       raise ValueError(f"input_format must be RGB or BGR, got {self.input_format!r}")
     if self.input_format == "BGR":

@@ -62,8 +62,9 @@ the `config.model` value that reproduces it (configs/detectron2_r101_fpn.py):
     floor(4 + log2(sqrt(area) / 224) + 1e-6): differs only for boxes within 1e-6 of a level
     boundary (not an option).
   - Resize: shortest side 800, longest <= 1333, padded to a multiple of 32 (here the same
-    rule, `data.resize` shortest_edge, padded to a fixed 1344² canvas; PIL's bilinear, which
-    antialiases when it shrinks and rounds to uint8 between its passes, against TF's).
+    rule, `data.resize` shortest_edge, padded to a fixed canvas, 832 × 1344 or its transpose
+    with `data.aspect_grouping`; PIL's bilinear, which antialiases when it shrinks and
+    rounds to uint8 between its passes, against TF's).
 
   training (config values; the losses are torchvision's)
   - RPN and box regression: SMOOTH_L1_BETA 0 (L1), torchvision 1/9; RPN losses normalised

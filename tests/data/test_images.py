@@ -21,12 +21,13 @@ from maskrcnn_jax.evaluation import masks as masks_lib
 SM = 16
 
 
-def _config(resize, min_size=(800,), max_size=1333, image_size=1024, **augment):
+def _config(resize, min_size=(800,), max_size=1333, image_size=1024, aspect_grouping=False,
+            **augment):
   aug = dict(hflip=False, scale_range=(1.0, 1.0), photometric=False)
   aug.update(augment)
   return ml_collections.ConfigDict(dict(
       resize=resize, min_size=min_size, max_size=max_size, image_size=image_size,
-      max_instances=4, mask_size=SM, augment=aug))
+      aspect_grouping=aspect_grouping, max_instances=4, mask_size=SM, augment=aug))
 
 
 def _size(config, height, width):
@@ -52,6 +53,17 @@ def test_sizes_and_canvas(resize, min_size, max_size, cases, canvas):
   assert images.canvas(config) == canvas
 
 
+def test_grouping_canvases():
+  """Landscape max(min_size) x max_size and its transpose, rounded up to 64; one canvas
+  where grouping is off (or refused: longest, square)."""
+  grouped = _config("shortest_edge", (640, 800), 1333, aspect_grouping=True)
+  assert images.canvas(grouped) == (832, 1344)
+  assert images.canvas(grouped, portrait=True) == (1344, 832)
+  for config in (_config("shortest_edge"), _config("square", max_size=1024, aspect_grouping=True),
+                 _config("longest", aspect_grouping=True)):
+    assert images.canvas(config) == images.canvas(config, portrait=True)
+
+
 def _example(height, width, box, mask):
   image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
   return {
@@ -65,24 +77,31 @@ def _example(height, width, box, mask):
   }, image
 
 
-@pytest.mark.parametrize("resize, hw, resized", [
-    ("shortest_edge", (30, 40), (34, 45)),  # 36 x 48 by the short side, capped: 45 / 40.
-    ("shortest_edge", (40, 30), (45, 34)),
-    ("square", (20, 50), (18, 45)),  # Up to 36 would give 90 wide: capped.
-    ("square", (30, 33), (36, 40)),  # Up to 36; 39.6 rounds to 40.
+@pytest.mark.parametrize("resize, limits, hw, resized, canvas", [
+    ("shortest_edge", ((36,), 45), (30, 40), (34, 45), (64, 64)),  # 36 x 48, capped: 45 / 40.
+    ("shortest_edge", ((36,), 45), (40, 30), (45, 34), (64, 64)),
+    ("square", ((36,), 45), (20, 50), (18, 45), (64, 64)),  # Up to 36 gives 90 wide: capped.
+    ("square", ((36,), 45), (30, 33), (36, 40), (64, 64)),  # Up to 36; 39.6 rounds to 40.
+    # data.aspect_grouping (the third limit): each orientation on its canvas (128² without).
+    ("shortest_edge", ((60,), 100, True), (30, 40), (60, 80), (64, 128)),
+    ("shortest_edge", ((60,), 100, True), (40, 30), (80, 60), (128, 64)),
+    ("shortest_edge", ((60,), 100, True), (25, 60), (42, 100), (64, 128)),  # Capped: 100 / 60.
+    ("shortest_edge", ((60,), 100, True), (60, 25), (100, 42), (128, 64)),
 ])
-def test_round_trip(resize, hw, resized):
+def test_round_trip(resize, limits, hw, resized, canvas):
   """Image, box and mask through evaluation preprocessing and back to the original frame."""
   height, width = hw
   box = [3.0, 2.0, width - 5.0, height - 1.0]
   mask = np.zeros((SM, SM), np.uint8)
   mask[2:12, 4:15] = 1
   ex, image = _example(height, width, box, mask)
-  config = _config(resize, (36,), 45)
+  min_size, max_size, *grouping = limits
+  config = _config(resize, min_size, max_size, aspect_grouping=bool(grouping))
   out = {k: v.numpy() for k, v in preprocess.preprocess(
       ex, tf.constant(0, tf.int64), seed=0, data_config=config, train=False).items()}
   new_h, new_w = resized
-  assert out["image"].shape == (64, 64, 3) and tuple(images.canvas(config)) == (64, 64)
+  assert out["image"].shape == canvas + (3,)
+  assert images.canvas(config, portrait=height > width) == canvas
   np.testing.assert_allclose(out["image_info"][[0, 1, 3, 4]], [height, width, new_h, new_w])
   want = np.clip(np.floor(tf.image.resize(image, resized).numpy() + 0.5), 0, 255)
   np.testing.assert_array_equal(out["image"][:new_h, :new_w], want)

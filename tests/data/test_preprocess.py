@@ -34,7 +34,7 @@ def _run(ex, key, *, image_size=48, max_instances=M, train=True, resize="longest
   aug.update(augment)
   data_config = ml_collections.ConfigDict(dict(
       resize=resize, image_size=image_size, min_size=min_size, max_size=max_size,
-      max_instances=max_instances, mask_size=SM, augment=aug))
+      max_instances=max_instances, mask_size=SM, augment=aug, aspect_grouping=False))
   out = preprocess.preprocess(ex, tf.constant(key, tf.int64), seed=0, data_config=data_config,
                               train=train)
   return {k: v.numpy() for k, v in out.items()}

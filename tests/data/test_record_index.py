@@ -5,6 +5,7 @@ import time
 from etils.epath import gpath
 from etils.epath import register as epath_register
 import ml_collections
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -81,3 +82,18 @@ def test_the_index_finds_every_record_of_several_shards(synthetic_root, tmp_path
     start, length = records.offset[i], records.length[i]
     assert int.from_bytes(data[start - 12:start - 4], "little") == length  # The header's.
     assert parse(data[start:start + length])["image_id"] == records.image_id[i]
+
+
+def test_an_index_cache_of_other_fields_is_rebuilt(config, tmp_path):
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.tfds_data_dir = str(tmp_path / "tfds")
+  shutil.copytree(config.tfds_data_dir, copy.tfds_data_dir)
+  built = build.built(copy)
+  record_index.load(built, "validation")
+  cache = next(pathlib.Path(copy.tfds_data_dir).glob("*/*/*/records_validation.npz"))
+  with np.load(cache) as z:  # An index of an earlier version: no image sizes.
+    np.savez(cache, **{k: z[k] for k in z.files if k not in ("height", "width")})
+  records = record_index.load(built, "validation")
+  assert records.height.tolist() == records.width.tolist() == [tiny_data.S] * 5
+  with np.load(cache) as z:
+    assert {"height", "width"} <= set(z.files)
