@@ -99,6 +99,9 @@ _RESUME_KEYS = ("seed", "train.global_batch_size", "data", "train.stages")
 # Free: evaluation's batch, where the data lives, how fast it is built and read, learning rates.
 _RESUME_FREE = ("data.eval_batch_size", "data.tfds_data_dir", "data.root",
                 "data.read_parallelism", "data.build_workers", "train.stages[*].lr")
+# Guarded keys added since runs were saved, with the value that reproduces such a run: a
+# saved config without the key resumes with that value as if it had been saved.
+_RESUME_ADDED = {"data.aspect_grouping": False}
 
 
 def _flatten(node, prefix: str = "") -> dict[str, Any]:
@@ -122,6 +125,7 @@ def config_changes(saved: dict[str, Any],
                    config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   """Keys that differ from the saved config: (those a resume must keep, the others)."""
   old, new = _flatten(saved), _flatten(json.loads(config.to_json_best_effort()))
+  old = {**{k: v for k, v in _RESUME_ADDED.items() if k in new}, **old}
   changed = sorted(k for k in old.keys() | new.keys() if k not in old or k not in new
                    or old[k] != new[k])
   show = lambda d, k: repr(d[k]) if k in d else "absent"

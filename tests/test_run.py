@@ -97,6 +97,18 @@ def test_resume_allows_other_changes_and_the_override(tmp_path, caplog):
   assert "allow_config_change=True despite" in caplog.text and "seed (0 -> 7)" in caplog.text
 
 
+def test_a_run_saved_before_a_key_was_added_resumes_with_its_old_value(tmp_path):
+  config = tiny.get_config()
+  workdir = saved_workdir(tmp_path, config)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["data"]["aspect_grouping"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  run.check_resume(config, workdir)  # Absent: the order it had, ungrouped.
+  config.data.resize, config.data.aspect_grouping = "shortest_edge", True
+  with pytest.raises(validation.ConfigError, match=r"data.aspect_grouping \(False -> True\)"):
+    run.check_resume(config, workdir)
+
+
 def test_a_new_run_or_one_without_checkpoints_is_not_a_resume(tmp_path):
   config = default.get_config()
   run.check_resume(config, str(tmp_path / "new"))
