@@ -94,6 +94,7 @@ print(tracemalloc.get_traced_memory()[1])
   bounded = builder.build(noise_root, tmp_path / "bounded", class_set="stuff", mask_size=28)
   assert _records(bounded) == _records(default_build)
   assert bounded.info.splits["train"].num_examples == NUM_IMAGES
+  assert bounded.info.metadata == default_build.info.metadata
 
 
 @pytest.mark.slow  # A build process killed, then resumed.
