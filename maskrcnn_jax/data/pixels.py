@@ -6,6 +6,7 @@ load it.
 """
 
 import io
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -32,9 +33,9 @@ def decode(data: bytes) -> np.ndarray:
     return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
-def shown_size(data: bytes) -> tuple[int, int]:
-  """(height, width) of the pixels `decode` gives, from the file's header: its EXIF
-  orientations 5-8 turn it by 90 degrees."""
-  with Image.open(io.BytesIO(data)) as image:
+def shown_size(file: BinaryIO) -> tuple[int, int]:
+  """(height, width) of the pixels `decode` gives, from an open image file's header only
+  (PIL reads no pixels here): its EXIF orientations 5-8 turn it by 90 degrees."""
+  with Image.open(file) as image:
     width, height = image.size
     return (width, height) if orientation(image) >= 5 else (height, width)

@@ -50,10 +50,14 @@ def batches(paths: list[str], data_config: ml_collections.ConfigDict, *,
   orientation read from its header, `pixels.shown_size`)."""
   groups = np.zeros(len(paths), np.int64)
   if data_config.aspect_grouping:
-    groups = np.array([sampler.is_portrait(*pixels.shown_size(epath.Path(p).read_bytes()))
-                       for p in paths], np.int64)
+    groups = np.array([sampler.is_portrait(*_shown_size(p)) for p in paths], np.int64)
   out = []
   for g in np.unique(groups):
     members = np.flatnonzero(groups == g).tolist()
     out += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
   return out
+
+
+def _shown_size(path: str) -> tuple[int, int]:
+  with epath.Path(path).open("rb") as f:  # The header only: the pixels are read per batch.
+    return pixels.shown_size(f)
