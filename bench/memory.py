@@ -81,8 +81,7 @@ def whole_steps(model, config, variables, batch_size: int) -> dict:
   n = mesh.size
   data = train.dummy_batch(config.data, batch_size * n)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharded), data)
-  step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
-                               lr_fn=optimizer.learning_rate(config.train, stage), stage_start=0)
+  step = train.make_train_step(mesh, model=model, tx=tx, mask=mask)
   infer_batch = {k: abstract(data[k][:batch_size]) for k in ("image", "image_id", "image_info")}
   return {"train": lambda: analyse(step, state, batch, jax.random.key(1)),
           "infer": lambda: analyse(lambda v, b: model.apply(v, b, train=False), variables,

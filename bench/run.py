@@ -89,9 +89,7 @@ def compiled_train_step(model, variables, config, stage, mesh, data):
                                   freeze_at=config.model.freeze_at)
   tx = optimizer.make_optimizer(config.train, stage)
   state = train.create_state(variables, tx, mask, NamedSharding(mesh, P()))
-  step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
-                               lr_fn=optimizer.learning_rate(config.train, stage),
-                               stage_start=0)
+  step = train.make_train_step(mesh, model=model, tx=tx, mask=mask)
   batch = jax.device_put(data, NamedSharding(mesh, P(train.AXIS)))
   rng = jax.random.key(1)
   compiled, compile_s = common.timed(lambda: step.lower(state, batch, rng).compile())

@@ -111,7 +111,7 @@ def new_stage_state(state: TrainState, tx: optax.GradientTransformation, mask,
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model,
-               tx: optax.GradientTransformation, mask, lr_fn, stage_start: int):
+               tx: optax.GradientTransformation, mask):
   """One SGD step on this device's batch; gradients and metrics averaged over `data`.
 
   A step whose loss or gradient is not finite leaves params and optimiser state as
@@ -143,9 +143,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       opt_state=keep(opt_state, state.opt_state),
       nonfinite_total=state.nonfinite_total + skipped,
       nonfinite_run=(state.nonfinite_run + 1) * skipped)
-  metrics.update(grad_norm=grad_norm, lr=lr_fn(state.step - 1 - stage_start),
-                 skipped=skipped.astype(jnp.float32), nonfinite_run=state.nonfinite_run,
-                 num_truncated=lax.psum(jnp.sum(batch["num_truncated"]), AXIS))
+  metrics.update(grad_norm=grad_norm, skipped=skipped.astype(jnp.float32),
+                 nonfinite_run=state.nonfinite_run, num_truncated=lax.psum(jnp.sum(batch["num_truncated"]), AXIS))
   return state, metrics
 
 
@@ -285,9 +284,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
       state = new_stage_state(state, tx, mask, replicated)
       opt_stage = stage_idx
     optimizer.log_stage(stage, mask)
-    train_fn = make_train_step(mesh, model=model, tx=tx, mask=mask,
-                               lr_fn=optimizer.learning_rate(config.train, stage),
-                               stage_start=bounds[stage_idx])
+    # The learning rate is logged from the host: a step that held the stage's start as a
+    # constant would compile again for a later stage with the same trainables and schedule.
+    lr_fn = optimizer.learning_rate(config.train, stage)
+    train_fn = make_train_step(mesh, model=model, tx=tx, mask=mask)
     summary = StageSummary(stage.name, first_step=step)
     history, last_run, t0 = [], None, time.time()
     while step < bounds[stage_idx + 1]:
@@ -307,7 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
         elapsed = time.time() - t0
         # GT instances past data.max_instances, dropped since the last log (all processes).
         scalars["num_truncated"] = round(scalars["num_truncated"] * len(history))
-        scalars.update(stage=stage_idx, step_time=elapsed / len(history),
+        stage_steps = np.arange(step - len(history), step) - bounds[stage_idx]
+        scalars.update(stage=stage_idx, lr=float(np.mean(lr_fn(stage_steps))),
+                       step_time=elapsed / len(history),
                        images_per_sec=len(history) * config.train.global_batch_size / elapsed,
                        skipped_steps_total=float(state.nonfinite_total))
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})

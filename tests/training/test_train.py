@@ -155,8 +155,7 @@ def test_nonfinite_step_leaves_state_unchanged():
   tx = optimizer.make_optimizer(config.train, stage)
   state = train.create_state(variables, tx, mask, replicated)
   before = flat(state.params)
-  step = train.make_train_step(mesh, model=model, tx=tx, mask=mask,
-                               lr_fn=optimizer.learning_rate(config.train, stage), stage_start=0)
+  step = train.make_train_step(mesh, model=model, tx=tx, mask=mask)
   batch = painted_batch(2, config)
   batch["boxes"][0, 0, 0] = np.nan
   batch["num_truncated"][:] = (3, 4)
