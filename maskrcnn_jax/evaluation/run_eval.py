@@ -8,6 +8,7 @@ images; process 0 merges the processes' scores through files in the evaluation f
 (the workdir is shared, as for checkpoints) and writes.
 """
 
+import functools
 import json
 import pickle
 from typing import Any, Iterator
@@ -40,14 +41,19 @@ def make_predict_step(mesh: Mesh, model, *, paste: dict[str, Any] | None = None)
   With `paste` (the keyword arguments of `masks.paste_batch_device`), the masks are also
   pasted, painted and run-length coded on the device (its output keys added).
   """
+  return _predict_step(mesh, model, None if paste is None else tuple(sorted(paste.items())))
+
+
+@functools.cache  # Evaluations in one process (each of a run's, later runs') share the step.
+def _predict_step(mesh: Mesh, model, paste: tuple[tuple[str, Any], ...] | None):
   def step(variables, batch):
     detections = model.apply(variables, batch, train=False)
     if paste is not None:
       detections.update(masks_lib.paste_batch_device(detections, batch["image_info"],
-                                                     **paste))
+                                                     **dict(paste)))
     return detections
   return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
-                                       check_vma=False))
+                               check_vma=False))
 
 
 def _to_local(tree, mesh: Mesh):

@@ -157,6 +157,7 @@ def make_train_step(mesh: Mesh, **kwargs):
   return jax.jit(sharded, donate_argnums=0)
 
 
+@functools.cache  # Runs in one process (tests, notebooks) share the traced step.
 def make_loss_step(mesh: Mesh, model):
   """Validation losses (train=True targets, no update) averaged over `data`."""
   def step(variables, batch, rng):
