@@ -285,9 +285,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
       state = new_stage_state(state, tx, mask, replicated)
       opt_stage = stage_idx
     optimizer.log_stage(stage, mask)
-    # The learning rate is logged from the host: a step that held the stage's start as a
-    # constant would compile again for a later stage with the same trainables and schedule.
-    lr_fn = optimizer.learning_rate(config.train, stage)
+    # The learning rate is logged from the host, computed once per stage: a step that held
+    # the stage's start as a constant would compile again for a later stage with the same
+    # trainables and schedule.
+    stage_lrs = np.asarray(optimizer.learning_rate(config.train, stage)(np.arange(stage.steps)))
     train_fn = make_train_step(mesh, model=model, tx=tx, mask=mask)
     summary = StageSummary(stage.name, first_step=step)
     history, last_run, t0 = [], None, time.time()
@@ -309,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
         # GT instances past data.max_instances, dropped since the last log (all processes).
         scalars["num_truncated"] = round(scalars["num_truncated"] * len(history))
         stage_steps = np.arange(step - len(history), step) - bounds[stage_idx]
-        scalars.update(stage=stage_idx, lr=float(np.mean(lr_fn(stage_steps))),
+        scalars.update(stage=stage_idx, lr=float(np.mean(stage_lrs[stage_steps])),
                        step_time=elapsed / len(history),
                        images_per_sec=len(history) * config.train.global_batch_size / elapsed,
                        skipped_steps_total=float(state.nonfinite_total))
