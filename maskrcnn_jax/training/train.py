@@ -144,7 +144,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       nonfinite_total=state.nonfinite_total + skipped,
       nonfinite_run=(state.nonfinite_run + 1) * skipped)
   metrics.update(grad_norm=grad_norm, skipped=skipped.astype(jnp.float32),
-                 nonfinite_run=state.nonfinite_run, num_truncated=lax.psum(jnp.sum(batch["num_truncated"]), AXIS))
+                 nonfinite_run=state.nonfinite_run,
+                 num_truncated=lax.psum(jnp.sum(batch["num_truncated"]), AXIS))
   return state, metrics
 
 
